@@ -1,0 +1,68 @@
+//! Write jobs for [lorch](https://github.com/lorch-dev/lorch), the plugin job runner.
+//!
+//! A job is a plain Rust function that takes a [`Context`] and the run's [`Args`] and returns a
+//! [`JobResult`]. The [`job!`] macro registers it under a `PACKAGE/JOB` name together with its
+//! description (the doc comment) and its extra parameters, so `lorch jobs show` can print them
+//! and `lorch run-job` can check `--param KEY=VALUE` before anything runs.
+//!
+//! The same crate works both ways lorch finds jobs:
+//!
+//! - **as a plugin**: build it as a `cdylib`, call [`export_plugin!`] once, and drop the `.so`
+//!   (`.dylib` on macOS) into lorch's plugin directory;
+//! - **built in**: depend on it from a custom `lorch` binary; the registrations are found with
+//!   [`inventory`](https://docs.rs/inventory) at start-up.
+//!
+//! Plugin code needs no `unsafe`: the C ABI behind [`export_plugin!`] lives in [`abi`].
+//!
+//! # Example
+//!
+//! ```
+//! use lorch_plugin_api::{Args, Context, JobResult, ParamSpec, json};
+//!
+//! lorch_plugin_api::job! {
+//!     /// Counts the messages of an account in the requested window.
+//!     ///
+//!     /// Emits one `mail.counted` event with the count.
+//!     package = "mailbox",
+//!     name = "count_messages",
+//!     params = [
+//!         ParamSpec::int("limit").default("100").help("Stop after this many messages"),
+//!         ParamSpec::string("folder").required().help("Folder to read"),
+//!     ],
+//!     run = count_messages,
+//! }
+//!
+//! fn count_messages(ctx: &Context, args: &Args) -> JobResult {
+//!     let limit = args.params.int("limit").unwrap_or(100);
+//!     let folder = args.params.string("folder").unwrap_or("INBOX");
+//!     ctx.info(format!("reading {folder} for {:?}", args.account));
+//!     let count = 0.min(limit); // a real job reads the folder here
+//!     ctx.emit("mail.counted", json!({ "folder": folder, "count": count }))?;
+//!     Ok(())
+//! }
+//!
+//! // In a `cdylib` plugin, once per crate:
+//! lorch_plugin_api::export_plugin!();
+//! # fn main() {}
+//! ```
+//!
+//! See `docs/jobs.md` in the lorch repository for the whole walk-through, from `cargo new --lib`
+//! to seeing the job in `lorch jobs list`.
+
+pub mod abi;
+mod args;
+mod context;
+mod error;
+mod job;
+
+pub use args::{Args, Params, TimeArg};
+pub use context::{Context, Level};
+pub use error::{JobError, JobResult};
+pub use job::{JobFn, JobSpec, ParamKind, ParamSpec};
+
+/// Re-exported so jobs can build event payloads without naming `serde_json` themselves.
+pub use serde_json::{Value, json};
+
+/// Used by [`job!`]; not part of the API.
+#[doc(hidden)]
+pub use inventory as __inventory;

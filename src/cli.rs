@@ -1,0 +1,119 @@
+//! The command line, all in one place (SPEC §4).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lorch",
+    version,
+    about = "Discover, show and run plugin jobs, recording job.started/job.completed/job.failed events.",
+    after_help = "Plugins are searched in every --plugin-path, then LORCH_PLUGIN_PATH (colon-separated), \
+then $XDG_DATA_HOME/lorch/plugins (~/.local/share/lorch/plugins). Events go to the local store in \
+LORCH_HOME (~/.local/state/lorch). Exit codes: 0 ok, 1 job failed, 2 usage error, 3 environment error."
+)]
+pub struct Cli {
+    /// Look for plugins in DIR first (repeatable)
+    #[arg(long, value_name = "DIR", global = true)]
+    pub plugin_path: Vec<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List jobs or show one
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Run one job: `lorch run-job ingester extract_gmail --since -7d`
+    RunJob {
+        /// The job's package
+        package: String,
+        /// The job's name
+        job: String,
+        #[command(flatten)]
+        options: RunOptions,
+    },
+    /// Run PACKAGE/JOB, or JOB alone when no other package has a job of that name
+    Run {
+        /// PACKAGE/JOB or JOB
+        #[arg(value_name = "PACKAGE/JOB")]
+        job: String,
+        #[command(flatten)]
+        options: RunOptions,
+    },
+    /// Show plugin files, their ABI and jobs, or why they failed to load
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Read the events recorded in the local store
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs by package
+    List {
+        /// Only this package
+        package: Option<String>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's location, parameters and description
+    Show {
+        package: String,
+        job: String,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List the search path and every plugin file found on it
+    List {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List recorded events, oldest first
+    List {
+        /// Only the events of this run id (`last` for the newest run)
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// At most this many of the newest events [default: 100, or all with --run]
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The arguments common to every job (SPEC §4).
+#[derive(Debug, Args)]
+pub struct RunOptions {
+    /// The account the job works on
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+    /// Start of the window: -7d, 36h, today, 2024-01-01, 2024-01-01T06:00:00Z, ...
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// End of the window, same forms as --since
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// A declared job parameter (repeatable); see `lorch jobs show`
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Cross-system trace id stored with every event of the run
+    #[arg(long, value_name = "ID", env = "LORCH_TRACE_ID")]
+    pub trace_id: Option<String>,
+}

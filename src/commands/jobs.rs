@@ -1,0 +1,123 @@
+//! `lorch jobs list` and `lorch jobs show`.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::error::{Exit, Result};
+use crate::output;
+use crate::params;
+use crate::plugins::{Catalog, Job};
+
+/// lorchestra's format: `PACKAGE:` then the indented job names, all sorted; with a package,
+/// `Jobs in PACKAGE:` then its jobs.
+pub fn list(catalog: &Catalog, package: Option<&str>, json: bool) -> Result<Exit> {
+    catalog.report_problems();
+    if let Some(package) = package {
+        catalog.check_package(package)?;
+    }
+    let jobs: Vec<&Job> = catalog
+        .jobs()
+        .filter(|j| package.is_none_or(|p| j.meta.package == p))
+        .collect();
+    if json {
+        let jobs: Vec<Value> = jobs
+            .iter()
+            .map(|job| {
+                json!({
+                    "id": job.id(),
+                    "package": job.meta.package,
+                    "job": job.meta.name,
+                    "summary": job.summary(),
+                    "location": job.location.to_string(),
+                })
+            })
+            .collect();
+        output::print_json(&json!({ "jobs": jobs }))?;
+        return Ok(Exit::Success);
+    }
+    let mut text = String::new();
+    match package {
+        Some(package) => {
+            writeln!(text, "Jobs in {package}:").unwrap();
+            jobs.iter()
+                .for_each(|job| writeln!(text, "  {}", job.meta.name).unwrap());
+        }
+        None => {
+            for package in catalog.packages() {
+                writeln!(text, "{package}:").unwrap();
+                catalog
+                    .package_jobs(package)
+                    .for_each(|job| writeln!(text, "  {}", job.meta.name).unwrap());
+            }
+            if jobs.is_empty() {
+                eprintln!("no jobs found; `lorch plugins list` shows where lorch looked");
+            }
+        }
+    }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
+
+/// `PACKAGE/JOB`, `Location:`, the parameters and the description.
+pub fn show(catalog: &Catalog, package: &str, name: &str, json: bool) -> Result<Exit> {
+    catalog.report_problems();
+    let job = catalog.find(package, name)?;
+    if json {
+        let params: Vec<Value> = job
+            .meta
+            .params
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "type": p.kind.as_str(),
+                    "required": p.required,
+                    "default": p.default.as_deref().and_then(|d| params::parse_value(p.kind, d).ok()),
+                    "help": p.help,
+                })
+            })
+            .collect();
+        output::print_json(&json!({
+            "id": job.id(),
+            "package": job.meta.package,
+            "job": job.meta.name,
+            "location": job.location.to_string(),
+            "description": job.meta.description,
+            "params": params,
+        }))?;
+        return Ok(Exit::Success);
+    }
+
+    let mut text = format!("{}\nLocation: {}\n", job.id(), job.location);
+    if job.meta.params.is_empty() {
+        text.push_str("Parameters: none besides --account, --since and --until\n");
+    } else {
+        text.push_str("Parameters (--param KEY=VALUE, besides --account, --since and --until):\n");
+        let signatures: Vec<String> = job.meta.params.iter().map(params::signature).collect();
+        let width = signatures.iter().map(String::len).max().unwrap_or(0);
+        for (param, signature) in job.meta.params.iter().zip(&signatures) {
+            let mut notes = Vec::new();
+            if param.required {
+                notes.push("required".to_owned());
+            }
+            if let Some(default) = &param.default {
+                notes.push(format!("default: {default}"));
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            writeln!(text, "  {signature:width$}  {}{notes}", param.help).unwrap();
+        }
+    }
+    if !job.meta.description.is_empty() {
+        text.push_str("Description:\n");
+        for line in job.meta.description.lines() {
+            writeln!(text, "  {line}").unwrap();
+        }
+    }
+    output::print(&text.replace("  \n", "\n"))?;
+    Ok(Exit::Success)
+}

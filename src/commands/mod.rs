@@ -1,0 +1,54 @@
+//! One module per command group; `dispatch` routes a parsed command line to it.
+
+mod events;
+mod jobs;
+mod plugins;
+mod run;
+
+use crate::cli::{Cli, Command, EventsCommand, JobsCommand, PluginsCommand};
+use crate::error::{Exit, Result};
+use crate::plugins::{Catalog, SearchPath};
+
+pub fn dispatch(cli: Cli) -> Result<Exit> {
+    let search_path = SearchPath::from_env(&cli.plugin_path);
+    // Plugins are loaded only by the commands that need jobs.
+    let discover = || Catalog::discover(&search_path);
+    match cli.command {
+        Command::Jobs(JobsCommand::List { package, json }) => {
+            jobs::list(&discover(), package.as_deref(), json)
+        }
+        Command::Jobs(JobsCommand::Show { package, job, json }) => {
+            jobs::show(&discover(), &package, &job, json)
+        }
+        Command::RunJob {
+            package,
+            job,
+            options,
+        } => {
+            let catalog = discover();
+            catalog.report_problems();
+            run::run(catalog.find(&package, &job)?, &options)
+        }
+        Command::Run { job, options } => {
+            let catalog = discover();
+            catalog.report_problems();
+            let job = match job.split_once('/') {
+                Some((package, name)) => catalog.find(package, name)?,
+                None => catalog.find_unique(&job)?,
+            };
+            run::run(job, &options)
+        }
+        Command::Plugins(PluginsCommand::List { json }) => {
+            plugins::list(&search_path, &discover(), json)
+        }
+        Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
+    }
+}
+
+/// The local event store of `LORCH_HOME`.
+fn open_store() -> anyhow::Result<crate::events::LocalStore> {
+    use crate::events::LocalStore;
+    let home = crate::paths::lorch_home()
+        .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))?;
+    LocalStore::open(&LocalStore::path_in(&home))
+}

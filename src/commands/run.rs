@@ -1,0 +1,98 @@
+//! `lorch run-job` and `lorch run`.
+
+use chrono::Utc;
+use lorch_plugin_api::TimeArg;
+
+use crate::cli::RunOptions;
+use crate::error::{Error, Exit, Result};
+use crate::plugins::Job;
+use crate::runner::{self, Outcome, RunPlan};
+use crate::{output, params, timearg};
+
+/// Validates every argument first (a usage error runs nothing and records nothing), then runs
+/// the job and prints one line naming the run id.
+pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
+    let plan = plan(job, options)?;
+    let store = super::open_store()?;
+    let report = runner::run(&plan, &store)?;
+
+    let id = job.id();
+    match &report.outcome {
+        Outcome::Completed => output::print(&format!(
+            "✓ {id} completed in {} (run {})\n",
+            format_duration(report.duration),
+            report.run_id
+        ))?,
+        Outcome::Failed { message, .. } => {
+            eprintln!("✗ {id} failed: {message} (run {})", report.run_id)
+        }
+    }
+    if let Some(error) = report.record_error {
+        return Err(Error::Environment(error));
+    }
+    Ok(match report.outcome {
+        Outcome::Completed => Exit::Success,
+        Outcome::Failed { .. } => Exit::JobFailed,
+    })
+}
+
+fn plan<'a>(job: &'a Job, options: &RunOptions) -> Result<RunPlan<'a>> {
+    // One `now` for both flags: `--since -1d --until now` is exactly one day.
+    let now = Utc::now();
+    let time = |flag: &str, value: &Option<String>| -> Result<Option<TimeArg>> {
+        let Some(raw) = value else { return Ok(None) };
+        let utc = timearg::resolve(raw, now).map_err(|why| {
+            Error::Usage(format!(
+                "invalid value '{raw}' for {flag}: {why}; {}",
+                timearg::ACCEPTED
+            ))
+        })?;
+        Ok(Some(TimeArg {
+            raw: raw.clone(),
+            utc,
+        }))
+    };
+    let since = time("--since", &options.since)?;
+    let until = time("--until", &options.until)?;
+    if let (Some(since), Some(until)) = (&since, &until) {
+        if since.utc > until.utc {
+            return Err(Error::Usage(format!(
+                "--since '{}' ({}) is later than --until '{}' ({}); the window must not end before it starts",
+                since.raw, since.utc, until.raw, until.utc
+            )));
+        }
+    }
+    let params = params::resolve(&job.meta, &options.params).map_err(Error::Usage)?;
+    Ok(RunPlan {
+        job,
+        account: options.account.clone(),
+        since,
+        until,
+        params,
+        trace_id: options.trace_id.clone().filter(|t| !t.is_empty()),
+    })
+}
+
+/// `850ms`, `2.41s`, `3m 12s`.
+fn format_duration(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.2}s", duration.as_secs_f64()),
+        _ => humantime::format_duration(std::time::Duration::from_secs(duration.as_secs()))
+            .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1ms");
+        assert_eq!(format_duration(Duration::from_millis(2414)), "2.41s");
+        assert_eq!(format_duration(Duration::from_millis(192_700)), "3m 12s");
+    }
+}

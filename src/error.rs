@@ -1,0 +1,59 @@
+//! The errors that decide lorch's exit code, and the exit codes themselves (SPEC §4).
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// How a lorch process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    /// The job ran and failed.
+    JobFailed = 1,
+    /// A bad flag or value, an unknown package or job, an invalid parameter.
+    Usage = 2,
+    /// Something around the job is broken: a plugin that failed to load, the event store.
+    Environment = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Why a command stopped before (or instead of) doing its work.
+#[derive(Debug)]
+pub enum Error {
+    /// The user asked for something lorch cannot do as asked; the message says what is
+    /// accepted.
+    Usage(String),
+    /// The environment is broken: a plugin, the event store, the file system.
+    Environment(anyhow::Error),
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Usage(_) => Exit::Usage,
+            Error::Environment(_) => Exit::Environment,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(error: anyhow::Error) -> Error {
+        Error::Environment(error)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(message) => f.write_str(message),
+            // `{:#}` prints anyhow's whole context chain on one line.
+            Error::Environment(error) => write!(f, "{error:#}"),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,54 @@
+//! Events: the rows of lorchestra's `event_log` (SPEC §5), and where they are recorded.
+
+mod store;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use store::{EventFilter, LocalStore};
+
+/// One event, with exactly the columns of the `event_log` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    pub event_type: String,
+    pub source_system: String,
+    pub created_at: DateTime<Utc>,
+    pub status: String,
+    pub correlation_id: String,
+    pub trace_id: Option<String>,
+    pub object_type: Option<String>,
+    pub idem_key: Option<String>,
+    pub error_message: Option<String>,
+    pub payload: Option<Value>,
+}
+
+impl Event {
+    /// A new event with a fresh time-ordered id, created now, status `ok`.
+    pub fn new(event_type: &str, source_system: &str, correlation_id: &str) -> Event {
+        Event {
+            event_id: Uuid::now_v7().to_string(),
+            event_type: event_type.to_owned(),
+            source_system: source_system.to_owned(),
+            created_at: Utc::now(),
+            status: "ok".to_owned(),
+            correlation_id: correlation_id.to_owned(),
+            trace_id: None,
+            object_type: None,
+            idem_key: None,
+            error_message: None,
+            payload: None,
+        }
+    }
+}
+
+/// Where events go. The runner only knows this trait, so a sink (the local store today,
+/// BigQuery delivery later) can change without touching it.
+///
+/// `record` returns once the event is durable; implementations are shared between the runner
+/// and the job's threads, hence `Sync`.
+pub trait EventSink: Sync {
+    fn record(&self, event: &Event) -> anyhow::Result<()>;
+}

@@ -1,0 +1,231 @@
+//! The embedded event store: one SQLite file under `LORCH_HOME`.
+//!
+//! SQLite in WAL mode lets several lorch processes append at once (writers queue on a busy
+//! timeout instead of failing) while readers see committed rows. Every `record` is its own
+//! transaction, so an event is on disk before the job's `emit` returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{Event, EventSink};
+
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT NOT NULL UNIQUE,
+    event_type     TEXT NOT NULL,
+    source_system  TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    trace_id       TEXT,
+    object_type    TEXT,
+    idem_key       TEXT,
+    error_message  TEXT,
+    payload        TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (correlation_id, seq);
+";
+
+pub struct LocalStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// Which events `list` returns.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    /// Only this run's events.
+    pub run_id: Option<String>,
+    /// Only the newest N (still returned oldest first).
+    pub limit: Option<usize>,
+}
+
+impl LocalStore {
+    /// The store of a lorch home directory: `<home>/events.db`.
+    pub fn path_in(home: &Path) -> PathBuf {
+        home.join("events.db")
+    }
+
+    /// Opens (creating when needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<LocalStore> {
+        let fail = || format!("cannot open the event store {}", path.display());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(fail)?;
+        }
+        let conn = Connection::open(path).with_context(fail)?;
+        conn.busy_timeout(BUSY_TIMEOUT).with_context(fail)?;
+        // WAL: concurrent writers queue instead of failing, readers never block them.
+        // NORMAL sync is durable across process crashes, which is what a job runner needs.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(fail)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .with_context(fail)?;
+        conn.execute_batch(SCHEMA).with_context(fail)?;
+        Ok(LocalStore {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave the connection half-written (SQLite
+        // rolls back), so a poisoned lock is still usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Events in the order they were recorded.
+    pub fn list(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let limit = filter.limit.map_or(-1, |n| n as i64);
+        let mut stmt = conn.prepare(
+            "SELECT * FROM (
+                 SELECT seq, event_id, event_type, source_system, created_at, status, correlation_id,
+                        trace_id, object_type, idem_key, error_message, payload
+                 FROM events WHERE ?1 IS NULL OR correlation_id = ?1
+                 ORDER BY seq DESC LIMIT ?2)
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![filter.run_id, limit], event_from_row)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read the event store {}", self.path.display()))
+    }
+
+    /// The run id of the newest event, if any.
+    pub fn last_run_id(&self) -> Result<Option<String>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT correlation_id FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+impl EventSink for LocalStore {
+    fn record(&self, event: &Event) -> Result<()> {
+        let payload = event.payload.as_ref().map(|p| p.to_string());
+        self.conn()
+            .execute(
+                "INSERT INTO events (event_id, event_type, source_system, created_at, status,
+                     correlation_id, trace_id, object_type, idem_key, error_message, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    event.event_id,
+                    event.event_type,
+                    event.source_system,
+                    event
+                        .created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    event.status,
+                    event.correlation_id,
+                    event.trace_id,
+                    event.object_type,
+                    event.idem_key,
+                    event.error_message,
+                    payload,
+                ],
+            )
+            .with_context(|| {
+                format!(
+                    "cannot write event {} to {}",
+                    event.event_type,
+                    self.path.display()
+                )
+            })?;
+        Ok(())
+    }
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let created_at: String = row.get("created_at")?;
+    let payload: Option<String> = row.get("payload")?;
+    Ok(Event {
+        event_id: row.get("event_id")?,
+        event_type: row.get("event_type")?,
+        source_system: row.get("source_system")?,
+        created_at: created_at.parse().unwrap_or_default(),
+        status: row.get("status")?,
+        correlation_id: row.get("correlation_id")?,
+        trace_id: row.get("trace_id")?,
+        object_type: row.get("object_type")?,
+        idem_key: row.get("idem_key")?,
+        error_message: row.get("error_message")?,
+        payload: payload.and_then(|p| serde_json::from_str(&p).ok()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_and_lists_every_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&LocalStore::path_in(dir.path())).unwrap();
+        let mut first = Event::new("job.started", "lorch", "run-1");
+        first.trace_id = Some("trace".into());
+        first.object_type = Some("job_run".into());
+        first.payload = Some(json!({"package": "p", "n": [1, 2]}));
+        let mut second = Event::new("p.thing", "p/j", "run-1");
+        second.idem_key = Some("k".into());
+        second.status = "failed".into();
+        second.error_message = Some("boom".into());
+        let other = Event::new("job.started", "lorch", "run-2");
+        for event in [&first, &second, &other] {
+            store.record(event).unwrap();
+        }
+
+        let run1 = store
+            .list(&EventFilter {
+                run_id: Some("run-1".into()),
+                limit: None,
+            })
+            .unwrap();
+        // created_at is stored with microseconds, which is all `Utc::now()` needs on Linux.
+        let trunc = |mut e: Event| {
+            e.created_at = e
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .parse()
+                .unwrap();
+            e
+        };
+        assert_eq!(run1, vec![trunc(first), trunc(second)]);
+
+        let newest = store
+            .list(&EventFilter {
+                run_id: None,
+                limit: Some(1),
+            })
+            .unwrap();
+        assert_eq!(newest, vec![trunc(other)]);
+        assert_eq!(store.last_run_id().unwrap().as_deref(), Some("run-2"));
+    }
+
+    #[test]
+    fn an_event_id_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("events.db")).unwrap();
+        let event = Event::new("x", "lorch", "r");
+        store.record(&event).unwrap();
+        assert!(store.record(&event).is_err());
+        assert_eq!(store.list(&EventFilter::default()).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,177 @@
+//! The host side of the plugin ABI: the callbacks a running job calls to emit events, log and
+//! check for cancellation.
+
+use std::ffi::c_void;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lorch_plugin_api::abi::{self, EmittedEvent, Failure, Host, RunRequest, Str};
+
+use crate::events::{Event, EventSink};
+use crate::plugins::Job;
+
+/// What one call of a job gave.
+#[derive(Debug)]
+pub enum CallResult {
+    Completed,
+    /// The job returned an error.
+    Failed(Failure),
+    /// The job panicked; `location` is set when known.
+    Panicked(Failure),
+    /// The plugin could not run the job at all (unknown job, unreadable request).
+    Refused(Failure),
+}
+
+/// The state behind the `ctx` pointer the job's callbacks receive. It is shared with any thread
+/// the job starts, so everything in it is thread-safe.
+pub struct JobCall<'a> {
+    sink: &'a dyn EventSink,
+    run_id: &'a str,
+    source_system: String,
+    trace_id: Option<&'a str>,
+    cancelled: &'a AtomicBool,
+    failure: Mutex<Option<Failure>>,
+    unrecorded: AtomicUsize,
+}
+
+impl<'a> JobCall<'a> {
+    pub fn new(
+        job: &Job,
+        sink: &'a dyn EventSink,
+        run_id: &'a str,
+        trace_id: Option<&'a str>,
+        cancelled: &'a AtomicBool,
+    ) -> JobCall<'a> {
+        JobCall {
+            sink,
+            run_id,
+            source_system: job.id(),
+            trace_id,
+            cancelled,
+            failure: Mutex::new(None),
+            unrecorded: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many of the job's events could not be stored (each was logged as an error and
+    /// reported to the job as a failed `emit`).
+    pub fn unrecorded(&self) -> usize {
+        self.unrecorded.load(Ordering::Relaxed)
+    }
+
+    /// Runs `job` and waits for it.
+    pub fn run(&self, job: &Job, request: &RunRequest) -> CallResult {
+        let host = Host {
+            size: size_of::<Host>() as u32,
+            ctx: self as *const JobCall as *mut c_void,
+            emit: host_emit,
+            log: host_log,
+            is_cancelled: host_is_cancelled,
+            fail: host_fail,
+        };
+        let request = serde_json::to_string(request).expect("a RunRequest always serializes");
+        let code = job.call(&host, &request);
+        let failure = || {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| Failure {
+                    message: format!("the plugin returned status {code} without saying why"),
+                    chain: Vec::new(),
+                    permanent: false,
+                    location: None,
+                })
+        };
+        match code {
+            abi::RUN_OK => CallResult::Completed,
+            abi::RUN_FAILED => CallResult::Failed(failure()),
+            abi::RUN_PANICKED => CallResult::Panicked(failure()),
+            _ => CallResult::Refused(failure()),
+        }
+    }
+
+    fn emit(&self, json: &[u8]) -> i32 {
+        let emitted: EmittedEvent = match serde_json::from_slice(json) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(
+                    "{} emitted an event that is not valid JSON: {e}",
+                    self.source_system
+                );
+                return abi::EMIT_INVALID;
+            }
+        };
+        if emitted.event_type.trim().is_empty() || emitted.event_type.starts_with("job.") {
+            tracing::error!(
+                "{} emitted event type {:?}: event types must be non-empty and `job.*` is reserved for lorch",
+                self.source_system,
+                emitted.event_type
+            );
+            return abi::EMIT_INVALID;
+        }
+        let mut event = Event::new(&emitted.event_type, &self.source_system, self.run_id);
+        event.trace_id = self.trace_id.map(str::to_owned);
+        event.idem_key = emitted.idem_key;
+        event.payload = emitted.payload;
+        match self.sink.record(&event) {
+            Ok(()) => abi::EMIT_OK,
+            Err(e) => {
+                self.unrecorded.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "event {} of run {} was not recorded: {e:#}",
+                    event.event_type,
+                    self.run_id
+                );
+                abi::EMIT_NOT_RECORDED
+            }
+        }
+    }
+}
+
+/// Recovers the `JobCall` behind `ctx` and runs `f`, never letting a panic cross `extern "C"`.
+fn with_call<T>(ctx: *mut c_void, on_panic: T, f: impl FnOnce(&JobCall) -> T) -> T {
+    // SAFETY: `ctx` is the `JobCall` that `JobCall::run` passed in, alive until `run` returns,
+    // which the ABI says is the last moment the plugin may call back.
+    let call = unsafe { &*(ctx as *const JobCall) };
+    panic::catch_unwind(AssertUnwindSafe(|| f(call))).unwrap_or(on_panic)
+}
+
+unsafe extern "C" fn host_emit(ctx: *mut c_void, event: Str) -> i32 {
+    // SAFETY: the plugin passes a string valid for this call.
+    let bytes = unsafe { event.as_bytes() };
+    with_call(ctx, abi::EMIT_NOT_RECORDED, |call| call.emit(bytes))
+}
+
+unsafe extern "C" fn host_log(ctx: *mut c_void, level: i32, message: Str) {
+    // SAFETY: as in `host_emit`.
+    let message = String::from_utf8_lossy(unsafe { message.as_bytes() });
+    with_call(ctx, (), |_| match level {
+        ..=1 => tracing::error!("{message}"),
+        2 => tracing::warn!("{message}"),
+        3 => tracing::info!("{message}"),
+        4 => tracing::debug!("{message}"),
+        _ => tracing::trace!("{message}"),
+    })
+}
+
+unsafe extern "C" fn host_is_cancelled(ctx: *mut c_void) -> i32 {
+    with_call(ctx, 0, |call| {
+        i32::from(call.cancelled.load(Ordering::Relaxed))
+    })
+}
+
+unsafe extern "C" fn host_fail(ctx: *mut c_void, failure: Str) {
+    // SAFETY: as in `host_emit`.
+    let bytes = unsafe { failure.as_bytes() };
+    with_call(ctx, (), |call| {
+        let failure = serde_json::from_slice(bytes).unwrap_or_else(|_| Failure {
+            message: String::from_utf8_lossy(bytes).into_owned(),
+            chain: Vec::new(),
+            permanent: false,
+            location: None,
+        });
+        *call.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+    })
+}

@@ -1,0 +1,10 @@
+//! Finding jobs: those linked into this binary and those in plugin files on the search path
+//! (SPEC §3). Nothing here runs job code; loading a plugin reads its header and metadata.
+
+mod catalog;
+mod library;
+mod metadata;
+mod search_path;
+
+pub use catalog::{Catalog, Job, Location, PluginFile, Problem};
+pub use search_path::SearchPath;

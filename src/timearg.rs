@@ -1,0 +1,171 @@
+//! `--since`/`--until`: every accepted form (SPEC §4), resolved once to a UTC instant.
+
+use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+
+/// The accepted forms, as error messages list them.
+pub const ACCEPTED: &str = "accepted: a duration in the past such as -7d, 7d, -36h, 2w, 1h30m or \
+90min (m is minutes, M or months is months), `now`, `today`, `yesterday` (00:00 UTC), a date \
+such as 2024-01-01 (00:00 UTC), or an RFC 3339 date-time such as 2024-01-01T06:00:00Z \
+(no offset means UTC)";
+
+/// Resolves `value` against `now`. The error says what is wrong with the value, without the
+/// list of accepted forms (the caller adds the flag name and [`ACCEPTED`]).
+pub fn resolve(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let value = value.trim();
+    let midnight = now.date_naive().and_time(NaiveTime::MIN).and_utc();
+    match value.to_ascii_lowercase().as_str() {
+        "" => return Err("the value is empty".to_owned()),
+        "now" => return Ok(now),
+        "today" => return Ok(midnight),
+        "yesterday" => return Ok(midnight - Days::new(1)),
+        _ => {}
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(date.and_time(NaiveTime::MIN).and_utc());
+    }
+    if let Ok(instant) = DateTime::parse_from_rfc3339(value) {
+        return Ok(instant.to_utc());
+    }
+    const WITH_OFFSET: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%z",
+        "%Y-%m-%d %H:%M%z",
+    ];
+    if let Some(instant) = WITH_OFFSET
+        .iter()
+        .find_map(|f| DateTime::parse_from_str(value, f).ok())
+    {
+        return Ok(instant.to_utc());
+    }
+    const WITHOUT_OFFSET: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ];
+    if let Some(naive) = WITHOUT_OFFSET
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(value, f).ok())
+    {
+        return Ok(naive.and_utc());
+    }
+    relative(value, now)
+}
+
+/// `-7d` and `7d` both mean seven days ago: a relative time is always in the past.
+fn relative(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let span = value.strip_prefix('-').unwrap_or(value);
+    if !span.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("it is not a time lorch recognizes".to_owned());
+    }
+    let duration =
+        humantime::parse_duration(span).map_err(|e| format!("it is not a valid duration ({e})"))?;
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| "it reaches too far into the past".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-22T15:30:45Z".parse().unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[track_caller]
+    fn ok(value: &str, expected: &str) {
+        assert_eq!(resolve(value, now()), Ok(at(expected)), "value {value:?}");
+    }
+
+    #[test]
+    fn relative_durations_are_in_the_past_with_or_without_minus() {
+        ok("-7d", "2026-11-15T15:30:45Z");
+        ok("7d", "2026-11-15T15:30:45Z");
+        ok("-36h", "2026-11-21T03:30:45Z");
+        ok("2w", "2026-11-08T15:30:45Z");
+        ok("1h30m", "2026-11-22T14:00:45Z");
+        ok("1h 30m", "2026-11-22T14:00:45Z");
+        ok("90min", "2026-11-22T14:00:45Z");
+        ok("45s", "2026-11-22T15:30:00Z");
+        ok("-0s", "2026-11-22T15:30:45Z");
+    }
+
+    #[test]
+    fn small_m_is_minutes_and_capital_m_is_months() {
+        ok("5m", "2026-11-22T15:25:45Z");
+        // humantime's month is 30.44 days.
+        let month = resolve("1M", now()).unwrap();
+        assert_eq!(month, resolve("1months", now()).unwrap());
+        assert_eq!((now() - month).num_hours(), 730);
+    }
+
+    #[test]
+    fn words() {
+        ok("now", "2026-11-22T15:30:45Z");
+        ok("today", "2026-11-22T00:00:00Z");
+        ok("yesterday", "2026-11-21T00:00:00Z");
+        ok("Today", "2026-11-22T00:00:00Z");
+        ok(" now ", "2026-11-22T15:30:45Z");
+    }
+
+    #[test]
+    fn dates_and_date_times() {
+        ok("2024-01-01", "2024-01-01T00:00:00Z");
+        ok("2024-02-29", "2024-02-29T00:00:00Z");
+        ok("2024-01-01T06:00:00Z", "2024-01-01T06:00:00Z");
+        ok("2024-01-01T06:00:00+02:00", "2024-01-01T04:00:00Z");
+        ok("2024-01-01T06:00:00-0530", "2024-01-01T11:30:00Z");
+        ok("2024-01-01T06:00:00.250Z", "2024-01-01T06:00:00.250Z");
+        ok("2024-01-01 06:00:00+00:00", "2024-01-01T06:00:00Z");
+        // No offset means UTC.
+        ok("2024-01-01T06:00:00", "2024-01-01T06:00:00Z");
+        ok("2024-01-01 06:00:00", "2024-01-01T06:00:00Z");
+        ok("2024-01-01T06:00", "2024-01-01T06:00:00Z");
+        ok("2024-01-01T06:00:00.5", "2024-01-01T06:00:00.500Z");
+    }
+
+    #[test]
+    fn rejected_values_say_why() {
+        for bad in [
+            "",
+            "  ",
+            "yesterdayish",
+            "last week",
+            "7",
+            "-7",
+            "7x",
+            "-7dd",
+            "+7d",
+            "d7",
+            "2024-13-01",
+            "2024-02-30",
+            "2024-01-01T25:00:00Z",
+            "01/02/2024",
+            "10000000000y",
+            "--7d",
+            "-",
+            "7d ago",
+        ] {
+            assert!(resolve(bad, now()).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(resolve("", now()).unwrap_err(), "the value is empty");
+        assert!(
+            resolve("7x", now())
+                .unwrap_err()
+                .contains("not a valid duration")
+        );
+        assert!(
+            resolve("10000000000y", now())
+                .unwrap_err()
+                .contains("too far")
+        );
+        assert!(resolve("soon", now()).unwrap_err().contains("not a time"));
+    }
+}
