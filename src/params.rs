@@ -144,7 +144,7 @@ mod tests {
     fn errors_name_the_flag_and_what_is_accepted() {
         let err = resolve(&job(), &given(&["label=x", "limt=5"])).unwrap_err();
         assert!(
-            err.contains("pkg/job has no parameter 'limt'; did you mean `limit`?"),
+            err.contains("pkg/job has no parameter 'limt' (did you mean `limit`?)"),
             "{err}"
         );
         assert!(

@@ -10,10 +10,10 @@ pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -
         .map(|(_, candidate)| candidate)
 }
 
-/// `; did you mean `x`?` or nothing.
+/// ` (did you mean `x`?)` or nothing.
 pub fn hint<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     closest(input, candidates)
-        .map(|c| format!("; did you mean `{c}`?"))
+        .map(|c| format!(" (did you mean `{c}`?)"))
         .unwrap_or_default()
 }
 
@@ -29,7 +29,7 @@ mod tests {
         assert_eq!(closest("zzz", names), None);
         assert_eq!(
             hint("ingestr", ["ingester", "canonizer"]),
-            "; did you mean `ingester`?"
+            " (did you mean `ingester`?)"
         );
         assert_eq!(hint("qqq", ["ingester"]), "");
     }

@@ -58,7 +58,10 @@ fn plan<'a>(job: &'a Job, options: &RunOptions) -> Result<RunPlan<'a>> {
         if since.utc > until.utc {
             return Err(Error::Usage(format!(
                 "--since '{}' ({}) is later than --until '{}' ({}); the window must not end before it starts",
-                since.raw, since.utc, until.raw, until.utc
+                since.raw,
+                since.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                until.raw,
+                until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )));
         }
     }

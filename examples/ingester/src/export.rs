@@ -45,11 +45,9 @@ impl Export {
                 .ok_or_else(|| bad(format!("`{date_field}` is not an RFC 3339 date-time")))?;
             records.push(Record { at, record });
         }
-        if path.is_none() {
-            if let Some(newest) = records.iter().map(|r| r.at).max() {
-                let shift = (Utc::now() - Duration::hours(1)) - newest;
-                records.iter_mut().for_each(|r| r.at += shift);
-            }
+        if let (None, Some(newest)) = (path, records.iter().map(|r| r.at).max()) {
+            let shift = (Utc::now() - Duration::hours(1)) - newest;
+            records.iter_mut().for_each(|r| r.at += shift);
         }
         Ok(Export { source, records })
     }

@@ -1,0 +1,223 @@
+//! Shared by the integration tests: builds the example and test plugins once, runs `lorch` in
+//! an isolated home, compiles C plugins.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Builds the plugin crates (and the custom binary) into a target directory of their own, once
+/// per test binary; cargo's lock serializes test binaries that build at the same time. Returns
+/// the directory holding the built artifacts.
+pub fn built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugins-target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .current_dir(REPO)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "ingester",
+                "-p",
+                "canonizer",
+                "-p",
+                "testkit",
+                "-p",
+                "custom-lorch",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cannot run cargo to build the test plugins");
+        assert!(status.success(), "building the test plugins failed");
+        target.join("debug")
+    })
+}
+
+/// The file name of a Rust plugin crate's library: `libingester.so`.
+pub fn lib_name(krate: &str) -> String {
+    format!(
+        "{}{krate}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// A fresh directory holding copies of the named plugin crates' libraries.
+pub fn plugin_dir(crates: &[&str]) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    for krate in crates {
+        let name = lib_name(krate);
+        std::fs::copy(built().join(&name), dir.path().join(&name)).unwrap();
+    }
+    dir
+}
+
+/// An isolated lorch environment: its own LORCH_HOME and XDG directories, no inherited plugin
+/// path, so nothing from the machine leaks in.
+pub struct Env {
+    pub home: TempDir,
+    pub plugins: Vec<PathBuf>,
+}
+
+impl Env {
+    pub fn new(plugin_dirs: &[&Path]) -> Env {
+        Env {
+            home: TempDir::new().unwrap(),
+            plugins: plugin_dirs.iter().map(|p| p.to_path_buf()).collect(),
+        }
+    }
+
+    /// `lorch --plugin-path DIR... ARGS` in this environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_with(env!("CARGO_BIN_EXE_lorch"), args)
+    }
+
+    /// Another lorch binary (e.g. the custom one) in this environment.
+    pub fn cmd_with(&self, binary: impl AsRef<Path>, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary.as_ref());
+        let home = self.home.path();
+        cmd.env("LORCH_HOME", home.join("lorch"))
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_STATE_HOME", home.join("state"))
+            .env_remove("LORCH_PLUGIN_PATH")
+            .env_remove("LORCH_TRACE_ID")
+            .env_remove("LORCH_LOG");
+        for dir in &self.plugins {
+            cmd.arg("--plugin-path").arg(dir);
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).output().unwrap())
+    }
+
+    /// Every event of a run, through `lorch events list --run ID --json`.
+    pub fn events(&self, run_id: &str) -> Vec<Value> {
+        let out = self.run(&["events", "list", "--run", run_id, "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()["events"].as_array().unwrap().clone()
+    }
+
+    /// Every event in the store.
+    pub fn all_events(&self) -> Vec<Value> {
+        let out = self.run(&["events", "list", "--limit", "1000000", "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()["events"].as_array().unwrap().clone()
+    }
+}
+
+/// A finished lorch process.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    /// stdout as one JSON document (it must be nothing else).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+
+    /// The run id named in the `✓`/`✗` line.
+    pub fn run_id(&self) -> String {
+        let text = format!("{}{}", self.stdout, self.stderr);
+        let start = text
+            .find("(run ")
+            .unwrap_or_else(|| panic!("no run id in {self:?}"))
+            + 5;
+        text[start..start + 36].to_owned()
+    }
+}
+
+/// The C compiler, or `None` after a loud message when there is none outside CI. In CI a
+/// missing compiler fails the test.
+pub fn c_compiler() -> Option<String> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    if Command::new(&cc)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some(cc);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("no C compiler ({cc}) in CI: the C plugin tests cannot run");
+    }
+    eprintln!(
+        "\n!!! SKIPPING: no C compiler ({cc}) found; install one (e.g. gcc) to run the C plugin tests !!!\n"
+    );
+    None
+}
+
+/// Compiles `source` into the shared library `out`, against the lorch plugin header.
+pub fn compile_c(cc: &str, source: &str, out: &Path) {
+    let src = out.with_extension("c");
+    std::fs::write(&src, source).unwrap();
+    let output = Command::new(cc)
+        .args(["-Wall", "-Werror", "-shared", "-fPIC", "-o"])
+        .arg(out)
+        .arg("-I")
+        .arg(Path::new(REPO).join("plugin-api/include"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::remove_file(src).unwrap();
+}
+
+/// The C source of a minimal plugin with one job `package/job` that emits `<package>.ran`,
+/// declaring ABI version `abi`.
+pub fn c_plugin(package: &str, job: &str, abi: u32) -> String {
+    format!(
+        r#"#include "lorch_plugin.h"
+static const char METADATA[] = "{{\"jobs\": [{{\"package\": \"{package}\", \"name\": \"{job}\"}}]}}";
+static const char EVENT[] = "{{\"event_type\": \"{package}.ran\"}}";
+static LorchStr metadata(void) {{ LorchStr s = {{(const uint8_t *)METADATA, sizeof METADATA - 1}}; return s; }}
+static int32_t run(const LorchHost *host, LorchStr job, LorchStr request) {{
+    (void)job; (void)request;
+    LorchStr s = {{(const uint8_t *)EVENT, sizeof EVENT - 1}};
+    return host->emit(host->ctx, s) == LORCH_EMIT_OK ? LORCH_RUN_OK : LORCH_RUN_FAILED;
+}}
+static const LorchPluginHeader HEADER = {{ {abi}u, sizeof(LorchPluginHeader), metadata, run }};
+const LorchPluginHeader *lorch_plugin_entry(void) {{ return &HEADER; }}
+"#
+    )
+}

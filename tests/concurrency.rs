@@ -1,0 +1,46 @@
+//! Several lorch processes writing the same local store at once lose nothing.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{Env, plugin_dir};
+
+#[test]
+fn two_runs_emitting_1000_events_each_store_all_2004() {
+    let dir = plugin_dir(&["testkit"]);
+    let env = Env::new(&[dir.path()]);
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            env.cmd(&["run-job", "testkit", "emit_many", "--param", "count=1000"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let runs: Vec<common::Run> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    for run in &runs {
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let events = env.all_events();
+    assert_eq!(events.len(), 2004);
+    for run in &runs {
+        let mine = env.events(&run.run_id());
+        assert_eq!(mine.len(), 1002);
+        assert_eq!(mine[0]["event_type"], "job.started");
+        assert_eq!(mine[1001]["event_type"], "job.completed");
+        let ticks: Vec<i64> = mine[1..1001]
+            .iter()
+            .map(|e| e["payload"]["i"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ticks,
+            (0..1000).collect::<Vec<_>>(),
+            "each run's events are stored in emission order"
+        );
+    }
+}

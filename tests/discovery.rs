@@ -1,0 +1,281 @@
+//! SPEC §3: built-in and plugin jobs, broken plugin files, duplicates, C plugins.
+
+mod common;
+
+use common::{Env, c_compiler, c_plugin, compile_c, plugin_dir};
+use serde_json::json;
+
+#[test]
+fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
+    let Some(cc) = c_compiler() else { return };
+    let dir = plugin_dir(&["ingester"]);
+    std::fs::write(dir.path().join("x.so"), "this is a text file\n").unwrap();
+    compile_c(
+        &cc,
+        "int not_a_plugin(void) { return 1; }\n",
+        &dir.path().join("libnoentry.so"),
+    );
+    compile_c(
+        &cc,
+        &c_plugin("future", "job", 999),
+        &dir.path().join("libfuture.so"),
+    );
+    let env = Env::new(&[dir.path()]);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+
+    let out = env.run(&["jobs", "list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "ingester:\n  extract_gmail\n  extract_slack\n");
+    let warnings: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(warnings.len(), 3, "{out:?}");
+    assert!(warnings.iter().any(|w| w.starts_with(&format!(
+        "warning: {}: not a loadable shared library",
+        path("x.so")
+    ))));
+    assert!(warnings.iter().any(|w| w.starts_with(&format!(
+        "warning: {}: no `lorch_plugin_entry` symbol",
+        path("libnoentry.so")
+    ))));
+    assert!(warnings.contains(&format!(
+        "warning: {}: plugin ABI version 999, but this lorch supports ABI version 1; rebuild the plugin against a matching lorch-plugin-api",
+        path("libfuture.so")
+    ).as_str()), "{out:?}");
+
+    let out = env.run(&["run-job", "ingester", "extract_gmail", "--since", "-7d"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
+            .count(),
+        3,
+        "{out:?}"
+    );
+
+    let out = env.run(&["plugins", "list", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let plugins = doc["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 4);
+    let by_path = |p: String| {
+        plugins
+            .iter()
+            .find(|e| e["path"] == p.as_str())
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by_path(path("libingester.so"))["jobs"],
+        json!(["ingester/extract_gmail", "ingester/extract_slack"])
+    );
+    assert_eq!(by_path(path("libingester.so"))["abi_version"], 1);
+    assert_eq!(by_path(path("libingester.so"))["error"], json!(null));
+    assert!(
+        by_path(path("libfuture.so"))["error"]
+            .as_str()
+            .unwrap()
+            .contains("ABI version 999")
+    );
+    assert!(
+        by_path(path("x.so"))["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a loadable shared library")
+    );
+
+    let out = env.run(&["plugins", "list"]);
+    assert!(
+        out.stdout.contains(&format!(
+            "{} (ABI 1)\n  ingester/extract_gmail\n",
+            path("libingester.so")
+        )),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "{}\n  error: plugin ABI version 999",
+            path("libfuture.so")
+        )),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_package_whose_plugin_failed_to_load_is_an_environment_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::write(dir.path().join("libingester.so"), "truncated").unwrap();
+    let env = Env::new(&[dir.path()]);
+    let out = env.run(&["run-job", "ingester", "extract_gmail"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("package `ingester` is not available: its plugin"),
+        "{out:?}"
+    );
+    assert_eq!(env.all_events().len(), 0);
+}
+
+#[test]
+fn a_duplicate_job_is_reported_with_both_locations_and_the_first_wins() {
+    let first = plugin_dir(&["ingester"]);
+    let second = plugin_dir(&["ingester"]);
+    let env = Env::new(&[first.path(), second.path()]);
+    let out = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let first_lib = first.path().join("libingester.so").display().to_string();
+    let second_lib = second.path().join("libingester.so").display().to_string();
+    assert!(
+        out.stdout.contains(&format!("Location: {first_lib}\n")),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains(&format!(
+        "warning: {second_lib}: duplicate job ingester/extract_gmail: ignored here, already provided by {first_lib}"
+    )), "{out:?}");
+    let out = env.run(&["plugins", "list"]);
+    assert!(
+        out.stdout.contains(&format!(
+            "  ingester/extract_slack (ignored: already provided by {first_lib})"
+        )),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_search_path_is_flags_then_lorch_plugin_path_then_the_default_directory() {
+    let flag = plugin_dir(&["canonizer"]);
+    let from_env = plugin_dir(&["ingester"]);
+    let default = plugin_dir(&["testkit", "ingester"]);
+    let env = Env::new(&[flag.path()]);
+    let default_dir = env.home.path().join("data/lorch/plugins");
+    std::fs::create_dir_all(default_dir.parent().unwrap()).unwrap();
+    std::fs::rename(default.path(), &default_dir).unwrap();
+
+    let mut cmd = env.cmd(&["jobs", "list", "--json"]);
+    cmd.env(
+        "LORCH_PLUGIN_PATH",
+        format!("/nonexistent:{}", from_env.path().display()),
+    );
+    let out = common::Run::from(cmd.output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    let locations: Vec<(String, String)> = out.json()["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap().to_owned(),
+                j["location"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let location_of = |id: &str| locations.iter().find(|(i, _)| i == id).unwrap().1.clone();
+    assert!(
+        location_of("canonizer/canonicalize_email").starts_with(&flag.path().display().to_string())
+    );
+    assert!(
+        location_of("ingester/extract_gmail").starts_with(&from_env.path().display().to_string())
+    );
+    assert!(location_of("testkit/echo").starts_with(&default_dir.display().to_string()));
+    // The default directory's ingester is a duplicate of the LORCH_PLUGIN_PATH one.
+    assert!(
+        out.stderr.contains("duplicate job ingester/extract_gmail"),
+        "{out:?}"
+    );
+    // A directory the user named that does not exist is worth a warning.
+    assert!(
+        out.stderr.contains(
+            "warning: /nonexistent: cannot read plugin directory (from LORCH_PLUGIN_PATH)"
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_c_plugin_written_against_the_header_loads_and_runs() {
+    let Some(cc) = c_compiler() else { return };
+    let dir = tempfile::TempDir::new().unwrap();
+    let source = std::fs::read_to_string(
+        std::path::Path::new(common::REPO).join("examples/c-plugin/greeter.c"),
+    )
+    .unwrap();
+    compile_c(&cc, &source, &dir.path().join("libgreeter.so"));
+    let env = Env::new(&[dir.path()]);
+
+    let out = env.run(&["jobs", "show", "greeter", "hello"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("  who=<string>  Whom to greet (default: world)\n"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("Description:\n  Greets someone from C.\n"),
+        "{out:?}"
+    );
+
+    let out = env.run(&["run-job", "greeter", "hello", "--param", "who=Ada"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("hello, Ada"),
+        "the job's log line reaches lorch's log: {out:?}"
+    );
+    let events = env.events(&out.run_id());
+    assert_eq!(events[1]["event_type"], "greeter.hello");
+    assert_eq!(events[1]["source_system"], "greeter/hello");
+    assert_eq!(events[1]["payload"], json!({"who": "Ada"}));
+    assert_eq!(events[2]["event_type"], "job.completed");
+
+    let out = env.run(&["run-job", "greeter", "hello", "--param", "who=nobody"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("✗ greeter/hello failed: nobody to greet: who=nobody"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_custom_binary_has_its_jobs_built_in() {
+    let env = Env::new(&[]);
+    let binary = common::built().join("custom-lorch");
+    let out = common::Run::from(env.cmd_with(&binary, &["jobs", "list"]).output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "canonizer:\n  canonicalize_email\n");
+    let out = common::Run::from(
+        env.cmd_with(
+            &binary,
+            &["jobs", "show", "canonizer", "canonicalize_email"],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(out.stdout.contains("Location: built-in\n"), "{out:?}");
+    let out = common::Run::from(
+        env.cmd_with(&binary, &["run", "canonicalize_email"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let events = env.events(&out.run_id());
+    assert_eq!(events[1]["payload"]["distinct"], 5);
+    assert_eq!(events[0]["payload"]["plugin"], "built-in");
+}
+
+#[test]
+fn listing_never_runs_job_code() {
+    // testkit/emit_many would write events if it ran; listing and showing must not.
+    let dir = plugin_dir(&["testkit"]);
+    let env = Env::new(&[dir.path()]);
+    for args in [
+        &["jobs", "list"][..],
+        &["jobs", "show", "testkit", "emit_many"],
+        &["plugins", "list"],
+    ] {
+        assert_eq!(env.run(args).code, 0);
+    }
+    assert!(
+        !env.home.path().join("lorch/events.db").exists(),
+        "listing opened the event store"
+    );
+}
