@@ -14,6 +14,15 @@ use crate::{output, params, timearg};
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     let plan = plan(job, options)?;
     let store = super::open_store()?;
+    if ["BQ_EVENTS_DATASET", "BQ_EVENTS_TABLE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        eprintln!(
+            "warning: this lorch does not deliver to BigQuery yet; the run's events are kept in {}",
+            store.path().display()
+        );
+    }
     let report = runner::run(&plan, &store)?;
 
     let id = job.id();

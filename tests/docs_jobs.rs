@@ -1,0 +1,136 @@
+//! docs/jobs.md is a working tutorial: its `file=` code blocks, written into a new crate
+//! outside the workspace, build a plugin that lorch lists, shows and runs.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Env;
+
+/// The code blocks of `markdown` whose info string names a file: (file, contents).
+fn file_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.strip_prefix("```")) {
+            (None, Some(info)) => {
+                if let Some(file) = info
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("file="))
+                {
+                    current = Some((file.to_owned(), String::new()));
+                }
+            }
+            (Some(_), Some("")) => blocks.push(current.take().unwrap()),
+            (Some((_, text)), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
+    let markdown = std::fs::read_to_string(Path::new(common::REPO).join("docs/jobs.md")).unwrap();
+    let blocks = file_blocks(&markdown);
+    let files: Vec<&str> = blocks.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(files, ["Cargo.toml", "src/lib.rs"]);
+
+    // The tutorial's crate sits next to a lorch checkout; here the path points at this one.
+    let krate = tempfile::TempDir::new().unwrap();
+    for (file, text) in &blocks {
+        let text = text.replace(
+            "../lorch/plugin-api",
+            &format!("{}/plugin-api", common::REPO),
+        );
+        std::fs::create_dir_all(krate.path().join(file).parent().unwrap()).unwrap();
+        std::fs::write(krate.path().join(file), text).unwrap();
+    }
+    // Same dependency versions as the workspace, so the build reuses what is compiled.
+    std::fs::copy(
+        Path::new(common::REPO).join("Cargo.lock"),
+        krate.path().join("Cargo.lock"),
+    )
+    .unwrap();
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docs-target");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(krate.path())
+        .args(["build", "--quiet", "--target-dir"])
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the crate from docs/jobs.md does not build"
+    );
+
+    let plugins = tempfile::TempDir::new().unwrap();
+    let lib = common::lib_name("notes");
+    std::fs::copy(target.join("debug").join(&lib), plugins.path().join(&lib)).unwrap();
+    let env = Env::new(&[plugins.path()]);
+
+    let out = env.run(&["jobs", "list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "notes:\n  count_lines\n");
+
+    // The `jobs show` output printed in the tutorial is the real one, but for the location.
+    let out = env.run(&["jobs", "show", "notes", "count_lines"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown = markdown
+        .split("$ lorch jobs show notes count_lines\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n$ ").next())
+        .unwrap();
+    let expected = shown.replace(
+        "/home/you/.local/share/lorch/plugins/libnotes.so",
+        &plugins.path().join(&lib).display().to_string(),
+    );
+    assert_eq!(out.stdout, format!("{expected}\n"));
+
+    let notes = env.home.path().join("notes.txt");
+    std::fs::write(&notes, "TODO buy milk\ndone: taxes\ntodo: call Bob\n").unwrap();
+    let file = format!("file={}", notes.display());
+    let out = env.run(&[
+        "run-job",
+        "notes",
+        "count_lines",
+        "--param",
+        &file,
+        "--param",
+        "ignore_case=true",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("✓ notes/count_lines completed in "),
+        "{out:?}"
+    );
+    let events = env.events(&out.run_id());
+    assert_eq!(events[1]["event_type"], "notes.counted");
+    assert_eq!(events[1]["payload"]["read"], 3);
+    assert_eq!(events[1]["payload"]["matched"], 2);
+
+    let out = env.run(&[
+        "run-job",
+        "notes",
+        "count_lines",
+        "--param",
+        "file=/no/such/notes.txt",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("✗ notes/count_lines failed: cannot read /no/such/notes.txt: No such file"),
+        "{out:?}"
+    );
+
+    let out = env.run(&["run-job", "notes", "count_lines"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("notes/count_lines requires --param file=<string> (The notes file to read)")
+    );
+}
