@@ -83,7 +83,12 @@ impl Env {
 
     /// Another lorch binary (e.g. the custom one) in this environment.
     pub fn cmd_with(&self, binary: impl AsRef<Path>, args: &[&str]) -> Command {
-        let mut cmd = Command::new(binary.as_ref());
+        self.cmd_in(Command::new(binary.as_ref()), args)
+    }
+
+    /// `cmd` (a lorch binary, or a wrapper such as strace followed by one) with this
+    /// environment, the plugin directories and `args` added.
+    pub fn cmd_in(&self, mut cmd: Command, args: &[&str]) -> Command {
         let home = self.home.path();
         cmd.env("LORCH_HOME", home.join("lorch"))
             .env("HOME", home)

@@ -1,0 +1,75 @@
+//! SPEC §6: `jobs list` and `jobs show` start no async runtime (no threads), open no network
+//! connection and read no credentials. Checked on the real process with strace.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Env, plugin_dir};
+
+/// strace, or `None` after a loud message outside CI; in CI a missing strace fails the test.
+fn strace() -> Option<&'static str> {
+    if Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("strace");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("strace is missing in CI: cannot check that listing opens no socket");
+    }
+    eprintln!(
+        "\n!!! SKIPPING: strace not found; install it to check that `jobs list` opens no socket !!!\n"
+    );
+    None
+}
+
+#[test]
+fn listing_and_showing_open_no_socket_start_no_thread_and_read_no_credentials() {
+    let Some(strace) = strace() else { return };
+    let plugins = plugin_dir(&["ingester", "canonizer"]);
+    let env = Env::new(&[plugins.path()]);
+    let trace = env.home.path().join("trace.txt");
+    for args in [
+        &["jobs", "list"][..],
+        &["jobs", "list", "--json"],
+        &["jobs", "show", "ingester", "extract_gmail"],
+    ] {
+        let mut strace_lorch = Command::new(strace);
+        strace_lorch
+            .args([
+                "-f",
+                "-e",
+                "trace=socket,connect,clone,clone3,fork,vfork,open,openat",
+                "-o",
+            ])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_lorch"))
+            .env(
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                env.home.path().join("key.json"),
+            );
+        let mut cmd = env.cmd_in(strace_lorch, args);
+        let out = common::Run::from(cmd.output().unwrap());
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        let calls = std::fs::read_to_string(&trace).unwrap();
+        assert!(
+            calls.contains("libingester.so"),
+            "the trace missed the plugin loads: {calls}"
+        );
+        for forbidden in [
+            "socket(",
+            "connect(",
+            "clone(",
+            "clone3(",
+            "fork(",
+            "key.json",
+            "gcloud",
+            "application_default",
+        ] {
+            let hits: Vec<&str> = calls.lines().filter(|l| l.contains(forbidden)).collect();
+            assert!(hits.is_empty(), "{args:?} made {forbidden}: {hits:#?}");
+        }
+    }
+}
