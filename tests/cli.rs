@@ -134,12 +134,8 @@ fn run_job_records_started_job_events_and_completed_under_one_run_id() {
     assert_eq!(uuid_version(&run_id), '7');
 
     let events = env.events(&run_id);
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        types,
+        common::types(&events),
         [
             "job.started",
             "ingester.messages_extracted",
@@ -345,12 +341,8 @@ fn a_failing_job_exits_1_and_records_job_failed_with_its_chain() {
     )));
 
     let events = env.events(&run_id);
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        types,
+        common::types(&events),
         ["job.started", "testkit.before_failure", "job.failed"]
     );
     let failed = &events[2];
@@ -380,11 +372,10 @@ fn a_panicking_job_exits_1_with_reason_panic_and_no_rust_panic_output() {
     );
 
     let events = env.events(&out.run_id());
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
-    assert_eq!(types, ["job.started", "testkit.before_panic", "job.failed"]);
+    assert_eq!(
+        common::types(&events),
+        ["job.started", "testkit.before_panic", "job.failed"]
+    );
     assert_eq!(events[2]["payload"]["reason"], "panic");
     assert_eq!(events[2]["payload"]["error"]["message"], "boom");
 }
@@ -394,12 +385,10 @@ fn jobs_cannot_emit_lifecycle_events() {
     let (_p, env) = env();
     let out = env.run(&["run-job", "testkit", "emit_reserved"]);
     assert_eq!(out.code, 1, "{out:?}");
-    let types: Vec<String> = env
-        .events(&out.run_id())
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(types, ["job.started", "job.failed"]);
+    assert_eq!(
+        common::types(&env.events(&out.run_id())),
+        ["job.started", "job.failed"]
+    );
 }
 
 #[test]

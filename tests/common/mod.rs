@@ -123,6 +123,14 @@ impl Env {
     }
 }
 
+/// The `event_type` of each event, in order.
+pub fn types(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect()
+}
+
 /// A finished lorch process.
 pub struct Run {
     pub code: i32,
