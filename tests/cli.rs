@@ -434,6 +434,7 @@ fn run_refuses_an_ambiguous_job_name() {
         &cc,
         &common::c_plugin("other", "echo", 1),
         &other.path().join("libother.so"),
+        &[],
     );
     let env = Env::new(&[testkit.path(), other.path()]);
     let out = env.run(&["run", "echo"]);

@@ -14,12 +14,38 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
         &cc,
         "int not_a_plugin(void) { return 1; }\n",
         &dir.path().join("libnoentry.so"),
+        &[],
     );
     compile_c(
         &cc,
         &c_plugin("future", "job", 999),
         &dir.path().join("libfuture.so"),
+        &[],
     );
+    compile_c(
+        &cc,
+        &c_plugin("Bad Name", "job", 1),
+        &dir.path().join("libbadmeta.so"),
+        &[],
+    );
+    // A plugin linked against a library that is gone by the time lorch loads it.
+    let gone = tempfile::TempDir::new().unwrap();
+    compile_c(
+        &cc,
+        "int helper(void) { return 1; }\n",
+        &gone.path().join("libgone.so"),
+        &[],
+    );
+    let link = format!("-L{}", gone.path().display());
+    let needs_gone = c_plugin("needs", "job", 1)
+        + "extern int helper(void);\nint use_helper(void) { return helper(); }\n";
+    compile_c(
+        &cc,
+        &needs_gone,
+        &dir.path().join("libneedsgone.so"),
+        &[&link, "-lgone"],
+    );
+    drop(gone);
     let env = Env::new(&[dir.path()]);
     let path = |name: &str| dir.path().join(name).display().to_string();
 
@@ -27,7 +53,7 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "ingester:\n  extract_gmail\n  extract_slack\n");
     let warnings: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(warnings.len(), 3, "{out:?}");
+    assert_eq!(warnings.len(), 5, "{out:?}");
     assert!(warnings.iter().any(|w| w.starts_with(&format!(
         "warning: {}: not a loadable shared library",
         path("x.so")
@@ -40,6 +66,25 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
         "warning: {}: plugin ABI version 999, but this lorch supports ABI version 1; rebuild the plugin against a matching lorch-plugin-api",
         path("libfuture.so")
     ).as_str()), "{out:?}");
+    assert!(
+        warnings.contains(
+            &format!(
+                "warning: {}: invalid metadata: package name \"Bad Name\" must match [a-z0-9_-]+",
+                path("libbadmeta.so")
+            )
+            .as_str()
+        ),
+        "{out:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| {
+            w.starts_with(&format!(
+        "warning: {}: not a loadable shared library: libgone.so: cannot open shared object file",
+        path("libneedsgone.so")
+    ))
+        }),
+        "{out:?}"
+    );
 
     let out = env.run(&["run-job", "ingester", "extract_gmail", "--since", "-7d"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -48,7 +93,7 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
             .lines()
             .filter(|l| l.starts_with("warning: "))
             .count(),
-        3,
+        5,
         "{out:?}"
     );
 
@@ -56,7 +101,7 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
     let plugins = doc["plugins"].as_array().unwrap();
-    assert_eq!(plugins.len(), 4);
+    assert_eq!(plugins.len(), 6);
     let by_path = |p: String| {
         plugins
             .iter()
@@ -198,7 +243,7 @@ fn a_c_plugin_written_against_the_header_loads_and_runs() {
         std::path::Path::new(common::REPO).join("examples/c-plugin/greeter.c"),
     )
     .unwrap();
-    compile_c(&cc, &source, &dir.path().join("libgreeter.so"));
+    compile_c(&cc, &source, &dir.path().join("libgreeter.so"), &[]);
     let env = Env::new(&[dir.path()]);
 
     let out = env.run(&["jobs", "show", "greeter", "hello"]);

@@ -196,8 +196,9 @@ pub fn c_compiler() -> Option<String> {
     None
 }
 
-/// Compiles `source` into the shared library `out`, against the lorch plugin header.
-pub fn compile_c(cc: &str, source: &str, out: &Path) {
+/// Compiles `source` into the shared library `out`, against the lorch plugin header; `extra`
+/// goes to the compiler after the source (e.g. libraries to link).
+pub fn compile_c(cc: &str, source: &str, out: &Path, extra: &[&str]) {
     let src = out.with_extension("c");
     std::fs::write(&src, source).unwrap();
     let output = Command::new(cc)
@@ -206,6 +207,7 @@ pub fn compile_c(cc: &str, source: &str, out: &Path) {
         .arg("-I")
         .arg(Path::new(REPO).join("plugin-api/include"))
         .arg(&src)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
