@@ -109,15 +109,17 @@ pub fn show(catalog: &Catalog, package: &str, name: &str, json: bool) -> Result<
             } else {
                 format!(" ({})", notes.join(", "))
             };
-            writeln!(text, "  {signature:width$}  {}{notes}", param.help).unwrap();
+            let line = format!("  {signature:width$}  {}{notes}", param.help);
+            writeln!(text, "{}", line.trim_end()).unwrap();
         }
     }
     if !job.meta.description.is_empty() {
         text.push_str("Description:\n");
         for line in job.meta.description.lines() {
-            writeln!(text, "  {line}").unwrap();
+            let line = format!("  {line}");
+            writeln!(text, "{}", line.trim_end()).unwrap();
         }
     }
-    output::print(&text.replace("  \n", "\n"))?;
+    output::print(&text)?;
     Ok(Exit::Success)
 }
