@@ -1,6 +1,7 @@
 //! The command line, all in one place (SPEC §4).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -50,6 +51,9 @@ pub enum Command {
     /// Read the events recorded in the local store
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Internal: runs one job attempt for a supervising lorch
+    #[command(name = "__worker", hide = true)]
+    Worker,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,4 +120,20 @@ pub struct RunOptions {
     /// Cross-system trace id stored with every event of the run
     #[arg(long, value_name = "ID", env = "LORCH_TRACE_ID")]
     pub trace_id: Option<String>,
+    /// Stop an attempt after this long (e.g. 30s, 10m, 2h): SIGTERM, then SIGKILL after --kill-after
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Grace period between SIGTERM and SIGKILL when a job is stopped
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub kill_after: Duration,
+    /// Retry a failed attempt up to N times (not usage errors, cancellations or permanent errors)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// Wait before the first retry; doubles each time, with jitter, at most 10 minutes
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub retry_backoff: Duration,
+    /// Run the job inside lorch's own process, without a supervised worker (for debugging: a
+    /// crash takes lorch down with it, and --timeout is not available)
+    #[arg(long, conflicts_with = "timeout")]
+    pub in_process: bool,
 }

@@ -13,6 +13,12 @@ pub enum Exit {
     Usage = 2,
     /// Something around the job is broken: a plugin that failed to load, the event store.
     Environment = 3,
+    /// Another run holds the job's lock.
+    Skipped = 75,
+    /// Cancelled by SIGINT.
+    Interrupted = 130,
+    /// Cancelled by SIGTERM.
+    Terminated = 143,
 }
 
 impl From<Exit> for ExitCode {

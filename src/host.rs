@@ -7,12 +7,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lorch_plugin_api::abi::{self, EmittedEvent, Failure, Host, RunRequest, Str};
+use serde::{Deserialize, Serialize};
 
 use crate::events::{Event, EventSink};
 use crate::plugins::Job;
 
 /// What one call of a job gave.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "status", content = "failure", rename_all = "snake_case")]
 pub enum CallResult {
     Completed,
     /// The job returned an error.

@@ -15,6 +15,7 @@ mod paths;
 pub mod plugins;
 mod runner;
 mod suggest;
+mod sys;
 mod timearg;
 
 use std::io::IsTerminal;
@@ -26,6 +27,9 @@ use clap::Parser;
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging();
+    if let cli::Command::Worker = cli.command {
+        return runner::worker::main();
+    }
     match commands::dispatch(cli) {
         Ok(exit) => exit.into(),
         Err(error) => {

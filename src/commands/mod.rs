@@ -42,6 +42,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             plugins::list(&search_path, &discover(), json)
         }
         Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
+        Command::Worker => unreachable!("the worker is dispatched before logging starts"),
     }
 }
 

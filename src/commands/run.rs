@@ -6,7 +6,7 @@ use lorch_plugin_api::TimeArg;
 use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
 use crate::plugins::Job;
-use crate::runner::{self, Outcome, RunPlan};
+use crate::runner::{self, Limits, Mode, Outcome, RunPlan, Signals};
 use crate::{output, params, timearg};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
@@ -23,25 +23,36 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
             store.path().display()
         );
     }
-    let report = runner::run(&plan, &store)?;
+    let signals = Signals::install()
+        .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
+    let report = runner::run(&plan, &store, &signals)?;
 
     let id = job.id();
+    let attempt = match report.attempts {
+        1 => String::new(),
+        n => format!(", attempt {n}"),
+    };
     match &report.outcome {
         Outcome::Completed => output::print(&format!(
-            "✓ {id} completed in {} (run {})\n",
+            "✓ {id} completed in {} (run {}{attempt})\n",
             format_duration(report.duration),
             report.run_id
         ))?,
-        Outcome::Failed { message, .. } => {
-            eprintln!("✗ {id} failed: {message} (run {})", report.run_id)
+        Outcome::Failed(failed) => {
+            eprintln!(
+                "✗ {id} failed: {} (run {}{attempt})",
+                failed.message, report.run_id
+            )
         }
     }
     if let Some(error) = report.record_error {
         return Err(Error::Environment(error));
     }
-    Ok(match report.outcome {
-        Outcome::Completed => Exit::Success,
-        Outcome::Failed { .. } => Exit::JobFailed,
+    Ok(match (signals.received(), report.outcome) {
+        (Some(libc::SIGINT), _) => Exit::Interrupted,
+        (Some(_), _) => Exit::Terminated,
+        (None, Outcome::Completed) => Exit::Success,
+        (None, Outcome::Failed(_)) => Exit::JobFailed,
     })
 }
 
@@ -82,6 +93,16 @@ fn plan<'a>(job: &'a Job, options: &RunOptions) -> Result<RunPlan<'a>> {
         until,
         params,
         trace_id: options.trace_id.clone().filter(|t| !t.is_empty()),
+        mode: if options.in_process {
+            Mode::InProcess
+        } else {
+            Mode::Supervised(Limits {
+                timeout: options.timeout,
+                kill_after: options.kill_after,
+            })
+        },
+        retries: options.retries,
+        retry_backoff: options.retry_backoff,
     })
 }
 

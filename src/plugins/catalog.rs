@@ -43,6 +43,44 @@ enum Entry {
 }
 
 impl Job {
+    /// Loads one job by itself, from its plugin file (`None`: built into this binary). This is
+    /// what a worker process does; the supervisor already checked the file.
+    pub fn load(plugin: Option<&Path>, package: &str, name: &str) -> Result<Job, String> {
+        let (jobs, location, entry): (Vec<JobMetadata>, _, _) = match plugin {
+            None => (
+                abi::registered_jobs().map(|spec| spec.metadata()).collect(),
+                Location::BuiltIn,
+                Entry::BuiltIn,
+            ),
+            Some(path) => {
+                let library =
+                    library::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                (
+                    library.metadata.jobs,
+                    Location::File(path.to_owned()),
+                    Entry::Plugin(library.header),
+                )
+            }
+        };
+        let meta = jobs
+            .into_iter()
+            .find(|m| m.package == package && m.name == name)
+            .ok_or_else(|| format!("{location} has no job {package}/{name}"))?;
+        Ok(Job {
+            meta,
+            location,
+            entry,
+        })
+    }
+
+    /// The plugin file, or `None` for a built-in job.
+    pub fn plugin_file(&self) -> Option<&Path> {
+        match &self.location {
+            Location::BuiltIn => None,
+            Location::File(path) => Some(path),
+        }
+    }
+
     /// `PACKAGE/JOB`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.meta.package, self.meta.name)

@@ -1,0 +1,345 @@
+//! One run of a job: its run id, its attempts, and around each attempt exactly one
+//! `job.started` and one terminal event, whatever the job does.
+//!
+//! By default each attempt runs in a supervised worker process ([`supervisor`]), so a crash, an
+//! `exit`, a hang or a signal still ends in a terminal event; `--in-process` calls the job
+//! directly instead. The runner knows events only through [`EventSink`].
+
+mod protocol;
+pub mod signals;
+mod supervisor;
+pub mod worker;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::SecondsFormat;
+use lorch_plugin_api::TimeArg;
+use lorch_plugin_api::abi::{Failure, RunRequest};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::events::{Event, EventSink};
+use crate::host::{CallResult, JobCall};
+use crate::plugins::Job;
+pub use signals::Signals;
+pub use supervisor::Limits;
+
+/// Where an attempt runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// In a worker process, with these limits.
+    Supervised(Limits),
+    /// In lorch's own process: no crash isolation, no timeout.
+    InProcess,
+}
+
+/// Everything a run needs, already validated.
+pub struct RunPlan<'a> {
+    pub job: &'a Job,
+    pub account: Option<String>,
+    pub since: Option<TimeArg>,
+    pub until: Option<TimeArg>,
+    pub params: Map<String, Value>,
+    pub trace_id: Option<String>,
+    pub mode: Mode,
+    /// Attempts after the first one, for failures that may be transient.
+    pub retries: u32,
+    /// The wait before the first retry; it doubles for each further one.
+    pub retry_backoff: Duration,
+}
+
+/// Why an attempt failed (the `reason` of `job.failed`, SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Error,
+    Panic,
+    Crash,
+    Timeout,
+    Cancelled,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Error => "error",
+            Reason::Panic => "panic",
+            Reason::Crash => "crash",
+            Reason::Timeout => "timeout",
+            Reason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A failed attempt.
+#[derive(Debug)]
+pub struct Failed {
+    pub reason: Reason,
+    /// The whole message, causes included.
+    pub message: String,
+    /// What the job reported, when it reported anything.
+    pub error: Option<Failure>,
+    /// The signal that ended the job's process (`SIGSEGV`), or that cancelled the run.
+    pub signal: Option<String>,
+    /// The exit code of a job process that exited without returning.
+    pub exit_code: Option<i32>,
+}
+
+impl Failed {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Failed {
+        Failed {
+            reason,
+            message: message.into(),
+            error: None,
+            signal: None,
+            exit_code: None,
+        }
+    }
+
+    /// Worth another attempt: not cancelled, and not marked permanent by the job.
+    fn retryable(&self) -> bool {
+        self.reason != Reason::Cancelled && !self.error.as_ref().is_some_and(|e| e.permanent)
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Completed,
+    Failed(Failed),
+}
+
+impl Outcome {
+    fn from_call(result: CallResult) -> Outcome {
+        let (reason, failure) = match result {
+            CallResult::Completed => return Outcome::Completed,
+            CallResult::Failed(failure) | CallResult::Refused(failure) => (Reason::Error, failure),
+            CallResult::Panicked(failure) => (Reason::Panic, failure),
+        };
+        let message = match (reason, &failure.location) {
+            (Reason::Panic, Some(location)) => {
+                format!("panicked at {location}: {}", failure.message)
+            }
+            (Reason::Panic, None) => format!("panicked: {}", failure.message),
+            _ => std::iter::once(failure.message.as_str())
+                .chain(failure.chain.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(": "),
+        };
+        Outcome::Failed(Failed {
+            error: Some(failure),
+            ..Failed::new(reason, message)
+        })
+    }
+}
+
+pub struct RunReport {
+    pub run_id: String,
+    /// The number of the last attempt, from 1.
+    pub attempts: u32,
+    /// The last attempt's outcome, which decides the exit code.
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// Set when a terminal event could not be stored; the outcome above still stands.
+    pub record_error: Option<anyhow::Error>,
+}
+
+/// Runs the job's attempts, each between its `job.started` and its one terminal event.
+///
+/// An error means the first `job.started` could not be recorded and nothing ran: lorch never
+/// runs a job whose run it cannot record.
+pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::Result<RunReport> {
+    let run_id = Uuid::now_v7().to_string();
+    let job_id = plan.job.id();
+    let mut attempt = 1;
+    loop {
+        let base = lifecycle_payload(plan, attempt);
+        let started = lifecycle_event("job.started", &run_id, plan, base.clone());
+        let recorded = sink.record(&started);
+        if attempt == 1 {
+            recorded.with_context(|| {
+                format!("cannot record job.started of {job_id}; the job was not run")
+            })?;
+        } else if let Err(error) = recorded {
+            // A retry that cannot be recorded is not run; the last attempt's outcome stands.
+            return Err(error.context(format!(
+                "cannot record job.started of attempt {attempt} of run {run_id}"
+            )));
+        }
+
+        let start = Instant::now();
+        let (outcome, unrecorded) = execute(plan, &run_id, attempt, sink, signals);
+        let duration = start.elapsed();
+
+        let terminal = terminal_event(&run_id, plan, base, &outcome, duration, unrecorded);
+        let record_error = sink
+            .record(&terminal)
+            .with_context(|| format!("cannot record {} of run {run_id}", terminal.event_type))
+            .err();
+
+        let retry = match &outcome {
+            Outcome::Failed(failed) => {
+                attempt <= plan.retries && failed.retryable() && record_error.is_none()
+            }
+            Outcome::Completed => false,
+        };
+        if retry {
+            let delay = backoff(plan.retry_backoff, attempt);
+            let Outcome::Failed(failed) = &outcome else {
+                unreachable!()
+            };
+            tracing::warn!(
+                "{job_id} attempt {attempt} failed ({}); retrying in {}",
+                failed.message,
+                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+            );
+            if signals.sleep(delay) {
+                attempt += 1;
+                continue;
+            }
+        }
+        return Ok(RunReport {
+            run_id,
+            attempts: attempt,
+            outcome,
+            duration,
+            record_error,
+        });
+    }
+}
+
+/// Exponential back-off with jitter: `base * 2^(attempt-1)`, capped at 10 minutes, then a random
+/// 50-100% of that so retries of many jobs do not arrive together.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(1u32 << (attempt - 1).min(20));
+    exponential
+        .min(Duration::from_secs(600))
+        .mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn execute(
+    plan: &RunPlan,
+    run_id: &str,
+    attempt: u32,
+    sink: &dyn EventSink,
+    signals: &Signals,
+) -> (Outcome, usize) {
+    let request = RunRequest {
+        run_id: run_id.to_owned(),
+        package: plan.job.meta.package.clone(),
+        job: plan.job.meta.name.clone(),
+        attempt,
+        account: plan.account.clone(),
+        since: plan.since.clone(),
+        until: plan.until.clone(),
+        params: plan.params.clone(),
+    };
+    let trace_id = plan.trace_id.as_deref();
+    match plan.mode {
+        Mode::Supervised(limits) => {
+            supervisor::run(plan.job, &request, trace_id, sink, limits, signals)
+        }
+        Mode::InProcess => {
+            let call = JobCall::new(plan.job, sink, run_id, trace_id, signals.cancel_flag());
+            let result = tracing::info_span!("job", id = %plan.job.id())
+                .in_scope(|| call.run(plan.job, &request));
+            let outcome = match (signals.received(), Outcome::from_call(result)) {
+                // The job returned after lorch was asked to stop: the run was cancelled.
+                (Some(signal), Outcome::Failed(_)) => {
+                    let name = crate::sys::signal_name(signal);
+                    Outcome::Failed(Failed {
+                        signal: Some(name.clone()),
+                        ..Failed::new(Reason::Cancelled, format!("cancelled by {name}"))
+                    })
+                }
+                (_, outcome) => outcome,
+            };
+            (outcome, call.unrecorded())
+        }
+    }
+}
+
+fn terminal_event(
+    run_id: &str,
+    plan: &RunPlan,
+    mut payload: Value,
+    outcome: &Outcome,
+    duration: Duration,
+    unrecorded: usize,
+) -> Event {
+    payload["duration_seconds"] = json!(duration.as_secs_f64());
+    if unrecorded > 0 {
+        payload["events_not_recorded"] = json!(unrecorded);
+    }
+    match outcome {
+        Outcome::Completed => lifecycle_event("job.completed", run_id, plan, payload),
+        Outcome::Failed(failed) => {
+            payload["reason"] = json!(failed.reason.as_str());
+            payload["error"] = json!(failed.error);
+            payload["signal"] = json!(failed.signal);
+            payload["exit_code"] = json!(failed.exit_code);
+            let mut event = lifecycle_event("job.failed", run_id, plan, payload);
+            event.status = "failed".to_owned();
+            event.error_message = Some(failed.message.clone());
+            event
+        }
+    }
+}
+
+fn lifecycle_event(event_type: &str, run_id: &str, plan: &RunPlan, payload: Value) -> Event {
+    let mut event = Event::new(event_type, "lorch", run_id);
+    event.trace_id = plan.trace_id.clone();
+    event.object_type = Some("job_run".to_owned());
+    event.payload = Some(payload);
+    event
+}
+
+/// The payload every lifecycle event of an attempt carries (SPEC §5).
+fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Value {
+    let instant = |t: &Option<TimeArg>| {
+        t.as_ref()
+            .map(|t| t.utc.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    };
+    let raw = |t: &Option<TimeArg>| t.as_ref().map(|t| t.raw.clone());
+    json!({
+        "package": plan.job.meta.package,
+        "job": plan.job.meta.name,
+        "parameters": {
+            "account": plan.account,
+            "since": instant(&plan.since),
+            "until": instant(&plan.until),
+            "since_input": raw(&plan.since),
+            "until_input": raw(&plan.until),
+            "params": plan.params,
+        },
+        "attempt": attempt,
+        "host": gethostname::gethostname().to_string_lossy(),
+        "pid": std::process::id(),
+        "lorch_version": env!("CARGO_PKG_VERSION"),
+        "plugin": plan.job.location.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(2);
+        for _ in 0..100 {
+            let first = backoff(base, 1);
+            assert!(
+                first >= Duration::from_secs(1) && first <= base,
+                "{first:?}"
+            );
+            let third = backoff(base, 3);
+            assert!(
+                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+                "{third:?}"
+            );
+            assert!(backoff(base, 40) <= Duration::from_secs(600));
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The supervisor: runs one attempt in a worker process and turns whatever happens to it into
+//! one outcome.
+//!
+//! The worker is lorch itself (`lorch __worker`), started in a process group of its own so that
+//! a timeout or a signal reaches the job and everything it started. Events arrive over a pipe as
+//! the job emits them and are stored at once; the outcome comes from the worker's result
+//! message or, when there is none (a crash, `exit`), from how the process ended.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lorch_plugin_api::abi::RunRequest;
+
+use super::protocol::{CHANNEL_FD, Message, WorkerInput};
+use super::signals::Signals;
+use super::{Failed, Outcome, Reason};
+use crate::events::EventSink;
+use crate::plugins::Job;
+use crate::sys;
+
+/// Time limits of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The attempt is stopped after this long.
+    pub timeout: Option<Duration>,
+    /// How long a stopped job gets between SIGTERM and SIGKILL.
+    pub kill_after: Duration,
+}
+
+/// What the supervisor hears, from the pipe reader and the process waiter threads.
+enum Heard {
+    Message(Message),
+    Garbage(String),
+    ChannelClosed,
+    Exited(ExitStatus),
+}
+
+/// Why the supervisor stopped the job.
+#[derive(Clone, Copy)]
+enum Stop {
+    Timeout,
+    Signal(i32),
+}
+
+/// Runs one attempt of `job` in a worker and returns its outcome and how many of its events
+/// could not be stored.
+pub fn run(
+    job: &Job,
+    request: &RunRequest,
+    trace_id: Option<&str>,
+    sink: &dyn EventSink,
+    limits: Limits,
+    signals: &Signals,
+) -> (Outcome, usize) {
+    match supervise(job, request, trace_id, sink, limits, signals) {
+        Ok(result) => result,
+        Err(error) => (
+            Outcome::Failed(Failed::new(
+                Reason::Error,
+                format!("cannot start the job's worker process: {error:#}"),
+            )),
+            0,
+        ),
+    }
+}
+
+fn supervise(
+    job: &Job,
+    request: &RunRequest,
+    trace_id: Option<&str>,
+    sink: &dyn EventSink,
+    limits: Limits,
+    signals: &Signals,
+) -> anyhow::Result<(Outcome, usize)> {
+    let (reader, writer) = std::io::pipe()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("__worker")
+        .stdin(Stdio::piped())
+        .process_group(0);
+    sys::pass_fd(&mut command, writer.as_raw_fd(), CHANNEL_FD);
+    let mut child = command.spawn()?;
+    drop(writer);
+    let pgid = child.id();
+    let started = Instant::now();
+
+    let input = WorkerInput {
+        plugin: job.plugin_file().map(Into::into),
+        request: request.clone(),
+        trace_id: trace_id.map(Into::into),
+    };
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // A worker that dies before reading its input is reported below from its exit status.
+    let _ = stdin.write_all(&serde_json::to_vec(&input)?);
+    drop(stdin);
+
+    let (tx, rx) = mpsc::channel();
+    let reader_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let heard = match line {
+                Ok(line) => match serde_json::from_str(&line) {
+                    Ok(message) => Heard::Message(message),
+                    Err(_) => Heard::Garbage(line),
+                },
+                Err(_) => break,
+            };
+            if reader_tx.send(heard).is_err() {
+                return;
+            }
+        }
+        let _ = reader_tx.send(Heard::ChannelClosed);
+    });
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            let _ = tx.send(Heard::Exited(status));
+        }
+    });
+
+    let deadline = limits.timeout.map(|t| started + t);
+    let mut stop: Option<(Stop, Instant)> = None;
+    let mut killed = false;
+    let mut result = None;
+    let mut unrecorded = 0;
+    let mut exited = None;
+    let mut channel_open = true;
+    let mut handle = |heard: Heard, result: &mut Option<_>| match heard {
+        Heard::Message(Message::Event { event }) => {
+            if let Err(e) = sink.record(&event) {
+                unrecorded += 1;
+                tracing::error!(
+                    "event {} of run {} was not recorded: {e:#}",
+                    event.event_type,
+                    event.correlation_id
+                );
+            }
+        }
+        Heard::Message(Message::Result { result: r }) => *result = Some(r),
+        Heard::Garbage(line) => tracing::warn!("unexpected output on the worker channel: {line}"),
+        Heard::ChannelClosed | Heard::Exited(_) => {}
+    };
+
+    // Until the worker exits: store what it sends, stop it on timeout or signal.
+    while exited.is_none() {
+        let now = Instant::now();
+        if stop.is_none() && result.is_none() {
+            let reason = match (signals.received(), deadline) {
+                (Some(signal), _) => Some(Stop::Signal(signal)),
+                (None, Some(deadline)) if now >= deadline => Some(Stop::Timeout),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                let _ = sys::kill_group(pgid, libc::SIGTERM);
+                stop = Some((reason, now + limits.kill_after));
+            }
+        } else if let Some((_, kill_at)) = stop
+            && now >= kill_at
+            && !killed
+        {
+            let _ = sys::kill_group(pgid, libc::SIGKILL);
+            killed = true;
+        }
+        let next_check = match (stop, deadline) {
+            (Some((_, kill_at)), _) if !killed => kill_at,
+            (None, Some(deadline)) => deadline,
+            _ => now + Duration::from_secs(3600),
+        };
+        // Signals are polled: wake at least every 50 ms to notice one.
+        let wait = next_check
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(50));
+        match rx.recv_timeout(wait) {
+            Ok(Heard::Exited(status)) => exited = Some(status),
+            Ok(Heard::ChannelClosed) => channel_open = false,
+            Ok(heard) => handle(heard, &mut result),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Whatever the job left behind in its process group goes with it.
+    let _ = sys::kill_group(pgid, libc::SIGKILL);
+    // Then read what is still in the pipe. The channel closes once the worker and anything
+    // that inherited it are gone; a process that escaped the group cannot hold lorch forever.
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while channel_open {
+        match rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
+            Ok(Heard::ChannelClosed) | Err(_) => channel_open = false,
+            Ok(heard) => handle(heard, &mut result),
+        }
+    }
+
+    let elapsed = started.elapsed();
+    let outcome = match (stop, result, exited) {
+        (Some((Stop::Timeout, _)), _, _) => Outcome::Failed(Failed::new(
+            Reason::Timeout,
+            format!(
+                "timed out after {}",
+                humantime::format_duration(limits.timeout.unwrap_or(elapsed))
+            ),
+        )),
+        (Some((Stop::Signal(signal), _)), _, _) => {
+            let mut failed = Failed::new(
+                Reason::Cancelled,
+                format!("cancelled by {}", sys::signal_name(signal)),
+            );
+            failed.signal = Some(sys::signal_name(signal));
+            Outcome::Failed(failed)
+        }
+        (None, Some(result), _) => Outcome::from_call(result),
+        (None, None, status) => Outcome::Failed(crash(status)),
+    };
+    Ok((outcome, unrecorded))
+}
+
+/// The outcome of a worker that ended without reporting a result.
+fn crash(status: Option<ExitStatus>) -> Failed {
+    match status {
+        Some(status) if status.signal().is_some() => {
+            let name = sys::signal_name(status.signal().unwrap_or_default());
+            let mut failed = Failed::new(Reason::Crash, format!("crashed: killed by {name}"));
+            failed.signal = Some(name);
+            failed
+        }
+        Some(status) => {
+            let code = status.code().unwrap_or_default();
+            let mut failed = Failed::new(
+                Reason::Crash,
+                format!("the job's process exited with code {code} before the job returned"),
+            );
+            failed.exit_code = Some(code);
+            failed
+        }
+        None => Failed::new(Reason::Crash, "the job's process could not be waited for"),
+    }
+}
