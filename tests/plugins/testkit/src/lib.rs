@@ -91,3 +91,150 @@ lorch_plugin_api::job! {
 fn emit_reserved(ctx: &Context, _: &Args) -> JobResult {
     ctx.emit("job.completed", json!({}))
 }
+
+// Faults: each ends its process in a way lorch's supervisor must turn into one terminal event.
+
+lorch_plugin_api::job! {
+    /// Emits `--param events=N` events, then aborts the process (SIGABRT).
+    package = "testkit",
+    name = "abort",
+    params = [ParamSpec::int("events").default("0").help("Events to emit first")],
+    run = abort,
+}
+
+fn abort(ctx: &Context, args: &Args) -> JobResult {
+    emit_before(ctx, args)?;
+    std::process::abort()
+}
+
+lorch_plugin_api::job! {
+    /// Emits `--param events=N` events, then writes through a null pointer (SIGSEGV).
+    package = "testkit",
+    name = "segfault",
+    params = [ParamSpec::int("events").default("0").help("Events to emit first")],
+    run = segfault,
+}
+
+fn segfault(ctx: &Context, args: &Args) -> JobResult {
+    emit_before(ctx, args)?;
+    // SAFETY: none; crashing is this job's purpose.
+    unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+    Ok(())
+}
+
+lorch_plugin_api::job! {
+    /// Emits `--param events=N` events, then calls `exit(7)`.
+    package = "testkit",
+    name = "exit",
+    params = [ParamSpec::int("events").default("0").help("Events to emit first")],
+    run = exit,
+}
+
+fn exit(ctx: &Context, args: &Args) -> JobResult {
+    emit_before(ctx, args)?;
+    std::process::exit(7)
+}
+
+fn emit_before(ctx: &Context, args: &Args) -> JobResult {
+    for i in 0..args.params.int("events").unwrap_or(0) {
+        ctx.emit("testkit.before_fault", json!({ "i": i }))?;
+    }
+    Ok(())
+}
+
+lorch_plugin_api::job! {
+    /// Sleeps `--param seconds=N`, returning early with an error when cancelled.
+    package = "testkit",
+    name = "sleep",
+    params = [ParamSpec::float("seconds").default("60").help("How long to sleep")],
+    run = sleep,
+}
+
+fn sleep(ctx: &Context, args: &Args) -> JobResult {
+    let end = std::time::Instant::now()
+        + std::time::Duration::from_secs_f64(args.params.float("seconds").unwrap_or(60.0));
+    ctx.emit("testkit.sleeping", json!({ "pid": std::process::id() }))?;
+    while std::time::Instant::now() < end {
+        if ctx.is_cancelled() {
+            ctx.emit("testkit.noticed_cancellation", json!({}))?;
+            return Err(JobError::new("cancelled"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+lorch_plugin_api::job! {
+    /// Ignores SIGTERM and cancellation, and sleeps for ten minutes.
+    package = "testkit",
+    name = "hang",
+    run = hang,
+}
+
+fn hang(ctx: &Context, _: &Args) -> JobResult {
+    ignore_sigterm();
+    ctx.emit("testkit.hanging", json!({ "pid": std::process::id() }))?;
+    std::thread::sleep(std::time::Duration::from_secs(600));
+    Ok(())
+}
+
+lorch_plugin_api::job! {
+    /// Starts `sleep 600` as a grandchild of lorch, records its pid, and hangs ignoring SIGTERM.
+    package = "testkit",
+    name = "grandchild",
+    run = grandchild,
+}
+
+fn grandchild(ctx: &Context, _: &Args) -> JobResult {
+    ignore_sigterm();
+    let child = std::process::Command::new("sleep").arg("600").spawn()?;
+    ctx.emit("testkit.grandchild", json!({ "pid": child.id() }))?;
+    std::thread::sleep(std::time::Duration::from_secs(600));
+    Ok(())
+}
+
+fn ignore_sigterm() {
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+}
+
+lorch_plugin_api::job! {
+    /// Fails until it has been attempted `--param succeed_on=N` times (counted in `--param
+    /// counter=FILE`), then succeeds.
+    package = "testkit",
+    name = "flaky",
+    params = [
+        ParamSpec::string("counter").required().help("File counting the attempts"),
+        ParamSpec::int("succeed_on").default("3").help("The attempt that succeeds"),
+    ],
+    run = flaky,
+}
+
+fn flaky(ctx: &Context, args: &Args) -> JobResult {
+    let counter = args.params.string("counter").unwrap_or_default();
+    let seen: i64 = std::fs::read_to_string(counter)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(counter, seen.to_string())?;
+    ctx.emit(
+        "testkit.attempt",
+        json!({ "seen": seen, "attempt": ctx.attempt() }),
+    )?;
+    if seen < args.params.int("succeed_on").unwrap_or(3) {
+        return Err(JobError::new(format!("attempt {seen} fails")));
+    }
+    Ok(())
+}
+
+lorch_plugin_api::job! {
+    /// Fails with an error marked permanent.
+    package = "testkit",
+    name = "fail_permanently",
+    run = fail_permanently,
+}
+
+fn fail_permanently(_: &Context, _: &Args) -> JobResult {
+    Err(JobError::new("bad credentials").permanent())
+}
