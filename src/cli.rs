@@ -19,6 +19,10 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", global = true)]
     pub plugin_path: Vec<PathBuf>,
 
+    /// Load plugin files even when another user could have written them
+    #[arg(long, global = true)]
+    pub allow_insecure_plugins: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -19,12 +19,6 @@ pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
-/// True while some process of group `pgid` is alive.
-pub fn group_alive(pgid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::killpg(pgid as libc::pid_t, 0) == 0 }
-}
-
 /// The effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.

@@ -324,3 +324,34 @@ fn listing_never_runs_job_code() {
         "listing opened the event store"
     );
 }
+
+#[test]
+fn a_plugin_in_a_world_writable_directory_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = plugin_dir(&["ingester"]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let env = Env::new(&[dir.path()]);
+
+    let out = env.run(&["run-job", "ingester", "extract_gmail"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let message = format!(
+        "refusing to load it: the plugin directory {} is group- and world-writable (fix: chmod go-w {})",
+        dir.path().display(),
+        dir.path().display()
+    );
+    assert!(out.stderr.contains(&message), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("pass --allow-insecure-plugins to load it anyway"),
+        "{out:?}"
+    );
+    assert_eq!(env.run(&["jobs", "list"]).stdout, "");
+
+    let out = env.run(&[
+        "--allow-insecure-plugins",
+        "run-job",
+        "ingester",
+        "extract_gmail",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+}

@@ -12,7 +12,7 @@ use crate::plugins::{Catalog, SearchPath};
 pub fn dispatch(cli: Cli) -> Result<Exit> {
     let search_path = SearchPath::from_env(&cli.plugin_path);
     // Plugins are loaded only by the commands that need jobs.
-    let discover = || Catalog::discover(&search_path);
+    let discover = || Catalog::discover(&search_path, cli.allow_insecure_plugins);
     match cli.command {
         Command::Jobs(JobsCommand::List { package, json }) => {
             jobs::list(&discover(), package.as_deref(), json)

@@ -74,16 +74,16 @@ fn plan<'a>(job: &'a Job, options: &RunOptions) -> Result<RunPlan<'a>> {
     };
     let since = time("--since", &options.since)?;
     let until = time("--until", &options.until)?;
-    if let (Some(since), Some(until)) = (&since, &until) {
-        if since.utc > until.utc {
-            return Err(Error::Usage(format!(
-                "--since '{}' ({}) is later than --until '{}' ({}); the window must not end before it starts",
-                since.raw,
-                since.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                until.raw,
-                until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )));
-        }
+    if let (Some(since), Some(until)) = (&since, &until)
+        && since.utc > until.utc
+    {
+        return Err(Error::Usage(format!(
+            "--since '{}' ({}) is later than --until '{}' ({}); the window must not end before it starts",
+            since.raw,
+            since.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            until.raw,
+            until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
     }
     let params = params::resolve(&job.meta, &options.params).map_err(Error::Usage)?;
     Ok(RunPlan {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use lorch_plugin_api::abi::{self, Host, JobMetadata, PluginHeader, Str};
 
-use super::{SearchPath, library, metadata};
+use super::{SearchPath, library, metadata, safety};
 use crate::error::{Error, Result};
 use crate::suggest;
 
@@ -146,8 +146,9 @@ pub struct Catalog {
 impl Catalog {
     /// The built-in jobs, then every plugin file on the search path, in order. The first
     /// provider of a `PACKAGE/JOB` wins; a later one is reported with both locations. A broken
-    /// file is recorded and skipped: it never hides the others.
-    pub fn discover(search_path: &SearchPath) -> Catalog {
+    /// file is recorded and skipped: it never hides the others. Unless `allow_insecure`, a file
+    /// that another user could have written is refused before it is opened.
+    pub fn discover(search_path: &SearchPath, allow_insecure: bool) -> Catalog {
         let mut catalog = Catalog {
             jobs: BTreeMap::new(),
             files: Vec::new(),
@@ -174,7 +175,12 @@ impl Catalog {
         }
 
         for path in search_path.plugin_files(&mut catalog.problems) {
-            let status = match library::load(&path) {
+            let loaded = match allow_insecure {
+                true => Ok(()),
+                false => safety::check(&path),
+            }
+            .and_then(|()| library::load(&path).map_err(|e| e.to_string()));
+            let status = match loaded {
                 Ok(library) => {
                     let ids = library
                         .metadata

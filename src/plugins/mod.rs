@@ -4,6 +4,7 @@
 mod catalog;
 mod library;
 mod metadata;
+mod safety;
 mod search_path;
 
 pub use catalog::{Catalog, Job, Location, PluginFile, Problem};

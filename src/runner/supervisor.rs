@@ -33,7 +33,7 @@ pub struct Limits {
 
 /// What the supervisor hears, from the pipe reader and the process waiter threads.
 enum Heard {
-    Message(Message),
+    Message(Box<Message>),
     Garbage(String),
     ChannelClosed,
     Exited(ExitStatus),
@@ -104,7 +104,7 @@ fn supervise(
         for line in BufReader::new(reader).lines() {
             let heard = match line {
                 Ok(line) => match serde_json::from_str(&line) {
-                    Ok(message) => Heard::Message(message),
+                    Ok(message) => Heard::Message(Box::new(message)),
                     Err(_) => Heard::Garbage(line),
                 },
                 Err(_) => break,
@@ -129,17 +129,19 @@ fn supervise(
     let mut exited = None;
     let mut channel_open = true;
     let mut handle = |heard: Heard, result: &mut Option<_>| match heard {
-        Heard::Message(Message::Event { event }) => {
-            if let Err(e) = sink.record(&event) {
-                unrecorded += 1;
-                tracing::error!(
-                    "event {} of run {} was not recorded: {e:#}",
-                    event.event_type,
-                    event.correlation_id
-                );
+        Heard::Message(message) => match *message {
+            Message::Event { event } => {
+                if let Err(e) = sink.record(&event) {
+                    unrecorded += 1;
+                    tracing::error!(
+                        "event {} of run {} was not recorded: {e:#}",
+                        event.event_type,
+                        event.correlation_id
+                    );
+                }
             }
-        }
-        Heard::Message(Message::Result { result: r }) => *result = Some(r),
+            Message::Result { result: r } => *result = Some(r),
+        },
         Heard::Garbage(line) => tracing::warn!("unexpected output on the worker channel: {line}"),
         Heard::ChannelClosed | Heard::Exited(_) => {}
     };
