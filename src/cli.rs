@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +55,9 @@ pub enum Command {
     /// Read the events recorded in the local store
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Run history: what ran, how it ended; abandoned runs are closed first
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Internal: runs one job attempt for a supervising lorch
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -106,6 +109,53 @@ pub enum EventsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, oldest first
+    List {
+        /// Only runs of this job
+        #[arg(long, value_name = "PACKAGE/JOB")]
+        job: Option<String>,
+        /// Only runs with this status
+        #[arg(long, value_enum)]
+        status: Option<RunStatus>,
+        /// At most this many of the newest runs
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run and its events in order
+    Show {
+        run_id: String,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close runs whose lorch process is gone with job.failed, reason abandoned
+    Reap,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
 /// The arguments common to every job (SPEC §4).
 #[derive(Debug, Args)]
 pub struct RunOptions {
@@ -140,4 +190,11 @@ pub struct RunOptions {
     /// crash takes lorch down with it, and --timeout is not available)
     #[arg(long, conflicts_with = "timeout")]
     pub in_process: bool,
+    /// If another run of this job and account holds the lock, wait up to DURATION for it
+    /// instead of exiting 75 at once
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait_lock: Option<Duration>,
+    /// Take no lock: allow this run to overlap another run of the same job and account
+    #[arg(long, conflicts_with = "wait_lock")]
+    pub no_lock: bool,
 }

@@ -10,13 +10,23 @@ use common::{Env, plugin_dir};
 fn two_runs_emitting_1000_events_each_store_all_2004() {
     let dir = plugin_dir(&["testkit"]);
     let env = Env::new(&[dir.path()]);
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            env.cmd(&["run-job", "testkit", "emit_many", "--param", "count=1000"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+    // Two accounts: runs of the same job and account would exclude each other (overlap lock).
+    let children: Vec<_> = ["acct1", "acct2"]
+        .into_iter()
+        .map(|account| {
+            env.cmd(&[
+                "run-job",
+                "testkit",
+                "emit_many",
+                "--param",
+                "count=1000",
+                "--account",
+                account,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     let runs: Vec<common::Run> = children

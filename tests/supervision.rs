@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, plugin_dir, types};
+use common::{Env, Run, gone, plugin_dir, signal, start, types};
 use serde_json::{Value, json};
 
 fn env() -> (tempfile::TempDir, Env) {
@@ -148,56 +147,6 @@ fn a_timeout_kills_a_job_that_ignores_it_and_every_process_it_started() {
         gone(grandchild),
         "the job's grandchild {grandchild} survived"
     );
-}
-
-/// True when no live process has this pid (a zombie waiting for its reaper counts as gone).
-fn gone(pid: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        let alive = state.is_some_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        });
-        if !alive {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts a testkit job in the background and waits until it has emitted `ready_event`.
-fn start(env: &Env, args: &[&str], ready_event: &str) -> std::process::Child {
-    let mut full = vec!["run-job", "testkit"];
-    full.extend_from_slice(args);
-    let child = env
-        .cmd(&full)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !env
-        .all_events()
-        .iter()
-        .any(|e| e["event_type"] == ready_event)
-    {
-        assert!(Instant::now() < deadline, "{ready_event} never came");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]

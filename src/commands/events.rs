@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::error::{Exit, Result};
-use crate::events::EventFilter;
+use crate::events::{Event, EventFilter};
 use crate::output;
 
 /// Without `--run`, the newest 100 events; with it, all of that run's. Oldest first.
 pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exit> {
-    let store = super::open_store()?;
+    let (_, store) = super::open_home()?;
     let run_id = match run.as_deref() {
         Some("last") => store.last_run_id()?,
         _ => run,
@@ -30,9 +30,15 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
             None => eprintln!("no events yet in {}", store.path().display()),
         }
     }
+    output::print(&format_events(&events))?;
+    Ok(Exit::Success)
+}
+
+/// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.
+pub fn format_events(events: &[Event]) -> String {
     let type_width = events.iter().map(|e| e.event_type.len()).max().unwrap_or(0);
     let mut text = String::new();
-    for event in &events {
+    for event in events {
         let created = event
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -47,6 +53,5 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
         }
         text.push('\n');
     }
-    output::print(&text)?;
-    Ok(Exit::Success)
+    text
 }

@@ -4,8 +4,9 @@ mod events;
 mod jobs;
 mod plugins;
 mod run;
+mod runs;
 
-use crate::cli::{Cli, Command, EventsCommand, JobsCommand, PluginsCommand};
+use crate::cli::{Cli, Command, EventsCommand, JobsCommand, PluginsCommand, RunsCommand};
 use crate::error::{Exit, Result};
 use crate::plugins::{Catalog, SearchPath};
 
@@ -42,14 +43,23 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             plugins::list(&search_path, &discover(), json)
         }
         Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
+        Command::Runs(RunsCommand::List {
+            job,
+            status,
+            limit,
+            json,
+        }) => runs::list(job, status, limit, json),
+        Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
+        Command::Runs(RunsCommand::Reap) => runs::reap(),
         Command::Worker => unreachable!("the worker is dispatched before logging starts"),
     }
 }
 
-/// The local event store of `LORCH_HOME`.
-fn open_store() -> anyhow::Result<crate::events::LocalStore> {
+/// `LORCH_HOME` and its event store.
+fn open_home() -> anyhow::Result<(std::path::PathBuf, crate::events::LocalStore)> {
     use crate::events::LocalStore;
     let home = crate::paths::lorch_home()
         .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))?;
-    LocalStore::open(&LocalStore::path_in(&home))
+    let store = LocalStore::open(&LocalStore::path_in(&home))?;
+    Ok((home, store))
 }

@@ -1,5 +1,7 @@
 //! `lorch run-job` and `lorch run`.
 
+use std::path::PathBuf;
+
 use chrono::Utc;
 use lorch_plugin_api::TimeArg;
 
@@ -7,13 +9,18 @@ use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
 use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan, Signals};
-use crate::{output, params, timearg};
+use crate::{history, output, params, timearg};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
-    let plan = plan(job, options)?;
-    let store = super::open_store()?;
+    let (home, store) = super::open_home()?;
+    let plan = plan(job, options, home)?;
+    super::runs::report_reaped(history::reap(
+        &store,
+        &plan.home,
+        Some((job.meta.package.clone(), job.meta.name.clone())),
+    )?);
     if ["BQ_EVENTS_DATASET", "BQ_EVENTS_TABLE"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
@@ -44,6 +51,16 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
                 failed.message, report.run_id
             )
         }
+        Outcome::Skipped(holder) => {
+            let by = match (&holder.run_id, holder.pid) {
+                (Some(run), Some(pid)) => format!("run {run} (pid {pid})"),
+                _ => "another run".to_owned(),
+            };
+            eprintln!(
+                "- {id} skipped: {by} holds its lock (run {})",
+                report.run_id
+            )
+        }
     }
     if let Some(error) = report.record_error {
         return Err(Error::Environment(error));
@@ -53,10 +70,11 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         (Some(_), _) => Exit::Terminated,
         (None, Outcome::Completed) => Exit::Success,
         (None, Outcome::Failed(_)) => Exit::JobFailed,
+        (None, Outcome::Skipped(_)) => Exit::Skipped,
     })
 }
 
-fn plan<'a>(job: &'a Job, options: &RunOptions) -> Result<RunPlan<'a>> {
+fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
     // One `now` for both flags: `--since -1d --until now` is exactly one day.
     let now = Utc::now();
     let time = |flag: &str, value: &Option<String>| -> Result<Option<TimeArg>> {
@@ -103,6 +121,11 @@ fn plan<'a>(job: &'a Job, options: &RunOptions) -> Result<RunPlan<'a>> {
         },
         retries: options.retries,
         retry_backoff: options.retry_backoff,
+        lock_wait: match options.no_lock {
+            true => None,
+            false => Some(options.wait_lock.unwrap_or_default()),
+        },
+        home,
     })
 }
 

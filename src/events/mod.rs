@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use store::{EventFilter, LocalStore};
+pub use store::{EventFilter, LocalStore, RunFilter, RunRow};
 
 /// One event, with exactly the columns of the `event_log` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use serde::Serialize;
 
 use super::{Event, EventSink};
 
@@ -32,11 +33,60 @@ CREATE TABLE IF NOT EXISTS events (
     payload        TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (correlation_id, seq);
+
+-- One row per run, kept up to date from its lifecycle events in the same transaction, so run
+-- history and the search for abandoned runs need not scan every event.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        TEXT PRIMARY KEY,
+    package       TEXT NOT NULL,
+    job           TEXT NOT NULL,
+    account       TEXT,
+    status        TEXT NOT NULL,
+    reason        TEXT,
+    attempt       INTEGER NOT NULL,
+    started_at    TEXT NOT NULL,
+    ended_at      TEXT,
+    pid           INTEGER,
+    host          TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (package, job, started_at);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
 ";
 
 pub struct LocalStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+}
+
+/// One run, as the `runs` table keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub run_id: String,
+    pub package: String,
+    pub job: String,
+    pub account: Option<String>,
+    /// `running`, `completed`, `failed` or `skipped`.
+    pub status: String,
+    pub reason: Option<String>,
+    /// The number of the latest attempt.
+    pub attempt: u32,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Which runs `runs` returns.
+#[derive(Debug, Default)]
+pub struct RunFilter {
+    pub run_id: Option<String>,
+    /// `(package, job)`.
+    pub job: Option<(String, String)>,
+    pub status: Option<String>,
+    /// Only the newest N (still returned oldest first).
+    pub limit: Option<usize>,
 }
 
 /// Which events `list` returns.
@@ -119,36 +169,146 @@ impl LocalStore {
 
 impl EventSink for LocalStore {
     fn record(&self, event: &Event) -> Result<()> {
-        let payload = event.payload.as_ref().map(|p| p.to_string());
-        self.conn()
-            .execute(
-                "INSERT INTO events (event_id, event_type, source_system, created_at, status,
-                     correlation_id, trace_id, object_type, idem_key, error_message, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    event.event_id,
-                    event.event_type,
-                    event.source_system,
-                    event
-                        .created_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    event.status,
-                    event.correlation_id,
-                    event.trace_id,
-                    event.object_type,
-                    event.idem_key,
-                    event.error_message,
-                    payload,
-                ],
+        let context = || {
+            format!(
+                "cannot write event {} to {}",
+                event.event_type,
+                self.path.display()
             )
-            .with_context(|| {
-                format!(
-                    "cannot write event {} to {}",
-                    event.event_type,
-                    self.path.display()
-                )
-            })?;
-        Ok(())
+        };
+        let mut conn = self.conn();
+        // IMMEDIATE: take the write lock up front, so a busy store waits instead of failing.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .with_context(context)?;
+        insert_event(&tx, event).with_context(context)?;
+        if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run") {
+            update_run(&tx, event).with_context(context)?;
+        }
+        tx.commit().with_context(context)
+    }
+}
+
+fn insert_event(tx: &Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO events (event_id, event_type, source_system, created_at, status,
+             correlation_id, trace_id, object_type, idem_key, error_message, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            event.event_id,
+            event.event_type,
+            event.source_system,
+            timestamp(&event.created_at),
+            event.status,
+            event.correlation_id,
+            event.trace_id,
+            event.object_type,
+            event.idem_key,
+            event.error_message,
+            event.payload.as_ref().map(|p| p.to_string()),
+        ],
+    )?;
+    Ok(())
+}
+
+fn timestamp(at: &chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Keeps the run's row in step with one of its lifecycle events.
+fn update_run(tx: &Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
+    let null = serde_json::Value::Null;
+    let payload = event.payload.as_ref().unwrap_or(&null);
+    let at = timestamp(&event.created_at);
+    let run = &event.correlation_id;
+    match event.event_type.as_str() {
+        "job.started" | "job.skipped" => {
+            let (status, ended_at) = match event.event_type.as_str() {
+                "job.started" => ("running", None),
+                _ => ("skipped", Some(&at)),
+            };
+            tx.execute(
+                "INSERT INTO runs (run_id, package, job, account, status, reason, attempt, started_at,
+                     ended_at, pid, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+                     reason = NULL, ended_at = NULL, error_message = NULL, pid = excluded.pid",
+                params![
+                    run,
+                    payload["package"].as_str().unwrap_or_default(),
+                    payload["job"].as_str().unwrap_or_default(),
+                    payload["parameters"]["account"].as_str(),
+                    status,
+                    payload["reason"].as_str(),
+                    payload["attempt"].as_i64().unwrap_or(1),
+                    at,
+                    ended_at,
+                    payload["pid"].as_i64(),
+                    payload["host"].as_str(),
+                ],
+            )?;
+        }
+        "job.completed" | "job.failed" => {
+            let status = if event.event_type == "job.completed" {
+                "completed"
+            } else {
+                "failed"
+            };
+            tx.execute(
+                "UPDATE runs SET status = ?2, reason = ?3, ended_at = ?4, error_message = ?5 WHERE run_id = ?1",
+                params![run, status, payload["reason"].as_str(), at, event.error_message],
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl LocalStore {
+    /// Runs in the order they started.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>> {
+        let conn = self.conn();
+        let (package, job) = filter.job.clone().unzip();
+        let limit = filter.limit.map_or(-1, |n| n as i64);
+        let mut stmt = conn.prepare(
+            "SELECT run_id, package, job, account, status, reason, attempt, started_at, ended_at,
+                    pid, host, error_message
+             FROM (SELECT rowid AS seq, * FROM runs
+                   WHERE (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR job = ?2)
+                     AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR run_id = ?5)
+                   ORDER BY started_at DESC, seq DESC LIMIT ?4)
+             ORDER BY started_at, seq",
+        )?;
+        let rows = stmt.query_map(
+            params![package, job, filter.status, limit, filter.run_id],
+            |row| {
+                Ok(RunRow {
+                    run_id: row.get(0)?,
+                    package: row.get(1)?,
+                    job: row.get(2)?,
+                    account: row.get(3)?,
+                    status: row.get(4)?,
+                    reason: row.get(5)?,
+                    attempt: row.get(6)?,
+                    started_at: row.get(7)?,
+                    ended_at: row.get(8)?,
+                    pid: row.get(9)?,
+                    host: row.get(10)?,
+                    error_message: row.get(11)?,
+                })
+            },
+        )?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read the event store {}", self.path.display()))
+    }
+
+    /// One run.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRow>> {
+        let filter = RunFilter {
+            run_id: Some(run_id.to_owned()),
+            ..RunFilter::default()
+        };
+        Ok(self.runs(&filter)?.pop())
     }
 }
 

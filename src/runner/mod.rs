@@ -10,6 +10,7 @@ pub mod signals;
 mod supervisor;
 pub mod worker;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use crate::events::{Event, EventSink};
 use crate::host::{CallResult, JobCall};
+use crate::locks::{self, Acquired, Holder};
 use crate::plugins::Job;
 pub use signals::Signals;
 pub use supervisor::Limits;
@@ -47,6 +49,10 @@ pub struct RunPlan<'a> {
     pub retries: u32,
     /// The wait before the first retry; it doubles for each further one.
     pub retry_backoff: Duration,
+    /// How long to wait for the overlap lock of the job and account; `None`: take no lock.
+    pub lock_wait: Option<Duration>,
+    /// The lorch home, where the locks live.
+    pub home: PathBuf,
 }
 
 /// Why an attempt failed (the `reason` of `job.failed`, SPEC §5).
@@ -78,7 +84,7 @@ pub struct Failed {
     /// The whole message, causes included.
     pub message: String,
     /// What the job reported, when it reported anything.
-    pub error: Option<Failure>,
+    pub error: Option<Box<Failure>>,
     /// The signal that ended the job's process (`SIGSEGV`), or that cancelled the run.
     pub signal: Option<String>,
     /// The exit code of a job process that exited without returning.
@@ -103,16 +109,21 @@ impl Failed {
 }
 
 /// How an attempt ended.
+pub type Attempt = Result<(), Failed>;
+
+/// How a run ended: its last attempt's outcome, or skipped.
 #[derive(Debug)]
 pub enum Outcome {
     Completed,
     Failed(Failed),
+    /// Not run: another run holds the job's lock.
+    Skipped(Holder),
 }
 
-impl Outcome {
-    fn from_call(result: CallResult) -> Outcome {
+impl Failed {
+    fn from_call(result: CallResult) -> Attempt {
         let (reason, failure) = match result {
-            CallResult::Completed => return Outcome::Completed,
+            CallResult::Completed => return Ok(()),
             CallResult::Failed(failure) | CallResult::Refused(failure) => (Reason::Error, failure),
             CallResult::Panicked(failure) => (Reason::Panic, failure),
         };
@@ -126,8 +137,8 @@ impl Outcome {
                 .collect::<Vec<_>>()
                 .join(": "),
         };
-        Outcome::Failed(Failed {
-            error: Some(failure),
+        Err(Failed {
+            error: Some(Box::new(failure)),
             ..Failed::new(reason, message)
         })
     }
@@ -151,6 +162,26 @@ pub struct RunReport {
 pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::Result<RunReport> {
     let run_id = Uuid::now_v7().to_string();
     let job_id = plan.job.id();
+    // Held for the whole run: while it is, nobody takes this run for abandoned.
+    let _run_lock =
+        locks::hold_run(&plan.home, &run_id).context("cannot create the run's lock file")?;
+    let _job_lock = match plan.lock_wait {
+        None => None,
+        Some(wait) => {
+            let path = locks::job_lock_path(
+                &plan.home,
+                &plan.job.meta.package,
+                &plan.job.meta.name,
+                plan.account.as_deref(),
+            );
+            match locks::acquire(&path, &run_id, wait, signals)
+                .with_context(|| format!("cannot take the lock {}", path.display()))?
+            {
+                Acquired::Held(lock) => Some(lock),
+                Acquired::Busy(holder) => return skipped(plan, sink, run_id, holder),
+            }
+        }
+    };
     let mut attempt = 1;
     loop {
         let base = lifecycle_payload(plan, attempt);
@@ -177,17 +208,12 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
             .with_context(|| format!("cannot record {} of run {run_id}", terminal.event_type))
             .err();
 
-        let retry = match &outcome {
-            Outcome::Failed(failed) => {
-                attempt <= plan.retries && failed.retryable() && record_error.is_none()
-            }
-            Outcome::Completed => false,
-        };
-        if retry {
+        if let Err(failed) = &outcome
+            && attempt <= plan.retries
+            && failed.retryable()
+            && record_error.is_none()
+        {
             let delay = backoff(plan.retry_backoff, attempt);
-            let Outcome::Failed(failed) = &outcome else {
-                unreachable!()
-            };
             tracing::warn!(
                 "{job_id} attempt {attempt} failed ({}); retrying in {}",
                 failed.message,
@@ -198,6 +224,10 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
                 continue;
             }
         }
+        let outcome = match outcome {
+            Ok(()) => Outcome::Completed,
+            Err(failed) => Outcome::Failed(failed),
+        };
         return Ok(RunReport {
             run_id,
             attempts: attempt,
@@ -206,6 +236,28 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
             record_error,
         });
     }
+}
+
+/// Records `job.skipped` for a run that found the job's lock held.
+fn skipped(
+    plan: &RunPlan,
+    sink: &dyn EventSink,
+    run_id: String,
+    holder: Holder,
+) -> anyhow::Result<RunReport> {
+    let mut payload = lifecycle_payload(plan, 1);
+    payload["reason"] = json!("locked");
+    payload["holder"] = json!({ "run_id": holder.run_id, "pid": holder.pid });
+    let event = lifecycle_event("job.skipped", &run_id, plan, payload);
+    sink.record(&event)
+        .with_context(|| format!("cannot record job.skipped of run {run_id}"))?;
+    Ok(RunReport {
+        run_id,
+        attempts: 1,
+        outcome: Outcome::Skipped(holder),
+        duration: Duration::ZERO,
+        record_error: None,
+    })
 }
 
 /// Exponential back-off with jitter: `base * 2^(attempt-1)`, capped at 10 minutes, then a random
@@ -223,7 +275,7 @@ fn execute(
     attempt: u32,
     sink: &dyn EventSink,
     signals: &Signals,
-) -> (Outcome, usize) {
+) -> (Attempt, usize) {
     let request = RunRequest {
         run_id: run_id.to_owned(),
         package: plan.job.meta.package.clone(),
@@ -243,11 +295,11 @@ fn execute(
             let call = JobCall::new(plan.job, sink, run_id, trace_id, signals.cancel_flag());
             let result = tracing::info_span!("job", id = %plan.job.id())
                 .in_scope(|| call.run(plan.job, &request));
-            let outcome = match (signals.received(), Outcome::from_call(result)) {
+            let outcome = match (signals.received(), Failed::from_call(result)) {
                 // The job returned after lorch was asked to stop: the run was cancelled.
-                (Some(signal), Outcome::Failed(_)) => {
+                (Some(signal), Err(_)) => {
                     let name = crate::sys::signal_name(signal);
-                    Outcome::Failed(Failed {
+                    Err(Failed {
                         signal: Some(name.clone()),
                         ..Failed::new(Reason::Cancelled, format!("cancelled by {name}"))
                     })
@@ -263,7 +315,7 @@ fn terminal_event(
     run_id: &str,
     plan: &RunPlan,
     mut payload: Value,
-    outcome: &Outcome,
+    outcome: &Attempt,
     duration: Duration,
     unrecorded: usize,
 ) -> Event {
@@ -272,8 +324,8 @@ fn terminal_event(
         payload["events_not_recorded"] = json!(unrecorded);
     }
     match outcome {
-        Outcome::Completed => lifecycle_event("job.completed", run_id, plan, payload),
-        Outcome::Failed(failed) => {
+        Ok(()) => lifecycle_event("job.completed", run_id, plan, payload),
+        Err(failed) => {
             payload["reason"] = json!(failed.reason.as_str());
             payload["error"] = json!(failed.error);
             payload["signal"] = json!(failed.signal);

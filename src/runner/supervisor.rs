@@ -17,7 +17,7 @@ use lorch_plugin_api::abi::RunRequest;
 
 use super::protocol::{CHANNEL_FD, Message, WorkerInput};
 use super::signals::Signals;
-use super::{Failed, Outcome, Reason};
+use super::{Attempt, Failed, Reason};
 use crate::events::EventSink;
 use crate::plugins::Job;
 use crate::sys;
@@ -55,11 +55,11 @@ pub fn run(
     sink: &dyn EventSink,
     limits: Limits,
     signals: &Signals,
-) -> (Outcome, usize) {
+) -> (Attempt, usize) {
     match supervise(job, request, trace_id, sink, limits, signals) {
         Ok(result) => result,
         Err(error) => (
-            Outcome::Failed(Failed::new(
+            Err(Failed::new(
                 Reason::Error,
                 format!("cannot start the job's worker process: {error:#}"),
             )),
@@ -75,7 +75,7 @@ fn supervise(
     sink: &dyn EventSink,
     limits: Limits,
     signals: &Signals,
-) -> anyhow::Result<(Outcome, usize)> {
+) -> anyhow::Result<(Attempt, usize)> {
     let (reader, writer) = std::io::pipe()?;
     let mut command = Command::new(std::env::current_exe()?);
     command
@@ -197,7 +197,7 @@ fn supervise(
 
     let elapsed = started.elapsed();
     let outcome = match (stop, result, exited) {
-        (Some((Stop::Timeout, _)), _, _) => Outcome::Failed(Failed::new(
+        (Some((Stop::Timeout, _)), _, _) => Err(Failed::new(
             Reason::Timeout,
             format!(
                 "timed out after {}",
@@ -210,10 +210,10 @@ fn supervise(
                 format!("cancelled by {}", sys::signal_name(signal)),
             );
             failed.signal = Some(sys::signal_name(signal));
-            Outcome::Failed(failed)
+            Err(failed)
         }
-        (None, Some(result), _) => Outcome::from_call(result),
-        (None, None, status) => Outcome::Failed(crash(status)),
+        (None, Some(result), _) => Failed::from_call(result),
+        (None, None, status) => Err(crash(status)),
     };
     Ok((outcome, unrecorded))
 }

@@ -3,8 +3,9 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -235,4 +236,58 @@ static const LorchPluginHeader HEADER = {{ {abi}u, sizeof(LorchPluginHeader), me
 const LorchPluginHeader *lorch_plugin_entry(void) {{ return &HEADER; }}
 "#
     )
+}
+
+/// True when no live process has this pid (a zombie waiting for its reaper counts as gone).
+pub fn gone(pid: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let alive = state.is_some_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        });
+        if !alive {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `lorch run-job testkit ARGS` in the background and waits until the store holds one
+/// more `ready_event` than before.
+pub fn start(env: &Env, args: &[&str], ready_event: &str) -> std::process::Child {
+    let count = || {
+        env.all_events()
+            .iter()
+            .filter(|e| e["event_type"] == ready_event)
+            .count()
+    };
+    let before = count();
+    let mut full = vec!["run-job", "testkit"];
+    full.extend_from_slice(args);
+    let child = env
+        .cmd(&full)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() == before {
+        assert!(Instant::now() < deadline, "{ready_event} never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -1,0 +1,189 @@
+//! `lorch runs list|show|reap`: run history from the local store. Each first closes the runs
+//! whose lorch process is gone, so no run shows "running" forever.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::events::format_events;
+use crate::cli::RunStatus;
+use crate::error::{Error, Exit, Result};
+use crate::events::{EventFilter, LocalStore, RunFilter, RunRow};
+use crate::{history, output};
+
+/// Opens the store and closes abandoned runs, saying so on stderr.
+fn open_reaped() -> Result<LocalStore> {
+    let (home, store) = super::open_home()?;
+    report_reaped(history::reap(&store, &home, None)?);
+    Ok(store)
+}
+
+/// One warning per run the reaper closed.
+pub fn report_reaped(runs: Vec<RunRow>) {
+    for run in runs {
+        eprintln!(
+            "warning: run {} of {}/{} (started {}) was abandoned: its lorch process is gone; recorded job.failed, reason abandoned",
+            run.run_id, run.package, run.job, run.started_at
+        );
+    }
+}
+
+pub fn list(
+    job: Option<String>,
+    status: Option<RunStatus>,
+    limit: usize,
+    json: bool,
+) -> Result<Exit> {
+    let job = match job {
+        None => None,
+        Some(id) => match id.split_once('/') {
+            Some((package, name)) if !package.is_empty() && !name.is_empty() => {
+                Some((package.to_owned(), name.to_owned()))
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "invalid --job '{id}': expected PACKAGE/JOB"
+                )));
+            }
+        },
+    };
+    let store = open_reaped()?;
+    let filter = RunFilter {
+        job,
+        status: status.map(|s| s.as_str().to_owned()),
+        limit: Some(limit),
+        ..RunFilter::default()
+    };
+    let runs = store.runs(&filter)?;
+    if json {
+        output::print_json(&json!({ "runs": runs }))?;
+        return Ok(Exit::Success);
+    }
+    if runs.is_empty() {
+        eprintln!("no runs recorded in {}", store.path().display());
+        return Ok(Exit::Success);
+    }
+    let rows: Vec<[String; 6]> = runs
+        .iter()
+        .map(|run| {
+            [
+                run.started_at
+                    .get(..19)
+                    .unwrap_or(&run.started_at)
+                    .to_owned()
+                    + "Z",
+                run.run_id.clone(),
+                format!("{}/{}", run.package, run.job),
+                status_text(run),
+                run.attempt.to_string(),
+                duration(run),
+            ]
+        })
+        .collect();
+    let header = ["STARTED", "RUN", "JOB", "STATUS", "ATTEMPTS", "DURATION"].map(str::to_owned);
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        writeln!(text, "{}", cells.join("  ").trim_end()).unwrap();
+    }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
+
+/// `completed`, `failed (timeout)`, `skipped (locked)`, `running`.
+fn status_text(run: &RunRow) -> String {
+    match &run.reason {
+        Some(reason) => format!("{} ({reason})", run.status),
+        None => run.status.clone(),
+    }
+}
+
+fn duration(run: &RunRow) -> String {
+    let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
+    match (
+        parse(&run.started_at),
+        run.ended_at.as_deref().and_then(parse),
+    ) {
+        (Some(start), Some(end)) => format!("{:.2}s", (end - start).as_seconds_f64()),
+        _ => "-".to_owned(),
+    }
+}
+
+pub fn show(run_id: &str, json: bool) -> Result<Exit> {
+    let store = open_reaped()?;
+    let Some(run) = store.run(run_id)? else {
+        return Err(Error::Usage(format!(
+            "no run {run_id} in {}; `lorch runs list` shows the recorded runs",
+            store.path().display()
+        )));
+    };
+    let events = store.list(&EventFilter {
+        run_id: Some(run_id.to_owned()),
+        limit: None,
+    })?;
+    if json {
+        output::print_json(&json!({ "run": run, "events": events }))?;
+        return Ok(Exit::Success);
+    }
+    let mut text = format!(
+        "run {}\nJob: {}/{}\nStatus: {}\n",
+        run.run_id,
+        run.package,
+        run.job,
+        status_text(&run)
+    );
+    if let Some(account) = &run.account {
+        writeln!(text, "Account: {account}").unwrap();
+    }
+    writeln!(
+        text,
+        "Attempts: {}\nStarted: {}",
+        run.attempt, run.started_at
+    )
+    .unwrap();
+    if let Some(ended) = &run.ended_at {
+        writeln!(text, "Ended: {ended} (after {})", duration(&run)).unwrap();
+    }
+    if let Some(error) = &run.error_message {
+        writeln!(text, "Error: {error}").unwrap();
+    }
+    text.push_str("Events:\n");
+    for line in format_events(&events).lines() {
+        writeln!(text, "  {line}").unwrap();
+    }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
+
+pub fn reap() -> Result<Exit> {
+    let (home, store) = super::open_home()?;
+    let reaped = history::reap(&store, &home, None)?;
+    let mut text = String::new();
+    for run in &reaped {
+        writeln!(
+            text,
+            "closed abandoned run {} of {}/{} (started {})",
+            run.run_id, run.package, run.job, run.started_at
+        )
+        .unwrap();
+    }
+    if reaped.is_empty() {
+        text.push_str("no abandoned runs\n");
+    }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}

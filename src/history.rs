@@ -1,0 +1,71 @@
+//! Run history that never lies: a run that shows "running" but whose lorch process is gone
+//! (a reboot, `kill -9` of lorch) is closed with `job.failed`, reason `abandoned`.
+//!
+//! A live run holds a lock on its run id (see [`locks`](crate::locks)); if another process can
+//! take that lock, nobody is left to finish the run. The check runs before every run of a job
+//! (for that job), and for all jobs in `lorch runs list|show|reap`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use chrono::Utc;
+use serde_json::json;
+
+use crate::events::{Event, EventFilter, EventSink, LocalStore, RunFilter, RunRow};
+use crate::locks;
+
+/// Closes the abandoned runs (of one `(package, job)`, or all) and returns them.
+pub fn reap(store: &LocalStore, home: &Path, job: Option<(String, String)>) -> Result<Vec<RunRow>> {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let running = RunFilter {
+        job,
+        status: Some("running".to_owned()),
+        ..RunFilter::default()
+    };
+    let mut reaped = Vec::new();
+    for run in store.runs(&running)? {
+        // Another machine's run (a shared LORCH_HOME): its lock is not ours to judge.
+        if run.host.as_deref().is_some_and(|h| h != host) {
+            continue;
+        }
+        let Some(_lock) = locks::take_orphaned_run(home, &run.run_id)? else {
+            continue;
+        };
+        // Under the lock, so two reapers cannot both close it.
+        if store
+            .run(&run.run_id)?
+            .is_none_or(|r| r.status != "running")
+        {
+            continue;
+        }
+        store.record(&abandoned(store, &run)?)?;
+        reaped.push(run);
+    }
+    Ok(reaped)
+}
+
+/// The `job.failed` of an abandoned run: its last `job.started`, closed now.
+fn abandoned(store: &LocalStore, run: &RunRow) -> Result<Event> {
+    let events = store.list(&EventFilter {
+        run_id: Some(run.run_id.clone()),
+        limit: None,
+    })?;
+    let started = events.iter().rev().find(|e| e.event_type == "job.started");
+    let mut event = Event::new("job.failed", "lorch", &run.run_id);
+    event.status = "failed".to_owned();
+    event.object_type = Some("job_run".to_owned());
+    event.trace_id = started.and_then(|e| e.trace_id.clone());
+    let pid = run.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    event.error_message = Some(format!(
+        "abandoned: the lorch process{pid} running it ended without recording an outcome"
+    ));
+    let mut payload = started
+        .and_then(|e| e.payload.clone())
+        .unwrap_or_else(|| json!({}));
+    payload["reason"] = json!("abandoned");
+    if let Some(started) = started {
+        payload["duration_seconds"] = json!((Utc::now() - started.created_at).as_seconds_f64());
+    }
+    event.payload = Some(payload);
+    Ok(event)
+}

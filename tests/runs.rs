@@ -1,0 +1,255 @@
+//! Overlap locks and run history: a second run of a busy job is skipped, and no run shows
+//! "running" forever after its lorch process died.
+
+mod common;
+
+use common::{Env, Run, gone, plugin_dir, signal, start, types};
+use serde_json::json;
+
+fn env() -> (tempfile::TempDir, Env) {
+    let plugins = plugin_dir(&["testkit"]);
+    let env = Env::new(&[plugins.path()]);
+    (plugins, env)
+}
+
+#[test]
+fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
+    let (_p, env) = env();
+    let first = start(
+        &env,
+        &["sleep", "--param", "seconds=2", "--account", "a"],
+        "testkit.sleeping",
+    );
+    let holder = env.all_events()[0].clone();
+
+    let second = env.run(&[
+        "run-job",
+        "testkit",
+        "sleep",
+        "--param",
+        "seconds=0",
+        "--account",
+        "a",
+    ]);
+    assert_eq!(second.code, 75, "{second:?}");
+    let holder_run = holder["correlation_id"].as_str().unwrap();
+    assert!(
+        second
+            .stderr
+            .contains(&format!("- testkit/sleep skipped: run {holder_run} (pid ")),
+        "{second:?}"
+    );
+    let skipped = env.events(&second.run_id());
+    assert_eq!(types(&skipped), ["job.skipped"]);
+    assert_eq!(skipped[0]["status"], "ok");
+    assert_eq!(skipped[0]["payload"]["reason"], "locked");
+    assert_eq!(
+        skipped[0]["payload"]["holder"],
+        json!({ "run_id": holder_run, "pid": holder["payload"]["pid"] })
+    );
+
+    // Another account is another lock.
+    let other = env.run(&[
+        "run-job",
+        "testkit",
+        "sleep",
+        "--param",
+        "seconds=0",
+        "--account",
+        "b",
+    ]);
+    assert_eq!(other.code, 0, "{other:?}");
+    // --no-lock overlaps on purpose.
+    let overlap = env.run(&[
+        "run-job",
+        "testkit",
+        "sleep",
+        "--param",
+        "seconds=0",
+        "--account",
+        "a",
+        "--no-lock",
+    ]);
+    assert_eq!(overlap.code, 0, "{overlap:?}");
+    // --wait-lock waits for the holder to finish.
+    let waited = env.run(&[
+        "run-job",
+        "testkit",
+        "sleep",
+        "--param",
+        "seconds=0",
+        "--account",
+        "a",
+        "--wait-lock",
+        "30s",
+    ]);
+    assert_eq!(waited.code, 0, "{waited:?}");
+    assert_eq!(Run::from(first.wait_with_output().unwrap()).code, 0);
+}
+
+#[test]
+fn two_runs_started_together_one_runs_the_other_is_skipped() {
+    let (_p, env) = env();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            env.cmd(&[
+                "run-job",
+                "testkit",
+                "sleep",
+                "--param",
+                "seconds=1",
+                "--account",
+                "x",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut codes: Vec<i32> = runs
+        .into_iter()
+        .map(|c| Run::from(c.wait_with_output().unwrap()).code)
+        .collect();
+    codes.sort();
+    assert_eq!(codes, [0, 75]);
+    let skipped: Vec<_> = env
+        .all_events()
+        .into_iter()
+        .filter(|e| e["event_type"] == "job.skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1);
+}
+
+#[test]
+fn a_run_whose_lorch_was_killed_is_closed_as_abandoned_by_the_next_run_of_that_job() {
+    let (_p, env) = env();
+    let lorch = start(
+        &env,
+        &["sleep", "--param", "seconds=60"],
+        "testkit.sleeping",
+    );
+    let sleeping = env
+        .all_events()
+        .into_iter()
+        .find(|e| e["event_type"] == "testkit.sleeping")
+        .unwrap();
+    let killed_run = sleeping["correlation_id"].as_str().unwrap().to_owned();
+    signal(&lorch, "KILL");
+    let _ = lorch.wait_with_output();
+    assert!(
+        gone(sleeping["payload"]["pid"].as_u64().unwrap()),
+        "the worker outlived its lorch"
+    );
+
+    let out = env.run(&["runs", "list", "--json"]);
+    let runs = out.json()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "failed", "{out:?}");
+    assert_eq!(runs[0]["reason"], "abandoned");
+    assert!(
+        out.stderr
+            .contains(&format!("warning: run {killed_run} of testkit/sleep")),
+        "{out:?}"
+    );
+
+    let events = env.events(&killed_run);
+    assert_eq!(
+        types(&events),
+        ["job.started", "testkit.sleeping", "job.failed"]
+    );
+    assert_eq!(events[2]["payload"]["reason"], "abandoned");
+    assert_eq!(events[2]["status"], "failed");
+
+    // Nothing left to reap, and the run is not closed twice.
+    let out = env.run(&["runs", "reap"]);
+    assert_eq!(out.stdout, "no abandoned runs\n");
+    let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(types(&env.events(&killed_run)).len(), 3);
+}
+
+#[test]
+fn the_next_run_of_the_job_reaps_before_it_starts() {
+    let (_p, env) = env();
+    let lorch = start(&env, &["hang"], "testkit.hanging");
+    signal(&lorch, "KILL");
+    let _ = lorch.wait_with_output();
+    let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // A different job: its abandoned run is left for `runs` commands or its own next run.
+    let out = env.run(&["runs", "list", "--job", "testkit/hang", "--json"]);
+    assert_eq!(out.json()["runs"][0]["reason"], "abandoned");
+
+    let lorch = start(
+        &env,
+        &["sleep", "--param", "seconds=60"],
+        "testkit.sleeping",
+    );
+    signal(&lorch, "KILL");
+    let _ = lorch.wait_with_output();
+    let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("was abandoned"),
+        "the run-job reaped the earlier run of its job: {out:?}"
+    );
+}
+
+#[test]
+fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
+    let (_p, env) = env();
+    let ok = env.run(&["run-job", "testkit", "echo"]);
+    let failed = env.run(&["run-job", "testkit", "fail"]);
+
+    let out = env.run(&["runs", "list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{out:?}");
+    assert!(lines[0].starts_with("STARTED") && lines[0].contains("STATUS"));
+    assert!(
+        lines[1].contains(&ok.run_id())
+            && lines[1].contains("testkit/echo")
+            && lines[1].contains("completed")
+    );
+    assert!(lines[2].contains(&failed.run_id()) && lines[2].contains("failed (error)"));
+
+    let out = env.run(&["runs", "list", "--status", "failed", "--json"]);
+    let runs = out.json()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["run_id"], failed.run_id().as_str());
+    assert_eq!(
+        runs[0]["error_message"],
+        "fetching page 3: connection reset"
+    );
+    let out = env.run(&["runs", "list", "--job", "testkit/echo", "--json"]);
+    assert_eq!(out.json()["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(env.run(&["runs", "list", "--job", "echo"]).code, 2);
+    assert_eq!(env.run(&["runs", "list", "--status", "weird"]).code, 2);
+
+    let out = env.run(&["runs", "show", &failed.run_id()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with(&format!(
+            "run {}\nJob: testkit/fail\nStatus: failed (error)\n",
+            failed.run_id()
+        )),
+        "{out:?}"
+    );
+    let events: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "Events:")
+        .skip(1)
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert!(
+        events[0].contains("job.started")
+            && events[1].contains("testkit.before_failure")
+            && events[2].contains("job.failed")
+    );
+
+    let out = env.run(&["runs", "show", "no-such-run"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("no run no-such-run"), "{out:?}");
+}
