@@ -54,3 +54,25 @@ fn two_runs_emitting_1000_events_each_store_all_2004() {
         );
     }
 }
+
+#[test]
+fn lorch_processes_creating_the_store_at_the_same_moment_all_succeed() {
+    // Creating the store switches it to WAL, which SQLite refuses at once, without waiting,
+    // while another process holds the file: each lorch must retry rather than fail.
+    for _ in 0..30 {
+        let env = Env::new(&[]);
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                env.cmd(&["events", "list"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = common::Run::from(child.wait_with_output().unwrap());
+            assert_eq!(out.code, 0, "{out:?}");
+        }
+    }
+}

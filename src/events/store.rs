@@ -114,11 +114,14 @@ impl LocalStore {
         conn.busy_timeout(BUSY_TIMEOUT).with_context(fail)?;
         // WAL: concurrent writers queue instead of failing, readers never block them.
         // NORMAL sync is durable across process crashes, which is what a job runner needs.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(fail)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .with_context(fail)?;
-        conn.execute_batch(SCHEMA).with_context(fail)?;
+        // Switching to WAL needs the database to itself, and SQLite reports "busy" at once,
+        // without its busy handler, while another lorch is creating the same store: retry.
+        retry_while_busy(|| {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.execute_batch(SCHEMA)
+        })
+        .with_context(fail)?;
         Ok(LocalStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -164,6 +167,23 @@ impl LocalStore {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+}
+
+/// Runs `f` again while SQLite says the database is busy or locked, for up to [`BUSY_TIMEOUT`].
+fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    let give_up = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, DatabaseBusy | DatabaseLocked)
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(5 + fastrand::u64(..20)));
+            }
+            result => return result,
+        }
     }
 }
 
