@@ -64,8 +64,8 @@ impl<'a> Context<'a> {
     /// Records an event of the job's own, e.g. `ingester.messages_extracted` with a count.
     ///
     /// It carries this run's `correlation_id` and `source_system = PACKAGE/JOB`. When this
-    /// returns `Ok`, lorch has stored it. Event types starting with `job.` are lorch's own
-    /// lifecycle events and are refused.
+    /// returns `Ok`, lorch has the event: it is kept even if the job crashes right after.
+    /// Event types starting with `job.` are lorch's own lifecycle events and are refused.
     pub fn emit(&self, event_type: &str, payload: Value) -> Result<(), JobError> {
         self.send(event_type, payload, None)
     }
