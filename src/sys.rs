@@ -47,10 +47,17 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 
 /// Makes `fd` of this process file descriptor `target` of the spawned child.
 pub fn pass_fd(cmd: &mut Command, fd: RawFd, target: RawFd) {
-    // SAFETY: dup2 is async-signal-safe, the only kind of call allowed between fork and exec.
+    // SAFETY: dup2 and fcntl are async-signal-safe, the only kind of call allowed between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, target) == -1 {
+            // dup2 onto itself keeps close-on-exec set; clear it instead.
+            let rc = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target)
+            };
+            if rc == -1 {
                 Err(io::Error::last_os_error())
             } else {
                 Ok(())
