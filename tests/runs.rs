@@ -22,15 +22,13 @@ fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
     );
     let holder = env.all_events()[0].clone();
 
-    let second = env.run(&[
-        "run-job",
-        "testkit",
-        "sleep",
-        "--param",
-        "seconds=0",
-        "--account",
-        "a",
-    ]);
+    // A run of the sleep job that returns at once, with extra flags.
+    let quick = |extra: &[&str]| {
+        let mut args = vec!["run-job", "testkit", "sleep", "--param", "seconds=0"];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    let second = quick(&["--account", "a"]);
     assert_eq!(second.code, 75, "{second:?}");
     let holder_run = holder["correlation_id"].as_str().unwrap();
     assert!(
@@ -49,40 +47,13 @@ fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
     );
 
     // Another account is another lock.
-    let other = env.run(&[
-        "run-job",
-        "testkit",
-        "sleep",
-        "--param",
-        "seconds=0",
-        "--account",
-        "b",
-    ]);
+    let other = quick(&["--account", "b"]);
     assert_eq!(other.code, 0, "{other:?}");
     // --no-lock overlaps on purpose.
-    let overlap = env.run(&[
-        "run-job",
-        "testkit",
-        "sleep",
-        "--param",
-        "seconds=0",
-        "--account",
-        "a",
-        "--no-lock",
-    ]);
+    let overlap = quick(&["--account", "a", "--no-lock"]);
     assert_eq!(overlap.code, 0, "{overlap:?}");
     // --wait-lock waits for the holder to finish.
-    let waited = env.run(&[
-        "run-job",
-        "testkit",
-        "sleep",
-        "--param",
-        "seconds=0",
-        "--account",
-        "a",
-        "--wait-lock",
-        "30s",
-    ]);
+    let waited = quick(&["--account", "a", "--wait-lock", "30s"]);
     assert_eq!(waited.code, 0, "{waited:?}");
     assert_eq!(Run::from(first.wait_with_output().unwrap()).code, 0);
 }
