@@ -73,7 +73,18 @@ impl<'a> JobCall<'a> {
             fail: host_fail,
         };
         let request = serde_json::to_string(request).expect("a RunRequest always serializes");
-        let code = job.call(&host, &request);
+        let code = match job.call(&host, &request) {
+            Ok(code) => code,
+            Err(why) => {
+                let message = format!("cannot load the plugin: {why}");
+                return CallResult::Refused(Failure {
+                    message,
+                    chain: Vec::new(),
+                    permanent: false,
+                    location: None,
+                });
+            }
+        };
         let failure = || {
             self.failure
                 .lock()

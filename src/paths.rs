@@ -24,3 +24,8 @@ pub fn lorch_home() -> Option<PathBuf> {
 pub fn default_plugin_dir() -> Option<PathBuf> {
     xdg("DATA", ".local/share").map(|d| d.join("lorch").join("plugins"))
 }
+
+/// `$XDG_CACHE_HOME/lorch`, else `~/.cache/lorch`.
+pub fn cache_dir() -> Option<PathBuf> {
+    xdg("CACHE", ".cache").map(|d| d.join("lorch"))
+}

@@ -355,3 +355,52 @@ fn a_plugin_in_a_world_writable_directory_is_refused_unless_allowed() {
     ]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+#[test]
+fn the_metadata_cache_never_shows_stale_jobs() {
+    let Some(cc) = c_compiler() else { return };
+    let dir = tempfile::TempDir::new().unwrap();
+    let build = tempfile::TempDir::new().unwrap();
+    let plugin = dir.path().join("libalpha.so");
+    let compile = |job: &str| {
+        let out = build.path().join(format!("{job}.so"));
+        compile_c(&cc, &c_plugin("alpha", job, 1), &out, &[]);
+        out
+    };
+    let (one, two, six) = (compile("one"), compile("two"), compile("six"));
+    assert_eq!(
+        std::fs::metadata(&one).unwrap().len(),
+        std::fs::metadata(&two).unwrap().len()
+    );
+    let env = Env::new(&[dir.path()]);
+    let list = || env.run(&["jobs", "list", "alpha"]).stdout;
+
+    std::fs::copy(&one, &plugin).unwrap();
+    assert_eq!(list(), "Jobs in alpha:\n  one\n");
+    assert_eq!(list(), "Jobs in alpha:\n  one\n", "served from the cache");
+    let cache = env.home.path().join(".cache/lorch/plugin-metadata.json");
+    assert!(
+        std::fs::read_to_string(&cache).unwrap().contains("\"one\""),
+        "the cache was written"
+    );
+
+    // Overwritten in place: same inode, same size, new content.
+    std::fs::copy(&two, &plugin).unwrap();
+    assert_eq!(list(), "Jobs in alpha:\n  two\n");
+    // Replaced by rename: a new inode.
+    let staged = dir.path().join("staged.tmp");
+    std::fs::copy(&six, &staged).unwrap();
+    std::fs::rename(&staged, &plugin).unwrap();
+    assert_eq!(list(), "Jobs in alpha:\n  six\n");
+    // Broken after being cached: reported, not served from the cache.
+    std::fs::write(&plugin, "garbage").unwrap();
+    let out = env.run(&["jobs", "list"]);
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr.contains("not a loadable shared library"),
+        "{out:?}"
+    );
+    // Deleted: gone from the listing.
+    std::fs::remove_file(&plugin).unwrap();
+    assert_eq!(env.run(&["jobs", "list"]).stdout, "");
+}

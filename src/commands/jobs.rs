@@ -44,11 +44,14 @@ pub fn list(catalog: &Catalog, package: Option<&str>, json: bool) -> Result<Exit
                 .for_each(|job| writeln!(text, "  {}", job.meta.name).unwrap());
         }
         None => {
-            for package in catalog.packages() {
-                writeln!(text, "{package}:").unwrap();
-                catalog
-                    .package_jobs(package)
-                    .for_each(|job| writeln!(text, "  {}", job.meta.name).unwrap());
+            // Jobs come sorted by package: a header each time the package changes.
+            let mut current = None;
+            for job in &jobs {
+                if current != Some(&job.meta.package) {
+                    writeln!(text, "{}:", job.meta.package).unwrap();
+                    current = Some(&job.meta.package);
+                }
+                writeln!(text, "  {}", job.meta.name).unwrap();
             }
             if jobs.is_empty() {
                 eprintln!("no jobs found; `lorch plugins list` shows where lorch looked");

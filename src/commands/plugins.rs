@@ -10,12 +10,8 @@ use crate::plugins::{Catalog, Location, SearchPath};
 
 pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<Exit> {
     // Where a job id ended up, to mark the copies that were ignored as duplicates.
-    let provider = |id: &str| {
-        catalog
-            .jobs()
-            .find(|j| j.id() == id)
-            .map(|j| j.location.clone())
-    };
+    let provider =
+        |package: &str, name: &str| catalog.find(package, name).ok().map(|j| j.location.clone());
     let builtin: Vec<String> = catalog
         .jobs()
         .filter(|j| j.location == Location::BuiltIn)
@@ -31,7 +27,11 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
             .files
             .iter()
             .map(|file| match &file.status {
-                Ok((abi, ids)) => {
+                Ok((abi, jobs)) => {
+                    let ids: Vec<String> = jobs
+                        .iter()
+                        .map(|j| format!("{}/{}", j.package, j.name))
+                        .collect();
                     json!({ "path": file.path, "abi_version": abi, "jobs": ids, "error": null })
                 }
                 Err(error) => {
@@ -66,10 +66,11 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
     }
     for file in &catalog.files {
         match &file.status {
-            Ok((abi, ids)) => {
+            Ok((abi, jobs)) => {
                 writeln!(text, "{} (ABI {abi})", file.path.display()).unwrap();
-                for id in ids {
-                    match provider(id) {
+                for job in jobs {
+                    let id = format!("{}/{}", job.package, job.name);
+                    match provider(&job.package, &job.name) {
                         Some(Location::File(path)) if path == file.path => {
                             writeln!(text, "  {id}").unwrap()
                         }

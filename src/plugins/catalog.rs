@@ -1,12 +1,14 @@
 //! Every job lorch can see, with where it came from and what went wrong on the way.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use lorch_plugin_api::abi::{self, Host, JobMetadata, PluginHeader, Str};
 
+use super::cache::{MetadataCache, Stamp};
 use super::{SearchPath, library, metadata, safety};
 use crate::error::{Error, Result};
 use crate::suggest;
@@ -31,7 +33,7 @@ impl fmt::Display for Location {
 
 /// One runnable job.
 pub struct Job {
-    pub meta: JobMetadata,
+    pub meta: Arc<JobMetadata>,
     pub location: Location,
     entry: Entry,
 }
@@ -39,7 +41,10 @@ pub struct Job {
 #[derive(Clone, Copy)]
 enum Entry {
     BuiltIn,
+    /// A loaded plugin library.
     Plugin(&'static PluginHeader),
+    /// A plugin known from the metadata cache, loaded on first call.
+    NotLoaded,
 }
 
 impl Job {
@@ -67,7 +72,7 @@ impl Job {
             .find(|m| m.package == package && m.name == name)
             .ok_or_else(|| format!("{location} has no job {package}/{name}"))?;
         Ok(Job {
-            meta,
+            meta: Arc::new(meta),
             location,
             entry,
         })
@@ -92,25 +97,64 @@ impl Job {
     }
 
     /// Runs the job through the plugin ABI with a `RunRequest` JSON; returns an `abi::RUN_*`
-    /// code. Built-in and plugin jobs take the same path.
-    pub fn call(&self, host: &Host, request: &str) -> i32 {
+    /// code, or why the plugin could not be loaded. Built-in and plugin jobs take the same path.
+    pub fn call(&self, host: &Host, request: &str) -> Result<i32, String> {
         let id = self.id();
-        match self.entry {
-            Entry::BuiltIn => abi::run_registered(host, id.as_bytes(), request.as_bytes()),
-            Entry::Plugin(header) => {
-                let run = header.run.expect("checked when the plugin was loaded");
-                // SAFETY: `host` and both strings outlive the call, as the ABI requires.
-                unsafe { run(host, Str::from(id.as_str()), Str::from(request)) }
+        let header = match (self.entry, &self.location) {
+            (Entry::BuiltIn, _) => {
+                return Ok(abi::run_registered(host, id.as_bytes(), request.as_bytes()));
             }
-        }
+            (Entry::Plugin(header), _) => header,
+            (Entry::NotLoaded, Location::File(path)) => {
+                library::load(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .header
+            }
+            (Entry::NotLoaded, Location::BuiltIn) => {
+                unreachable!("built-in jobs are never NotLoaded")
+            }
+        };
+        let run = header.run.expect("checked when the plugin was loaded");
+        // SAFETY: `host` and both strings outlive the call, as the ABI requires.
+        Ok(unsafe { run(host, Str::from(id.as_str()), Str::from(request)) })
     }
+}
+
+/// The jobs a plugin file declares: from the cache when this exact file was seen before (the
+/// library is then loaded only if one of its jobs runs in this process), else by loading it.
+/// The file is checked first, unless `allow_insecure`; each directory is checked once.
+fn plugin_metadata(
+    path: &Path,
+    allow_insecure: bool,
+    dir_checks: &mut HashMap<PathBuf, Result<(), String>>,
+    cache: &mut MetadataCache,
+) -> Result<(Vec<Arc<JobMetadata>>, Entry), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot inspect the file: {e}"))?;
+    if !allow_insecure {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        dir_checks
+            .entry(dir.to_owned())
+            .or_insert_with(|| safety::check(dir, "directory", None))
+            .clone()?;
+        safety::check(path, "file", Some(&meta))?;
+    }
+    let stamp = Stamp::of(&meta);
+    if let Some(jobs) = cache.get(path, &stamp) {
+        return Ok((jobs.to_vec(), Entry::NotLoaded));
+    }
+    let library = library::load(path).map_err(|e| e.to_string())?;
+    let mut jobs: Vec<Arc<JobMetadata>> = library.metadata.jobs.into_iter().map(Arc::new).collect();
+    // Registration order is the linker's; `plugins list` shows them sorted.
+    jobs.sort_by(|a, b| (&a.package, &a.name).cmp(&(&b.package, &b.name)));
+    cache.insert(path, stamp, jobs.clone());
+    Ok((jobs, Entry::Plugin(library.header)))
 }
 
 /// A plugin file and what loading it gave.
 pub struct PluginFile {
     pub path: PathBuf,
-    /// The ABI version and the job ids it provides, or why it is unusable.
-    pub status: Result<(u32, Vec<String>), String>,
+    /// The ABI version and the jobs it provides, or why it is unusable.
+    pub status: Result<(u32, Vec<Arc<JobMetadata>>), String>,
 }
 
 /// Something the user should know about: a broken plugin file, a duplicate job, an unreadable
@@ -138,9 +182,14 @@ impl fmt::Display for Problem {
 
 /// Every job found, by package then name.
 pub struct Catalog {
-    jobs: BTreeMap<(String, String), Job>,
+    /// Sorted by `(package, name)`, one job per id.
+    jobs: Vec<Job>,
     pub files: Vec<PluginFile>,
     pub problems: Vec<Problem>,
+}
+
+fn key(job: &Job) -> (&str, &str) {
+    (&job.meta.package, &job.meta.name)
 }
 
 impl Catalog {
@@ -149,99 +198,90 @@ impl Catalog {
     /// file is recorded and skipped: it never hides the others. Unless `allow_insecure`, a file
     /// that another user could have written is refused before it is opened.
     pub fn discover(search_path: &SearchPath, allow_insecure: bool) -> Catalog {
-        let mut catalog = Catalog {
-            jobs: BTreeMap::new(),
-            files: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut jobs = Vec::new();
+        let mut files = Vec::new();
+        let mut problems = Vec::new();
 
-        let builtin: Vec<JobMetadata> =
-            abi::registered_jobs().map(|spec| spec.metadata()).collect();
-        let builtin = abi::PluginMetadata { jobs: builtin };
+        let builtin = abi::PluginMetadata {
+            jobs: abi::registered_jobs().map(|spec| spec.metadata()).collect(),
+        };
         match metadata::check(&builtin) {
-            Ok(()) => {
-                for meta in builtin.jobs {
-                    catalog.add(Job {
-                        meta,
-                        location: Location::BuiltIn,
-                        entry: Entry::BuiltIn,
-                    });
-                }
-            }
-            Err(why) => catalog.problems.push(Problem::new(
+            Ok(()) => jobs.extend(builtin.jobs.into_iter().map(|meta| Job {
+                meta: Arc::new(meta),
+                location: Location::BuiltIn,
+                entry: Entry::BuiltIn,
+            })),
+            Err(why) => problems.push(Problem::new(
                 "built-in jobs",
                 format!("invalid metadata: {why}"),
             )),
         }
 
-        for path in search_path.plugin_files(&mut catalog.problems) {
-            let loaded = match allow_insecure {
-                true => Ok(()),
-                false => safety::check(&path),
+        let mut cache = MetadataCache::open();
+        let mut dir_checks = HashMap::new();
+        for path in search_path.plugin_files(&mut problems) {
+            let status = plugin_metadata(&path, allow_insecure, &mut dir_checks, &mut cache);
+            match &status {
+                Ok((plugin_jobs, entry)) => jobs.extend(plugin_jobs.iter().map(|meta| Job {
+                    meta: Arc::clone(meta),
+                    location: Location::File(path.clone()),
+                    entry: *entry,
+                })),
+                Err(error) => problems.push(Problem::new(&path, error.clone())),
             }
-            .and_then(|()| library::load(&path).map_err(|e| e.to_string()));
-            let status = match loaded {
-                Ok(library) => {
-                    let ids = library
-                        .metadata
-                        .jobs
-                        .iter()
-                        .map(|j| format!("{}/{}", j.package, j.name))
-                        .collect();
-                    for meta in library.metadata.jobs {
-                        let location = Location::File(path.clone());
-                        catalog.add(Job {
-                            meta,
-                            location,
-                            entry: Entry::Plugin(library.header),
-                        });
-                    }
-                    Ok((abi::ABI_VERSION, ids))
-                }
-                Err(error) => {
-                    catalog
-                        .problems
-                        .push(Problem::new(&path, error.to_string()));
-                    Err(error.to_string())
-                }
-            };
-            catalog.files.push(PluginFile { path, status });
+            let status = status.map(|(jobs, _)| (abi::ABI_VERSION, jobs));
+            files.push(PluginFile { path, status });
         }
-        catalog
-    }
+        cache.save();
 
-    fn add(&mut self, job: Job) {
-        let key = (job.meta.package.clone(), job.meta.name.clone());
-        if let Some(kept) = self.jobs.get(&key) {
-            let message = format!(
-                "duplicate job {}: ignored here, already provided by {}",
-                job.id(),
-                kept.location
-            );
-            self.problems
-                .push(Problem::new(job.location.to_string(), message));
-        } else {
-            self.jobs.insert(key, job);
+        // A stable sort keeps discovery order among equal ids: the first of each is the one
+        // that wins, the others are duplicates.
+        jobs.sort_by(|a, b| key(a).cmp(&key(b)));
+        let mut kept: Vec<Job> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match kept.last() {
+                Some(first) if key(first) == key(&job) => {
+                    let message = format!(
+                        "duplicate job {}: ignored here, already provided by {}",
+                        job.id(),
+                        first.location
+                    );
+                    problems.push(Problem::new(job.location.to_string(), message));
+                }
+                _ => kept.push(job),
+            }
+        }
+        Catalog {
+            jobs: kept,
+            files,
+            problems,
         }
     }
 
     /// Every job, sorted by package then name.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.iter()
     }
 
     /// The package names, sorted.
     pub fn packages(&self) -> Vec<&str> {
-        let mut packages: Vec<&str> = self.jobs.keys().map(|(p, _)| p.as_str()).collect();
+        let mut packages: Vec<&str> = self
+            .jobs
+            .iter()
+            .map(|job| job.meta.package.as_str())
+            .collect();
         packages.dedup();
         packages
     }
 
     /// The jobs of one package, sorted.
     pub fn package_jobs<'a>(&'a self, package: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
-        self.jobs
-            .values()
-            .filter(move |job| job.meta.package == package)
+        let start = self
+            .jobs
+            .partition_point(|job| job.meta.package.as_str() < package);
+        self.jobs[start..]
+            .iter()
+            .take_while(move |job| job.meta.package == package)
     }
 
     /// Writes each problem to stderr, once.
@@ -283,8 +323,11 @@ impl Catalog {
     /// `PACKAGE/JOB`, or a usage error with the closest name.
     pub fn find(&self, package: &str, name: &str) -> Result<&Job> {
         self.check_package(package)?;
-        if let Some(job) = self.jobs.get(&(package.to_owned(), name.to_owned())) {
-            return Ok(job);
+        if let Ok(index) = self
+            .jobs
+            .binary_search_by(|job| key(job).cmp(&(package, name)))
+        {
+            return Ok(&self.jobs[index]);
         }
         let names: Vec<&str> = self
             .package_jobs(package)

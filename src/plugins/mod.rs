@@ -1,6 +1,7 @@
 //! Finding jobs: those linked into this binary and those in plugin files on the search path
 //! (SPEC §3). Nothing here runs job code; loading a plugin reads its header and metadata.
 
+mod cache;
 mod catalog;
 mod library;
 mod metadata;

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 use std::env;
+use std::ffi::OsString;
+use std::fs::DirEntry;
 use std::path::{Path, PathBuf};
 
 use super::Problem;
@@ -77,15 +79,19 @@ impl SearchPath {
                     continue;
                 }
             };
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| is_plugin_file(path))
+            let mut found: Vec<OsString> = entries
+                .filter_map(Result::ok)
+                .filter(is_plugin_file)
+                .map(|e| e.file_name())
                 .collect();
             found.sort();
-            for path in found {
-                let path = std::path::absolute(&path).unwrap_or(path);
-                if seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone())) {
-                    files.push(path);
+            // Resolved once per directory: the same file reached through two entries of the
+            // path (or a symlinked directory) is loaded once.
+            let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            let real = dir.canonicalize().unwrap_or_else(|_| shown.clone());
+            for name in found {
+                if seen.insert(real.join(&name)) {
+                    files.push(shown.join(&name));
                 }
             }
         }
@@ -93,10 +99,18 @@ impl SearchPath {
     }
 }
 
-fn is_plugin_file(path: &Path) -> bool {
+/// A `*.so` (`*.dylib`) regular file, or a symlink to one. The directory listing already knows
+/// the file type, so only symlinks cost a `stat`.
+fn is_plugin_file(entry: &DirEntry) -> bool {
     let suffix = std::env::consts::DLL_SUFFIX;
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(suffix) && n.len() > suffix.len())
-        && path.is_file()
+    let name = entry.file_name();
+    let named = name
+        .to_str()
+        .is_some_and(|n| n.ends_with(suffix) && n.len() > suffix.len());
+    named
+        && match entry.file_type() {
+            Ok(kind) if kind.is_symlink() => entry.path().is_file(),
+            Ok(kind) => kind.is_file(),
+            Err(_) => false,
+        }
 }
