@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use chrono::Utc;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::events::{Event, EventFilter, EventSink, LocalStore, RunFilter, RunRow};
 use crate::locks;
@@ -60,12 +60,13 @@ fn abandoned(store: &LocalStore, run: &RunRow) -> Result<Event> {
         "abandoned: the lorch process{pid} running it ended without recording an outcome"
     ));
     let mut payload = started
-        .and_then(|e| e.payload.clone())
+        .map(Event::payload_value)
+        .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
     payload["reason"] = json!("abandoned");
     if let Some(started) = started {
         payload["duration_seconds"] = json!((Utc::now() - started.created_at).as_seconds_f64());
     }
-    event.payload = Some(payload);
+    event.set_payload(&payload);
     Ok(event)
 }

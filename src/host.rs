@@ -6,11 +6,22 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use lorch_plugin_api::abi::{self, EmittedEvent, Failure, Host, RunRequest, Str};
+use lorch_plugin_api::abi::{self, Failure, Host, RunRequest, Str};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::events::{Event, EventSink};
 use crate::plugins::Job;
+
+/// `abi::EmittedEvent` as the host reads it: the payload stays JSON text, borrowed.
+#[derive(Deserialize)]
+struct Emitted<'a> {
+    event_type: String,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    idem_key: Option<String>,
+}
 
 /// What one call of a job gave.
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,7 +117,7 @@ impl<'a> JobCall<'a> {
     }
 
     fn emit(&self, json: &[u8]) -> i32 {
-        let emitted: EmittedEvent = match serde_json::from_slice(json) {
+        let emitted: Emitted = match serde_json::from_slice(json) {
             Ok(event) => event,
             Err(e) => {
                 tracing::error!(
@@ -127,7 +138,7 @@ impl<'a> JobCall<'a> {
         let mut event = Event::new(&emitted.event_type, &self.source_system, self.run_id);
         event.trace_id = self.trace_id.map(str::to_owned);
         event.idem_key = emitted.idem_key;
-        event.payload = emitted.payload;
+        event.payload = emitted.payload.map(RawValue::to_owned);
         match self.sink.record(&event) {
             Ok(()) => abi::EMIT_OK,
             Err(e) => {

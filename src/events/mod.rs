@@ -5,12 +5,13 @@ mod store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 pub use store::{EventFilter, LocalStore, RunFilter, RunRow};
 
 /// One event, with exactly the columns of the `event_log` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub event_id: String,
     pub event_type: String,
@@ -22,7 +23,8 @@ pub struct Event {
     pub object_type: Option<String>,
     pub idem_key: Option<String>,
     pub error_message: Option<String>,
-    pub payload: Option<Value>,
+    /// Kept as JSON text from the job to the store: events are copied, never re-encoded.
+    pub payload: Option<Box<RawValue>>,
 }
 
 impl Event {
@@ -42,6 +44,19 @@ impl Event {
             payload: None,
         }
     }
+
+    /// Sets the payload from a JSON value.
+    pub fn set_payload(&mut self, payload: &Value) {
+        self.payload = serde_json::value::to_raw_value(payload).ok();
+    }
+
+    /// The payload as a JSON value (`null` when there is none).
+    pub fn payload_value(&self) -> Value {
+        self.payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or(Value::Null)
+    }
 }
 
 /// Where events go. The runner only knows this trait, so a sink (the local store today,
@@ -50,5 +65,10 @@ impl Event {
 /// `record` returns once the event is durable; implementations are shared between the runner
 /// and the job's threads, hence `Sync`.
 pub trait EventSink: Sync {
-    fn record(&self, event: &Event) -> anyhow::Result<()>;
+    fn record(&self, event: &Event) -> anyhow::Result<()> {
+        self.record_batch(std::slice::from_ref(event))
+    }
+
+    /// Records several events at once, all or none: a sink can make one durable write of them.
+    fn record_batch(&self, events: &[Event]) -> anyhow::Result<()>;
 }

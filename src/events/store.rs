@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::{Event, EventSink};
 
@@ -19,7 +20,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq            INTEGER PRIMARY KEY,
     event_id       TEXT NOT NULL UNIQUE,
     event_type     TEXT NOT NULL,
     source_system  TEXT NOT NULL,
@@ -188,46 +189,53 @@ fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::
 }
 
 impl EventSink for LocalStore {
-    fn record(&self, event: &Event) -> Result<()> {
-        let context = || {
-            format!(
+    fn record_batch(&self, events: &[Event]) -> Result<()> {
+        let context = || match events {
+            [event] => format!(
                 "cannot write event {} to {}",
                 event.event_type,
                 self.path.display()
-            )
+            ),
+            _ => format!(
+                "cannot write {} events to {}",
+                events.len(),
+                self.path.display()
+            ),
         };
         let mut conn = self.conn();
         // IMMEDIATE: take the write lock up front, so a busy store waits instead of failing.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .with_context(context)?;
-        insert_event(&tx, event).with_context(context)?;
-        if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run") {
-            update_run(&tx, event).with_context(context)?;
+        for event in events {
+            insert_event(&tx, event).with_context(context)?;
+            if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run") {
+                update_run(&tx, event).with_context(context)?;
+            }
         }
         tx.commit().with_context(context)
     }
 }
 
 fn insert_event(tx: &Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
-    tx.execute(
+    let mut insert = tx.prepare_cached(
         "INSERT INTO events (event_id, event_type, source_system, created_at, status,
              correlation_id, trace_id, object_type, idem_key, error_message, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            event.event_id,
-            event.event_type,
-            event.source_system,
-            timestamp(&event.created_at),
-            event.status,
-            event.correlation_id,
-            event.trace_id,
-            event.object_type,
-            event.idem_key,
-            event.error_message,
-            event.payload.as_ref().map(|p| p.to_string()),
-        ],
     )?;
+    insert.execute(params![
+        event.event_id,
+        event.event_type,
+        event.source_system,
+        timestamp(&event.created_at),
+        event.status,
+        event.correlation_id,
+        event.trace_id,
+        event.object_type,
+        event.idem_key,
+        event.error_message,
+        event.payload.as_deref().map(RawValue::get),
+    ])?;
     Ok(())
 }
 
@@ -237,8 +245,7 @@ fn timestamp(at: &chrono::DateTime<chrono::Utc>) -> String {
 
 /// Keeps the run's row in step with one of its lifecycle events.
 fn update_run(tx: &Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
-    let null = serde_json::Value::Null;
-    let payload = event.payload.as_ref().unwrap_or(&null);
+    let payload = event.payload_value();
     let at = timestamp(&event.created_at);
     let run = &event.correlation_id;
     match event.event_type.as_str() {
@@ -346,7 +353,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         object_type: row.get("object_type")?,
         idem_key: row.get("idem_key")?,
         error_message: row.get("error_message")?,
-        payload: payload.and_then(|p| serde_json::from_str(&p).ok()),
+        payload: payload.and_then(|p| RawValue::from_string(p).ok()),
     })
 }
 
@@ -362,7 +369,7 @@ mod tests {
         let mut first = Event::new("job.started", "lorch", "run-1");
         first.trace_id = Some("trace".into());
         first.object_type = Some("job_run".into());
-        first.payload = Some(json!({"package": "p", "n": [1, 2]}));
+        first.set_payload(&json!({"package": "p", "n": [1, 2]}));
         let mut second = Event::new("p.thing", "p/j", "run-1");
         second.idem_key = Some("k".into());
         second.status = "failed".into();
@@ -387,7 +394,9 @@ mod tests {
                 .unwrap();
             e
         };
-        assert_eq!(run1, vec![trunc(first), trunc(second)]);
+        // Compared as JSON: what `events list --json` shows, payload included.
+        let json = |events: &[Event]| serde_json::to_value(events).unwrap();
+        assert_eq!(json(&run1), json(&[trunc(first), trunc(second)]));
 
         let newest = store
             .list(&EventFilter {
@@ -395,7 +404,7 @@ mod tests {
                 limit: Some(1),
             })
             .unwrap();
-        assert_eq!(newest, vec![trunc(other)]);
+        assert_eq!(json(&newest), json(&[trunc(other)]));
         assert_eq!(store.last_run_id().unwrap().as_deref(), Some("run-2"));
     }
 

@@ -342,7 +342,7 @@ fn lifecycle_event(event_type: &str, run_id: &str, plan: &RunPlan, payload: Valu
     let mut event = Event::new(event_type, "lorch", run_id);
     event.trace_id = plan.trace_id.clone();
     event.object_type = Some("job_run".to_owned());
-    event.payload = Some(payload);
+    event.set_payload(&payload);
     event
 }
 

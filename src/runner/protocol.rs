@@ -21,11 +21,14 @@ pub struct WorkerInput {
     pub trace_id: Option<String>,
 }
 
+/// `E` is `Event` when read and `&Event` when written, so sending copies nothing. Externally
+/// tagged (`{"event": {...}}`): an internally tagged enum would make serde buffer the event,
+/// which the raw JSON payload cannot go through.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Message {
+#[serde(rename_all = "snake_case")]
+pub enum Message<E = Event> {
     /// An event the job emitted, complete with its id and creation time.
-    Event { event: Event },
+    Event(E),
     /// How the job's call ended; the last message.
-    Result { result: CallResult },
+    Result(CallResult),
 }

@@ -18,7 +18,8 @@ use lorch_plugin_api::abi::RunRequest;
 use super::protocol::{CHANNEL_FD, Message, WorkerInput};
 use super::signals::Signals;
 use super::{Attempt, Failed, Reason};
-use crate::events::EventSink;
+use crate::events::{Event, EventSink};
+use crate::host::CallResult;
 use crate::plugins::Job;
 use crate::sys;
 
@@ -37,6 +38,76 @@ enum Heard {
     Garbage(String),
     ChannelClosed,
     Exited(ExitStatus),
+}
+
+/// The most events stored in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// What the supervisor has heard from its worker, and the events not stored yet.
+struct Intake<'a> {
+    sink: &'a dyn EventSink,
+    pending: Vec<Event>,
+    unrecorded: usize,
+    result: Option<CallResult>,
+    exited: Option<ExitStatus>,
+    channel_open: bool,
+}
+
+impl<'a> Intake<'a> {
+    fn new(sink: &'a dyn EventSink) -> Intake<'a> {
+        Intake {
+            sink,
+            pending: Vec::new(),
+            unrecorded: 0,
+            result: None,
+            exited: None,
+            channel_open: true,
+        }
+    }
+
+    /// Takes `first` and whatever else has already arrived, then stores the events among them
+    /// in one transaction (group commit): a job emitting fast gets large batches, a lone event
+    /// is stored at once.
+    fn take(&mut self, first: Heard, rx: &mpsc::Receiver<Heard>) {
+        self.hear(first);
+        while self.pending.len() < MAX_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            self.hear(more);
+        }
+        self.flush();
+    }
+
+    fn hear(&mut self, heard: Heard) {
+        match heard {
+            Heard::Message(message) => match *message {
+                Message::Event(event) => self.pending.push(event),
+                Message::Result(result) => self.result = Some(result),
+            },
+            // Most likely an event lorch could not read: counted, like any event not stored.
+            Heard::Garbage(line) => {
+                self.unrecorded += 1;
+                tracing::error!("unreadable message from the job's worker, not recorded: {line}");
+            }
+            Heard::ChannelClosed => self.channel_open = false,
+            Heard::Exited(status) => self.exited = Some(status),
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.sink.record_batch(&self.pending) {
+            self.unrecorded += self.pending.len();
+            tracing::error!(
+                "{} events of run {} were not recorded: {e:#}",
+                self.pending.len(),
+                self.pending[0].correlation_id
+            );
+        }
+        self.pending.clear();
+    }
 }
 
 /// Why the supervisor stopped the job.
@@ -98,7 +169,9 @@ fn supervise(
     let _ = stdin.write_all(&serde_json::to_vec(&input)?);
     drop(stdin);
 
-    let (tx, rx) = mpsc::channel();
+    // Bounded: when the store falls behind, the reader stops reading, the pipe fills and the
+    // job's `emit` waits, instead of events piling up in lorch's memory.
+    let (tx, rx) = mpsc::sync_channel(MAX_BATCH);
     let reader_tx = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
@@ -124,32 +197,12 @@ fn supervise(
     let deadline = limits.timeout.map(|t| started + t);
     let mut stop: Option<(Stop, Instant)> = None;
     let mut killed = false;
-    let mut result = None;
-    let mut unrecorded = 0;
-    let mut exited = None;
-    let mut channel_open = true;
-    let mut handle = |heard: Heard, result: &mut Option<_>| match heard {
-        Heard::Message(message) => match *message {
-            Message::Event { event } => {
-                if let Err(e) = sink.record(&event) {
-                    unrecorded += 1;
-                    tracing::error!(
-                        "event {} of run {} was not recorded: {e:#}",
-                        event.event_type,
-                        event.correlation_id
-                    );
-                }
-            }
-            Message::Result { result: r } => *result = Some(r),
-        },
-        Heard::Garbage(line) => tracing::warn!("unexpected output on the worker channel: {line}"),
-        Heard::ChannelClosed | Heard::Exited(_) => {}
-    };
+    let mut intake = Intake::new(sink);
 
     // Until the worker exits: store what it sends, stop it on timeout or signal.
-    while exited.is_none() {
+    while intake.exited.is_none() {
         let now = Instant::now();
-        if stop.is_none() && result.is_none() {
+        if stop.is_none() && intake.result.is_none() {
             let reason = match (signals.received(), deadline) {
                 (Some(signal), _) => Some(Stop::Signal(signal)),
                 (None, Some(deadline)) if now >= deadline => Some(Stop::Timeout),
@@ -176,9 +229,7 @@ fn supervise(
             .saturating_duration_since(now)
             .min(Duration::from_millis(50));
         match rx.recv_timeout(wait) {
-            Ok(Heard::Exited(status)) => exited = Some(status),
-            Ok(Heard::ChannelClosed) => channel_open = false,
-            Ok(heard) => handle(heard, &mut result),
+            Ok(heard) => intake.take(heard, &rx),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -188,12 +239,18 @@ fn supervise(
     // Then read what is still in the pipe. The channel closes once the worker and anything
     // that inherited it are gone; a process that escaped the group cannot hold lorch forever.
     let drain_until = Instant::now() + Duration::from_secs(2);
-    while channel_open {
+    while intake.channel_open {
         match rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
-            Ok(Heard::ChannelClosed) | Err(_) => channel_open = false,
-            Ok(heard) => handle(heard, &mut result),
+            Ok(heard) => intake.take(heard, &rx),
+            Err(_) => break,
         }
     }
+    let Intake {
+        result,
+        exited,
+        unrecorded,
+        ..
+    } = intake;
 
     let elapsed = started.elapsed();
     let outcome = match (stop, result, exited) {

@@ -24,7 +24,7 @@ use crate::sys;
 struct Channel(Mutex<File>);
 
 impl Channel {
-    fn send(&self, message: &Message) -> Result<()> {
+    fn send<E: serde::Serialize>(&self, message: &Message<E>) -> Result<()> {
         let mut line = serde_json::to_vec(message)?;
         line.push(b'\n');
         // One write per message: a message is never split between a crash and the pipe.
@@ -34,10 +34,10 @@ impl Channel {
 }
 
 impl EventSink for Channel {
-    fn record(&self, event: &Event) -> Result<()> {
-        self.send(&Message::Event {
-            event: event.clone(),
-        })
+    fn record_batch(&self, events: &[Event]) -> Result<()> {
+        events
+            .iter()
+            .try_for_each(|event| self.send(&Message::Event(event)))
     }
 }
 
@@ -83,5 +83,5 @@ fn work() -> Result<()> {
             location: None,
         }),
     };
-    channel.send(&Message::Result { result })
+    channel.send(&Message::<Event>::Result(result))
 }
