@@ -18,7 +18,7 @@ pub mod plugins;
 mod runner;
 mod suggest;
 mod sys;
-mod timearg;
+pub mod timearg;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# lorch's benchmark suite: criterion micro-benchmarks and whole-process figures (hyperfine,
+# GNU time), written to docs/performance.md. Not part of CI. Takes about five minutes.
+#
+#   bash benches/run.sh
+#
+# Fixtures are generated under target/bench: plugin directories of 1, 10, 100 and 500 C plugins
+# with 10 jobs each (built against plugin-api/include/lorch_plugin.h), and the testkit plugin
+# for event throughput. Every lorch run uses its own LORCH_HOME and caches under target/bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+work=$repo/target/bench
+
+# Tools: hyperfine and GNU time, from Debian's packages.
+missing=()
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+[ -x /usr/bin/time ] || missing+=(time)
+command -v cc >/dev/null || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "benches/run.sh needs: ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+echo "== building (release)"
+cargo build --release --quiet -p lorch -p testkit
+lorch=$repo/target/release/lorch
+rm -rf "$work" && mkdir -p "$work"
+export LORCH_HOME=$work/home XDG_CACHE_HOME=$work/cache XDG_DATA_HOME=$work/data
+unset LORCH_PLUGIN_PATH
+
+# One C plugin: package pkgNNN with 10 jobs of two parameters each; `run` does nothing.
+plugin_source() {
+  local pkg=$1 jobs="" j
+  for j in $(seq 0 9); do
+    jobs+="${jobs:+,}{\\\"package\\\": \\\"$pkg\\\", \\\"name\\\": \\\"job$j\\\", "
+    jobs+="\\\"description\\\": \\\"Job $j of $pkg.\\\\n\\\\nDoes nothing, quickly.\\\", "
+    jobs+="\\\"params\\\": [{\\\"name\\\": \\\"limit\\\", \\\"type\\\": \\\"int\\\", \\\"default\\\": \\\"10\\\", \\\"help\\\": \\\"A limit\\\"}, "
+    jobs+="{\\\"name\\\": \\\"label\\\", \\\"type\\\": \\\"string\\\", \\\"help\\\": \\\"A label\\\"}]}"
+  done
+  cat <<C
+#include "lorch_plugin.h"
+static const char METADATA[] = "{\\"jobs\\": [$jobs]}";
+static LorchStr metadata(void) { LorchStr s = {(const uint8_t *)METADATA, sizeof METADATA - 1}; return s; }
+static int32_t run(const LorchHost *host, LorchStr job, LorchStr request) { (void)host; (void)job; (void)request; return LORCH_RUN_OK; }
+static const LorchPluginHeader HEADER = { LORCH_PLUGIN_ABI_VERSION, sizeof(LorchPluginHeader), metadata, run };
+const LorchPluginHeader *lorch_plugin_entry(void) { return &HEADER; }
+C
+}
+
+echo "== generating fixtures"
+mkdir -p "$work/src"
+for i in $(seq -w 0 499); do plugin_source "pkg$i" > "$work/src/pkg$i.c"; done
+build_dir() { # N: a directory with the first N plugins
+  local dir=$work/plugins-$1 i
+  mkdir -p "$dir"
+  for i in $(seq -w 0 499 | head -n "$1"); do
+    [ -f "$work/src/libpkg$i.so" ] || cc -O2 -shared -fPIC -I "$repo/plugin-api/include" -o "$work/src/libpkg$i.so" "$work/src/pkg$i.c"
+    cp "$work/src/libpkg$i.so" "$dir/"
+  done
+}
+for n in 1 10 100 500; do build_dir "$n"; done
+mkdir -p "$work/testkit" && cp target/release/libtestkit.so "$work/testkit/"
+p100=$work/plugins-100
+
+hf() { hyperfine -N --warmup 5 --runs "${RUNS:-40}" --style none "$@"; }
+median_ms() { python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print(' '.join('%.2f' % (x['median']*1000) for x in r))" "$1"; }
+
+echo "== latency: 100 plugins x 10 jobs (metadata cache warm)"
+"$lorch" --plugin-path "$p100" jobs list >/dev/null
+hf --export-json "$work/latency.json" \
+  "$lorch --plugin-path $p100 jobs list" \
+  "$lorch --plugin-path $p100 jobs show pkg042 job3" \
+  "$lorch --plugin-path $p100 run-job pkg042 job3 --no-lock" \
+  "$lorch --plugin-path $p100 run-job pkg042 job3 --no-lock --in-process" >/dev/null
+read -r list show run run_inproc <<<"$(median_ms "$work/latency.json")"
+hf --export-json "$work/cold.json" --prepare "rm -rf $XDG_CACHE_HOME" "$lorch --plugin-path $p100 jobs list" >/dev/null
+cold=$(median_ms "$work/cold.json")
+
+echo "== peak memory"
+peak() { # the largest max-RSS of 5 runs, in MiB
+  local max=0 kb i
+  for i in 1 2 3 4 5; do kb=$(/usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -n 1); [ "$kb" -gt "$max" ] && max=$kb; done
+  python3 -c "print('%.1f' % ($max / 1024))"
+}
+mem_list=$(peak "$lorch" --plugin-path "$p100" jobs list)
+mem_show=$(peak "$lorch" --plugin-path "$p100" jobs show pkg042 job3)
+mem_run=$(peak "$lorch" --plugin-path "$p100" run-job pkg042 job3 --no-lock)
+
+echo "== jobs list scaling"
+scaling=""
+for n in 1 10 100 500; do
+  "$lorch" --plugin-path "$work/plugins-$n" jobs list >/dev/null
+  hf --export-json "$work/scale-$n.json" "$lorch --plugin-path $work/plugins-$n jobs list" >/dev/null
+  scaling+="| $n | $((n * 10)) | $(median_ms "$work/scale-$n.json") |"$'\n'
+done
+
+echo "== event throughput (supervised run-job, testkit/emit_many)"
+throughput=""
+for n in 1000 10000 100000 1000000; do
+  best=""
+  for i in 1 2 3; do
+    export LORCH_HOME=$work/home-events-$n-$i
+    start=$(date +%s%N)
+    "$lorch" --plugin-path "$work/testkit" run-job testkit emit_many --param "count=$n" --no-lock >/dev/null
+    end=$(date +%s%N)
+    stored=$("$lorch" events list --run last --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)['events']) - 2)")
+    [ "$stored" = "$n" ] || { echo "only $stored of $n events stored" >&2; exit 1; }
+    rate=$(( n * 1000000000 / (end - start) ))
+    if [ -z "$best" ] || [ "$rate" -gt "$best" ]; then best=$rate; fi
+    [ "$n" -ge 1000000 ] && break
+  done
+  throughput+="| $n | $best |"$'\n'
+done
+export LORCH_HOME=$work/home
+
+echo "== micro-benchmarks (criterion)"
+cargo bench --quiet --bench micro >/dev/null 2>&1
+micro=$(python3 - "$repo/target/criterion" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+rows = []
+for group in sorted(os.listdir(root)):
+    for bench in sorted(os.listdir(os.path.join(root, group))):
+        est = os.path.join(root, group, bench, "new", "estimates.json")
+        bm = os.path.join(root, group, bench, "new", "benchmark.json")
+        if not os.path.exists(est):
+            continue
+        ns = json.load(open(est))["mean"]["point_estimate"]
+        meta = json.load(open(bm))
+        elems = (meta.get("throughput") or {}).get("Elements")
+        rate = f"{elems / ns * 1e9:,.0f}/s" if elems else ""
+        name = meta.get("function_id") or bench
+        time = f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
+        rows.append(f"| {group} | {name} | {time} | {rate} |")
+print("\n".join(rows))
+PY
+)
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cat > docs/performance.md <<MD
+# Performance
+
+Figures from \`bash benches/run.sh\` (this file is rewritten by it), on $(nproc) cores of
+$cpu, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2),
+release build, $(date -u +%Y-%m-%d). Whole-process times are hyperfine medians (\`-N\`, no shell,
+5 warm-up runs); memory is the largest maximum RSS of 5 runs (GNU time).
+
+## Targets (issue 5)
+
+| what | target | measured | lorchestra |
+|---|---|---|---|
+| \`lorch jobs list\`, 100 plugins x 10 jobs | ≤ 10 ms | $list ms | 537 ms |
+| \`lorch jobs show PKG JOB\`, same directory | ≤ 10 ms | $show ms | 578 ms |
+| \`lorch run-job\` of a job that does nothing, supervised, local store | ≤ 15 ms | $run ms | 729 ms |
+| peak memory: list / show / run-job | ≤ 15 MiB | $mem_list / $mem_show / $mem_run MiB | 61 MiB |
+| a job emitting 100,000 small events, all stored | ≥ 250,000 events/s | $(echo "$throughput" | awk -F'|' '$2+0 == 100000 {gsub(/ /, "", $3); print $3}') events/s | |
+| \`lorch events flush\` of 100,000 events to the BigQuery emulator | report | not measured: the BigQuery sink is issue 3 | |
+
+Other figures: \`run-job --in-process\` $run_inproc ms (the supervised worker process costs the
+difference); \`jobs list\` with a cold metadata cache (every plugin \`dlopen\`ed) $cold ms.
+
+## Scaling
+
+\`jobs list\` against plugin directories of growing size (metadata cache warm):
+
+| plugins | jobs | median ms |
+|---|---|---|
+$scaling
+Events stored per second by a supervised \`run-job\` of \`testkit/emit_many --param count=N\`
+(wall clock of the whole process, best of 3; every run checks that all N events are in the
+store):
+
+| events | events/s |
+|---|---|
+$throughput
+## Micro-benchmarks (criterion, \`cargo bench --bench micro\`)
+
+| group | benchmark | mean time | throughput |
+|---|---|---|---|
+$micro
+
+## Where the time goes
+
+- **Listing** reads each plugin's metadata from the cache (\`\$XDG_CACHE_HOME/lorch\`), keyed by
+  size, mtime, ctime, inode and device, and \`dlopen\`s nothing; decoding the cache's JSON is
+  most of what remains (callgrind: \`valgrind --tool=callgrind lorch --plugin-path DIR jobs list\`).
+- **run-job** adds the event store (a few small SQLite transactions) and one worker process:
+  lorch re-executes itself and loads only the job's own plugin.
+- **Events** are bounded by the SQLite insert (about 5 µs a row in batches of 1000, three
+  B-trees a row: the table, the unique \`event_id\` index, the per-run index; see
+  \`store/insert batch of 1000\` above) and by JSON encoding between the worker and the
+  supervisor (about 0.9 µs each way), with three busy threads on two cores. The supervisor
+  stores whatever has arrived in one transaction, and its channel is bounded so memory stays
+  flat however many events a job emits.
+MD
+echo "== wrote docs/performance.md"
