@@ -75,36 +75,6 @@ fn crashes_keep_earlier_events_and_name_the_signal_or_exit_code() {
 }
 
 #[test]
-fn errors_and_panics_in_the_worker_keep_their_reason() {
-    let (_p, env) = env();
-    let (out, events) = run(&env, &["fail"]);
-    assert_eq!(out.code, 1);
-    assert_eq!(
-        types(&events),
-        ["job.started", "testkit.before_failure", "job.failed"]
-    );
-    assert_eq!(events[2]["payload"]["reason"], "error");
-    assert_eq!(
-        events[2]["payload"]["error"]["chain"],
-        json!(["connection reset"])
-    );
-
-    let (out, events) = run(&env, &["panic"]);
-    assert_eq!(out.code, 1);
-    assert_eq!(
-        types(&events),
-        ["job.started", "testkit.before_panic", "job.failed"]
-    );
-    assert_eq!(events[2]["payload"]["reason"], "panic");
-    assert!(
-        events[2]["payload"]["error"]["location"]
-            .as_str()
-            .unwrap()
-            .contains("testkit/src/lib.rs:")
-    );
-}
-
-#[test]
 fn a_timeout_stops_a_cooperative_job_through_its_cancellation_check() {
     let (_p, env) = env();
     let (out, events) = run(
