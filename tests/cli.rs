@@ -485,3 +485,11 @@ fn closed_stdout_is_not_an_error() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_usage_error_does_not_even_create_the_event_store() {
+    let (_p, env) = env();
+    let out = env.run(&["run-job", "testkit", "echo", "--since", "-7x"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(!env.home.path().join("lorch/events.db").exists());
+}

@@ -55,11 +55,16 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
     }
 }
 
+/// `LORCH_HOME`.
+fn lorch_home() -> anyhow::Result<std::path::PathBuf> {
+    crate::paths::lorch_home()
+        .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))
+}
+
 /// `LORCH_HOME` and its event store.
 fn open_home() -> anyhow::Result<(std::path::PathBuf, crate::events::LocalStore)> {
     use crate::events::LocalStore;
-    let home = crate::paths::lorch_home()
-        .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))?;
+    let home = lorch_home()?;
     let store = LocalStore::open(&LocalStore::path_in(&home))?;
     Ok((home, store))
 }

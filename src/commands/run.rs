@@ -7,6 +7,7 @@ use lorch_plugin_api::TimeArg;
 
 use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
+use crate::events::LocalStore;
 use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan, Signals};
 use crate::{history, output, params, timearg};
@@ -14,8 +15,8 @@ use crate::{history, output, params, timearg};
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
-    let (home, store) = super::open_home()?;
-    let plan = plan(job, options, home)?;
+    let plan = plan(job, options, super::lorch_home()?)?;
+    let store = LocalStore::open(&LocalStore::path_in(&plan.home))?;
     super::runs::report_reaped(history::reap(
         &store,
         &plan.home,

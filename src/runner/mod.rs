@@ -186,17 +186,14 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
     loop {
         let base = lifecycle_payload(plan, attempt);
         let started = lifecycle_event("job.started", &run_id, plan, base.clone());
-        let recorded = sink.record(&started);
-        if attempt == 1 {
-            recorded.with_context(|| {
-                format!("cannot record job.started of {job_id}; the job was not run")
-            })?;
-        } else if let Err(error) = recorded {
-            // A retry that cannot be recorded is not run; the last attempt's outcome stands.
-            return Err(error.context(format!(
-                "cannot record job.started of attempt {attempt} of run {run_id}"
-            )));
-        }
+        // An attempt whose start cannot be recorded is not run; an earlier attempt's outcome
+        // was recorded already.
+        sink.record(&started).with_context(|| match attempt {
+            1 => format!("cannot record job.started of {job_id}; the job was not run"),
+            n => {
+                format!("cannot record job.started of attempt {n} of run {run_id}; it was not run")
+            }
+        })?;
 
         let start = Instant::now();
         let (outcome, unrecorded) = execute(plan, &run_id, attempt, sink, signals);
