@@ -13,13 +13,13 @@ use crate::plugins::{Catalog, Job};
 /// `Jobs in PACKAGE:` then its jobs.
 pub fn list(catalog: &Catalog, package: Option<&str>, json: bool) -> Result<Exit> {
     catalog.report_problems();
-    if let Some(package) = package {
-        catalog.check_package(package)?;
-    }
-    let jobs: Vec<&Job> = catalog
-        .jobs()
-        .filter(|j| package.is_none_or(|p| j.meta.package == p))
-        .collect();
+    let jobs: Vec<&Job> = match package {
+        Some(package) => {
+            catalog.check_package(package)?;
+            catalog.package_jobs(package).collect()
+        }
+        None => catalog.jobs().collect(),
+    };
     if json {
         let jobs: Vec<Value> = jobs
             .iter()

@@ -65,6 +65,6 @@ fn lorch_home() -> anyhow::Result<std::path::PathBuf> {
 fn open_home() -> anyhow::Result<(std::path::PathBuf, crate::events::LocalStore)> {
     use crate::events::LocalStore;
     let home = lorch_home()?;
-    let store = LocalStore::open(&LocalStore::path_in(&home))?;
+    let store = LocalStore::open_in(&home)?;
     Ok((home, store))
 }

@@ -16,7 +16,7 @@ use crate::{history, output, params, timearg};
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     let plan = plan(job, options, super::lorch_home()?)?;
-    let store = LocalStore::open(&LocalStore::path_in(&plan.home))?;
+    let store = LocalStore::open_in(&plan.home)?;
     super::runs::report_reaped(history::reap(
         &store,
         &plan.home,

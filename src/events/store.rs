@@ -100,9 +100,9 @@ pub struct EventFilter {
 }
 
 impl LocalStore {
-    /// The store of a lorch home directory: `<home>/events.db`.
-    pub fn path_in(home: &Path) -> PathBuf {
-        home.join("events.db")
+    /// Opens (creating when needed) the store of a lorch home directory: `<home>/events.db`.
+    pub fn open_in(home: &Path) -> Result<LocalStore> {
+        LocalStore::open(&home.join("events.db"))
     }
 
     /// Opens (creating when needed) the store at `path`.
@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn records_and_lists_every_column() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(&LocalStore::path_in(dir.path())).unwrap();
+        let store = LocalStore::open_in(dir.path()).unwrap();
         let mut first = Event::new("job.started", "lorch", "run-1");
         first.trace_id = Some("trace".into());
         first.object_type = Some("job_run".into());

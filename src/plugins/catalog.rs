@@ -293,7 +293,7 @@ impl Catalog {
 
     /// A package the user named, or a usage error with the closest name.
     pub fn check_package(&self, package: &str) -> Result<()> {
-        if self.packages().contains(&package) {
+        if self.package_jobs(package).next().is_some() {
             return Ok(());
         }
         if let Some(file) = self.broken_file_for(package) {
