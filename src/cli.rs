@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Discover, show and run plugin jobs, recording job.started/job.completed/job.failed events.",
     after_help = "Plugins are searched in every --plugin-path, then LORCH_PLUGIN_PATH (colon-separated), \
 then $XDG_DATA_HOME/lorch/plugins (~/.local/share/lorch/plugins). Events go to the local store in \
-LORCH_HOME (~/.local/state/lorch). Exit codes: 0 ok, 1 job failed, 2 usage error, 3 environment error."
+LORCH_HOME (~/.local/state/lorch), and from there to BigQuery when BQ_EVENTS_DATASET and \
+BQ_EVENTS_TABLE are set (see `lorch events status`). Exit codes: 0 ok, 1 job failed, 2 usage error, 3 environment error."
 )]
 pub struct Cli {
     /// Look for plugins in DIR first (repeatable)
@@ -107,6 +108,30 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// BigQuery delivery: pending, delivered and dead events, the oldest pending one
+    Status {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver pending events to BigQuery now
+    Flush {
+        /// Give up after this long, leaving what is left pending
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
+        timeout: Duration,
+        /// First put the events BigQuery refused (dead letters) back in the queue
+        #[arg(long)]
+        retry_dead: bool,
+    },
+    /// Create the BigQuery dataset and events table when they do not exist
+    Init {
+        /// Print what would be created, without contacting BigQuery
+        #[arg(long)]
+        dry_run: bool,
+        /// Create this table instead of BQ_EVENTS_TABLE: TABLE, DATASET.TABLE or PROJECT.DATASET.TABLE
+        #[arg(long, value_name = "TABLE")]
+        events_table: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,4 +222,11 @@ pub struct RunOptions {
     /// Take no lock: allow this run to overlap another run of the same job and account
     #[arg(long, conflicts_with = "wait_lock")]
     pub no_lock: bool,
+    /// Run the job but send nothing to BigQuery; print the rows that would be sent
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Send this run's events to another BigQuery table (TABLE, DATASET.TABLE or
+    /// PROJECT.DATASET.TABLE), e.g. a test table
+    #[arg(long, value_name = "TABLE")]
+    pub events_table: Option<String>,
 }

@@ -1,10 +1,13 @@
-//! `lorch events list`.
+//! `lorch events list|status|flush|init`.
 
 use std::fmt::Write as _;
+use std::time::Instant;
 
+use chrono::Utc;
 use serde_json::json;
 
-use crate::error::{Exit, Result};
+use crate::bigquery;
+use crate::error::{Error, Exit, Result};
 use crate::events::{Event, EventFilter};
 use crate::output;
 
@@ -54,4 +57,169 @@ pub fn format_events(events: &[Event]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// `lorch events status`: the outbox's counts, read locally (no network).
+pub fn status(json: bool) -> Result<Exit> {
+    let (_, store) = super::open_home()?;
+    let status = store.delivery_status()?;
+    let dead_letters = store.dead_letters(0)?;
+    let (table, endpoint, problem) = match bigquery::Config::from_env() {
+        Ok(config) => (Some(config.table.to_string()), config.endpoint, None),
+        Err(_) if !bigquery::config::requested() => (None, None, None),
+        Err(problem) => (None, None, Some(problem.to_string())),
+    };
+    let age = status.oldest_pending.as_deref().and_then(|at| {
+        let at = at.parse::<chrono::DateTime<Utc>>().ok()?;
+        Some((Utc::now() - at).to_std().unwrap_or_default())
+    });
+    if json {
+        output::print_json(&json!({
+            "bigquery": { "table": table, "endpoint": endpoint, "problem": problem },
+            "pending": status.pending,
+            "delivered": status.delivered,
+            "dead": status.dead,
+            "oldest_pending": status.oldest_pending,
+            "oldest_pending_age_seconds": age.map(|a| a.as_secs_f64()),
+            "last_error": status.last_error,
+            "dead_letters": dead_letters,
+        }))?;
+        return Ok(Exit::Success);
+    }
+    let mut text = String::new();
+    let destination = match (&table, &problem) {
+        (Some(table), _) => match &endpoint {
+            Some(endpoint) => format!("{table} at {endpoint}"),
+            None => table.clone(),
+        },
+        (None, Some(problem)) => format!("not usable: {problem}"),
+        (None, None) => format!(
+            "not configured (set {} and {})",
+            bigquery::config::DATASET_VAR,
+            bigquery::config::TABLE_VAR
+        ),
+    };
+    writeln!(text, "bigquery   {destination}").unwrap();
+    writeln!(text, "pending    {}", status.pending).unwrap();
+    writeln!(text, "delivered  {}", status.delivered).unwrap();
+    writeln!(text, "dead       {}", status.dead).unwrap();
+    if let (Some(oldest), Some(age)) = (&status.oldest_pending, age) {
+        let age = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+        writeln!(text, "oldest     {oldest} ({age} ago)").unwrap();
+    }
+    if let Some(error) = &status.last_error {
+        writeln!(text, "last error {error}").unwrap();
+    }
+    if !dead_letters.is_empty() {
+        writeln!(text, "\ndead letters (BigQuery refused them; `lorch events flush --retry-dead` sends them again):").unwrap();
+        for dead in &dead_letters {
+            writeln!(
+                text,
+                "  {}  {}  {}  run {}: {}",
+                dead.created_at, dead.event_id, dead.event_type, dead.correlation_id, dead.reason
+            )
+            .unwrap();
+        }
+    }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
+
+/// `lorch events flush`: delivers every pending event, retrying transient failures until
+/// `timeout`. Exit 3 when events are left pending or BigQuery refused some.
+pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
+    let (home, store) = super::open_home()?;
+    let config = bigquery::Config::from_env().map_err(cannot_deliver)?;
+    if retry_dead {
+        let requeued = store.requeue_dead()?;
+        eprintln!("{requeued} dead letters queued again");
+    }
+    let client = bigquery::Client::connect(&config).map_err(|f| cannot_deliver(f.message()))?;
+    let delivery = bigquery::Delivery {
+        store: &store,
+        client: &client,
+        config: &config,
+        home: &home,
+    };
+    let start = Instant::now();
+    let report = delivery.run(&bigquery::Policy {
+        deadline: start + timeout,
+        prefer_after: 0,
+        lock_wait: timeout,
+    })?;
+    let elapsed = start.elapsed();
+    let pending = store.delivery_status()?.pending;
+    let rate = report.delivered as f64 / elapsed.as_secs_f64().max(1e-6);
+    output::print(&format!(
+        "delivered {} events to {} in {} requests ({:.2}s, {rate:.0} events/s); {pending} pending\n",
+        report.delivered,
+        config.table,
+        report.requests,
+        elapsed.as_secs_f64()
+    ))?;
+    if report.dead > 0 {
+        eprintln!(
+            "warning: BigQuery refused {} events; they are kept as dead letters: see `lorch events status`",
+            report.dead
+        );
+    }
+    if pending == 0 {
+        return Ok(if report.dead > 0 {
+            Exit::Environment
+        } else {
+            Exit::Success
+        });
+    }
+    let why = match (&report.stopped, report.busy) {
+        (Some(failure), _) => failure.message().to_owned(),
+        (None, true) => "another lorch kept the delivery lock".to_owned(),
+        (None, false) => format!("not done within {}", humantime::format_duration(timeout)),
+    };
+    Err(Error::Environment(anyhow::anyhow!(
+        "{pending} events are still pending: {why}"
+    )))
+}
+
+/// `lorch events init`: the dataset and the table of SPEC §5, created when missing.
+pub fn init(dry_run: bool, events_table: Option<&str>) -> Result<Exit> {
+    let config = bigquery::Config::from_env().map_err(cannot_deliver)?;
+    let table = config
+        .table_for(events_table)
+        .map_err(|p| Error::Usage(p.to_string()))?;
+    if dry_run {
+        let mut text = format!(
+            "would create, if missing:\n  dataset {}.{}\n  table   {table}, partitioned by day on created_at, clustered on event_type, source_system\n",
+            table.project, table.dataset
+        );
+        for (name, kind, required) in bigquery::schema::COLUMNS {
+            let mode = if required { "REQUIRED" } else { "NULLABLE" };
+            writeln!(text, "    {name:15} {kind:10} {mode}").unwrap();
+        }
+        output::print(&text)?;
+        return Ok(Exit::Success);
+    }
+    let client = bigquery::Client::connect(&config).map_err(|f| cannot_deliver(f.message()))?;
+    let timeout = std::time::Duration::from_secs(60);
+    let said = |ensured| match ensured {
+        bigquery::Ensured::Created => "created",
+        bigquery::Ensured::Existed => "already exists",
+    };
+    let dataset = client
+        .ensure_dataset(&table, timeout)
+        .map_err(|f| cannot_deliver(f.message()))?;
+    output::print(&format!(
+        "dataset {}.{}: {}\n",
+        table.project,
+        table.dataset,
+        said(dataset)
+    ))?;
+    let created = client
+        .ensure_table(&table, timeout)
+        .map_err(|f| cannot_deliver(f.message()))?;
+    output::print(&format!("table {table}: {}\n", said(created)))?;
+    Ok(Exit::Success)
+}
+
+fn cannot_deliver(problem: impl std::fmt::Display) -> Error {
+    Error::Environment(anyhow::anyhow!("BigQuery: {problem}"))
 }

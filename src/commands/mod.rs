@@ -43,6 +43,15 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             plugins::list(&search_path, &discover(), json)
         }
         Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
+        Command::Events(EventsCommand::Status { json }) => events::status(json),
+        Command::Events(EventsCommand::Flush {
+            timeout,
+            retry_dead,
+        }) => events::flush(timeout, retry_dead),
+        Command::Events(EventsCommand::Init {
+            dry_run,
+            events_table,
+        }) => events::init(dry_run, events_table.as_deref()),
         Command::Runs(RunsCommand::List {
             job,
             status,
@@ -61,10 +70,14 @@ fn lorch_home() -> anyhow::Result<std::path::PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))
 }
 
-/// `LORCH_HOME` and its event store.
+/// `LORCH_HOME` and its event store; what it records is queued for BigQuery when that is
+/// configured.
 fn open_home() -> anyhow::Result<(std::path::PathBuf, crate::events::LocalStore)> {
-    use crate::events::LocalStore;
+    use crate::events::{LocalStore, Outbox};
     let home = lorch_home()?;
-    let store = LocalStore::open_in(&home)?;
+    let mut store = LocalStore::open_in(&home)?;
+    if crate::bigquery::config::requested() {
+        store = store.queue_for_delivery(Outbox::default());
+    }
     Ok((home, store))
 }

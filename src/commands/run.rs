@@ -1,13 +1,15 @@
 //! `lorch run-job` and `lorch run`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::Utc;
 use lorch_plugin_api::TimeArg;
 
+use crate::bigquery::{self, Background, Finished};
 use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
-use crate::events::LocalStore;
+use crate::events::{EventFilter, LocalStore, Outbox};
 use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan, Signals};
 use crate::{history, output, params, timearg};
@@ -16,21 +18,17 @@ use crate::{history, output, params, timearg};
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     let plan = plan(job, options, super::lorch_home()?)?;
-    let store = LocalStore::open_in(&plan.home)?;
+    let delivery = Delivery::choose(options)?;
+    let mut store = LocalStore::open_in(&plan.home)?;
+    if let Delivery::Queue { outbox, .. } = &delivery {
+        store = store.queue_for_delivery(outbox.clone());
+    }
     super::runs::report_reaped(history::reap(
         &store,
         &plan.home,
         Some((job.meta.package.clone(), job.meta.name.clone())),
     )?);
-    if ["BQ_EVENTS_DATASET", "BQ_EVENTS_TABLE"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-    {
-        eprintln!(
-            "warning: this lorch does not deliver to BigQuery yet; the run's events are kept in {}",
-            store.path().display()
-        );
-    }
+    let background = delivery.start(&plan.home, &store)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     let report = runner::run(&plan, &store, &signals)?;
@@ -63,6 +61,12 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
             )
         }
     }
+    if let Some(background) = background {
+        warn_undelivered(background.finish()?, &store);
+    }
+    if let Delivery::DryRun(table) = &delivery {
+        print_dry_run(&store, &report.run_id, table.as_ref())?;
+    }
     if let Some(error) = report.record_error {
         return Err(Error::Environment(error));
     }
@@ -73,6 +77,124 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         (None, Outcome::Failed(_)) => Exit::JobFailed,
         (None, Outcome::Skipped(_)) => Exit::Skipped,
     })
+}
+
+/// Where this run's events go besides the local store.
+enum Delivery {
+    /// BigQuery is not configured.
+    Local,
+    /// `--dry-run`: nothing is queued; the rows are printed, with the table they would go to.
+    DryRun(Option<bigquery::Table>),
+    /// Queued for BigQuery, and delivered during the run unless the configuration is wrong.
+    Queue {
+        outbox: Outbox,
+        config: Result<bigquery::Config, bigquery::Problem>,
+    },
+}
+
+impl Delivery {
+    fn choose(options: &RunOptions) -> Result<Delivery> {
+        let table = options.events_table.as_deref();
+        if let Some(table) = table {
+            bigquery::config::parse_table(table)
+                .map_err(|p| Error::Usage(format!("--events-table: {p}")))?;
+            if !bigquery::config::requested() {
+                return Err(Error::Usage(format!(
+                    "--events-table needs BigQuery: set {} and {}",
+                    bigquery::config::DATASET_VAR,
+                    bigquery::config::TABLE_VAR
+                )));
+            }
+        }
+        if options.dry_run {
+            let table = bigquery::Config::from_env()
+                .ok()
+                .and_then(|c| c.table_for(table).ok());
+            return Ok(Delivery::DryRun(table));
+        }
+        if !bigquery::config::requested() {
+            return Ok(Delivery::Local);
+        }
+        Ok(Delivery::Queue {
+            outbox: Outbox {
+                table: table.map(str::to_owned),
+            },
+            config: bigquery::Config::from_env(),
+        })
+    }
+
+    /// Starts delivering this run's events in the background, when they are queued.
+    fn start(&self, home: &std::path::Path, store: &LocalStore) -> Result<Option<Background>> {
+        let Delivery::Queue { config, .. } = self else {
+            return Ok(None);
+        };
+        Ok(Some(Background::start(
+            home,
+            config.clone(),
+            store.last_seq()?,
+            flush_timeout()?,
+        )))
+    }
+}
+
+/// `LORCH_BQ_FLUSH_TIMEOUT`: how long a run may spend, after its job, delivering what is
+/// still pending (default 10s).
+fn flush_timeout() -> Result<Duration> {
+    match std::env::var("LORCH_BQ_FLUSH_TIMEOUT") {
+        Err(_) => Ok(Duration::from_secs(10)),
+        Ok(value) => humantime::parse_duration(&value).map_err(|e| {
+            Error::Usage(format!(
+                "invalid LORCH_BQ_FLUSH_TIMEOUT '{value}': {e}; expected a duration such as 10s or 1m"
+            ))
+        }),
+    }
+}
+
+/// One warning when events of this run (or earlier ones) are not in BigQuery yet.
+fn warn_undelivered(finished: Finished, store: &LocalStore) {
+    if !finished.dead.is_empty() {
+        eprintln!(
+            "warning: BigQuery refused {} events of this run ({}); they are kept as dead letters: see `lorch events status`",
+            finished.dead.len(),
+            finished.dead[0].reason
+        );
+    }
+    if finished.pending == 0 {
+        return;
+    }
+    let why = finished
+        .problem
+        .unwrap_or_else(|| "delivery did not finish in time".to_owned());
+    eprintln!(
+        "warning: {} events are not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
+        finished.pending,
+        store.path().display()
+    );
+}
+
+/// `--dry-run`: the run's rows as insertAll would receive them, one JSON object per line.
+fn print_dry_run(store: &LocalStore, run_id: &str, table: Option<&bigquery::Table>) -> Result<()> {
+    let events = store.list(&EventFilter {
+        run_id: Some(run_id.to_owned()),
+        limit: None,
+    })?;
+    match table {
+        Some(table) => eprintln!(
+            "dry run: {} rows would be sent to {table}; nothing was sent",
+            events.len()
+        ),
+        None => eprintln!(
+            "dry run: {} rows; BigQuery is not configured, nothing was sent",
+            events.len()
+        ),
+    }
+    let mut text = String::new();
+    for event in &events {
+        text.push_str(&bigquery::schema::row(event).to_string());
+        text.push('\n');
+    }
+    output::print(&text)?;
+    Ok(())
 }
 
 fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {

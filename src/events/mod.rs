@@ -8,7 +8,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-pub use store::{EventFilter, LocalStore, RunFilter, RunRow};
+pub use store::{
+    DeadLetter, DeliveryStatus, EventFilter, LocalStore, Outbox, Pending, RunFilter, RunRow,
+};
 
 /// One event, with exactly the columns of the `event_log` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]

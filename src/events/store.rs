@@ -15,6 +15,10 @@ use serde_json::value::RawValue;
 
 use super::{Event, EventSink};
 
+mod outbox;
+
+pub use outbox::{DeadLetter, DeliveryStatus, Pending};
+
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -53,11 +57,31 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (package, job, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+
+-- The BigQuery outbox: one row per event recorded while delivery was configured, written in
+-- the event's own transaction, so an event is never on disk without its delivery record.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY,              -- events.seq
+    target     TEXT,                             -- the run's --events-table; NULL: the configured table
+    state      TEXT NOT NULL DEFAULT 'pending',  -- pending, delivered or dead
+    tries      INTEGER NOT NULL DEFAULT 0,
+    error      TEXT,                             -- the last delivery error, or BigQuery's reason for a dead row
+    updated_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
 ";
 
 pub struct LocalStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    outbox: Option<Outbox>,
+}
+
+/// Queues every recorded event for BigQuery delivery.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    /// The table of this run (`--events-table`); `None`: the configured one at delivery time.
+    pub table: Option<String>,
 }
 
 /// One run, as the `runs` table keeps it.
@@ -126,7 +150,14 @@ impl LocalStore {
         Ok(LocalStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            outbox: None,
         })
+    }
+
+    /// From now on, every event recorded through this store is also queued for BigQuery.
+    pub fn queue_for_delivery(mut self, outbox: Outbox) -> LocalStore {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -209,6 +240,13 @@ impl EventSink for LocalStore {
             .with_context(context)?;
         for event in events {
             insert_event(&tx, event).with_context(context)?;
+            if let Some(outbox) = &self.outbox {
+                tx.prepare_cached(
+                    "INSERT INTO outbox (seq, target) VALUES (last_insert_rowid(), ?1)",
+                )
+                .and_then(|mut queue| queue.execute([&outbox.table]))
+                .with_context(context)?;
+            }
             if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run") {
                 update_run(&tx, event).with_context(context)?;
             }

@@ -259,7 +259,7 @@ fn skipped(
 
 /// Exponential back-off with jitter: `base * 2^(attempt-1)`, capped at 10 minutes, then a random
 /// 50-100% of that so retries of many jobs do not arrive together.
-fn backoff(base: Duration, attempt: u32) -> Duration {
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
     let exponential = base.saturating_mul(1u32 << (attempt - 1).min(20));
     exponential
         .min(Duration::from_secs(600))

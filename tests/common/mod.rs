@@ -2,6 +2,8 @@
 //! an isolated home, compiles C plugins.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod bigquery;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -98,6 +100,19 @@ impl Env {
             .env_remove("LORCH_PLUGIN_PATH")
             .env_remove("LORCH_TRACE_ID")
             .env_remove("LORCH_LOG");
+        // BigQuery only where a test asks for it.
+        for name in [
+            "BQ_EVENTS_DATASET",
+            "BQ_EVENTS_TABLE",
+            "BQ_PROJECT",
+            "GOOGLE_CLOUD_PROJECT",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "CLOUDSDK_CONFIG",
+            "LORCH_BQ_ENDPOINT",
+            "LORCH_BQ_FLUSH_TIMEOUT",
+        ] {
+            cmd.env_remove(name);
+        }
         for dir in &self.plugins {
             cmd.arg("--plugin-path").arg(dir);
         }

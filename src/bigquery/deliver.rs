@@ -1,0 +1,337 @@
+//! Delivery of the outbox to BigQuery: batches of queued events, sent with their event ids as
+//! `insertId`, marked delivered only once BigQuery accepted them.
+//!
+//! One lorch at a time sends: a batch is chosen, sent and settled under the lock
+//! `<home>/locks/bigquery.lock`, so two processes never send the same pending event (the
+//! emulator, unlike BigQuery, does not drop repeated insertIds).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::client::{Client, Failure, RowError};
+use super::config::{Config, Problem, Table};
+use super::schema;
+use crate::events::{DeadLetter, LocalStore, Pending};
+use crate::locks::{self, Acquired};
+use crate::runner::{Signals, backoff};
+
+/// insertAll takes at most 500 rows per request as recommended, and 10 MB: stay well under.
+const MAX_ROWS: usize = 500;
+const MAX_BYTES: usize = 5 << 20;
+/// A row this large can never be sent, so it is a dead letter from the start.
+const MAX_ROW_BYTES: usize = 9 << 20;
+/// The longest one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first wait after a transient failure; it doubles (with jitter) up to [`MAX_PAUSE`].
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// What one delivery did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub delivered: usize,
+    pub requests: usize,
+    /// Events BigQuery refused (now dead letters).
+    pub dead: usize,
+    /// Why events may still be pending: the last failure, if the delivery ended on one.
+    pub stopped: Option<Failure>,
+    /// Another lorch held the delivery lock for the whole wait.
+    pub busy: bool,
+}
+
+/// How long to try, and what first.
+pub struct Policy {
+    /// No request starts after this, and none runs past it.
+    pub deadline: Instant,
+    /// Events with a larger `seq` (this run's) go before older pending ones.
+    pub prefer_after: i64,
+    /// How long to wait for another lorch's delivery to finish.
+    pub lock_wait: Duration,
+}
+
+pub struct Delivery<'a> {
+    pub store: &'a LocalStore,
+    pub client: &'a Client,
+    pub config: &'a Config,
+    pub home: &'a Path,
+}
+
+impl Delivery<'_> {
+    /// Sends pending events until none is left, a failure needs fixing, or the deadline.
+    /// Transient failures are retried with exponential back-off and jitter. An error means the
+    /// local store itself failed.
+    pub fn run(&self, policy: &Policy) -> Result<Report> {
+        let mut report = Report::default();
+        let mut failures = 0;
+        let lock_path = self.home.join("locks").join("bigquery.lock");
+        loop {
+            let now = Instant::now();
+            if now >= policy.deadline {
+                return Ok(report);
+            }
+            let wait = policy.lock_wait.min(policy.deadline - now);
+            let lock = match locks::acquire(&lock_path, "delivery", wait, &Signals::default())? {
+                Acquired::Held(lock) => lock,
+                Acquired::Busy(_) => {
+                    report.busy = true;
+                    return Ok(report);
+                }
+            };
+            let Some((table, batch)) = self.next_batch(policy.prefer_after, &mut report)? else {
+                report.stopped = None;
+                return Ok(report);
+            };
+            let timeout =
+                REQUEST_TIMEOUT.min(policy.deadline.saturating_duration_since(Instant::now()));
+            let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
+            let rows = batch
+                .iter()
+                .map(|p| (p.event.event_id.clone(), schema::row(&p.event)))
+                .collect();
+            report.requests += 1;
+            let failure = match self.client.insert(&table, rows, timeout) {
+                Ok(row_errors) => self.settle(&seqs, &row_errors, &mut report)?,
+                Err(failure) => {
+                    self.store.note_failure(&seqs, failure.message())?;
+                    Some(failure)
+                }
+            };
+            let Some(failure) = failure else {
+                failures = 0;
+                continue;
+            };
+            let transient = matches!(failure, Failure::Transient(_));
+            report.stopped = Some(failure);
+            if !transient {
+                return Ok(report);
+            }
+            failures += 1;
+            drop(lock);
+            let pause = backoff(RETRY_BASE, failures).min(MAX_PAUSE);
+            std::thread::sleep(
+                pause.min(policy.deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
+
+    /// Records BigQuery's answer to a request: rows it did not name are delivered, rows it
+    /// found invalid are dead letters, others stay pending (a transient failure).
+    fn settle(
+        &self,
+        seqs: &[i64],
+        row_errors: &[RowError],
+        report: &mut Report,
+    ) -> Result<Option<Failure>> {
+        let mut dead = Vec::new();
+        let mut retry = Vec::new();
+        for error in row_errors {
+            let Some(&seq) = seqs.get(error.index) else {
+                continue;
+            };
+            match error.is_permanent() {
+                true => dead.push((seq, format!("{}: {}", error.reason, error.message))),
+                false => retry.push(seq),
+            }
+        }
+        let accepted: Vec<i64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| !retry.contains(seq) && !dead.iter().any(|(s, _)| s == seq))
+            .collect();
+        self.store.settle(&accepted, &dead)?;
+        report.delivered += accepted.len();
+        report.dead += dead.len();
+        let Some(first) = row_errors.iter().find(|e| !e.is_permanent()) else {
+            return Ok(None);
+        };
+        let failure = Failure::Transient(format!(
+            "BigQuery did not store {} rows ({}: {})",
+            retry.len(),
+            first.reason,
+            first.message
+        ));
+        self.store.note_failure(&retry, failure.message())?;
+        Ok(Some(failure))
+    }
+
+    /// The next batch: pending events of one table, at most [`MAX_ROWS`] and [`MAX_BYTES`],
+    /// those after `prefer_after` first. Events too large to ever send become dead letters.
+    fn next_batch(
+        &self,
+        prefer_after: i64,
+        report: &mut Report,
+    ) -> Result<Option<(Table, Vec<Pending>)>> {
+        loop {
+            let mut pending = self.store.pending(prefer_after, MAX_ROWS)?;
+            if pending.is_empty() && prefer_after > 0 {
+                pending = self.store.pending(0, MAX_ROWS)?;
+            }
+            let Some(first) = pending.first() else {
+                return Ok(None);
+            };
+            let target = first.target.clone();
+            let table = self
+                .config
+                .table_for(target.as_deref())
+                .map_err(anyhow::Error::new)?;
+            let mut batch = Vec::new();
+            let mut too_large = Vec::new();
+            let mut bytes = 0;
+            for p in pending.into_iter().take_while(|p| p.target == target) {
+                let size = schema::row(&p.event).to_string().len();
+                if size > MAX_ROW_BYTES {
+                    too_large.push((p.seq, format!("too large: the row is {size} bytes; insertAll takes at most 10 MB per request")));
+                    continue;
+                }
+                if !batch.is_empty() && bytes + size > MAX_BYTES {
+                    break;
+                }
+                bytes += size;
+                batch.push(p);
+            }
+            if !too_large.is_empty() {
+                report.dead += too_large.len();
+                self.store.settle(&[], &too_large)?;
+            }
+            if !batch.is_empty() {
+                return Ok(Some((table, batch)));
+            }
+        }
+    }
+}
+
+/// Delivery alongside a run, in a thread of its own: this run's events (and earlier pending
+/// ones) go out while the job works, and whatever is left is flushed when it ends.
+pub struct Background {
+    home: PathBuf,
+    mark: i64,
+    running: Result<(mpsc::Sender<()>, JoinHandle<Result<Finished>>), Problem>,
+}
+
+/// What was left when the run's delivery ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// Events still pending (of any run).
+    pub pending: u64,
+    /// Why: the problem that stopped delivery.
+    pub problem: Option<String>,
+    /// Events of this run BigQuery refused.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// How often the thread looks for new events while all is well.
+const POLL: Duration = Duration::from_millis(200);
+/// One round of delivery while the job runs; short, so the final flush starts promptly.
+const ROUND: Duration = Duration::from_secs(2);
+
+impl Background {
+    /// Starts delivering from `home`'s store, events recorded after `mark` (this run's) first.
+    /// With a configuration problem nothing is sent, and [`finish`](Self::finish) says why.
+    pub fn start(
+        home: &Path,
+        config: Result<Config, Problem>,
+        mark: i64,
+        flush_timeout: Duration,
+    ) -> Background {
+        let running = config.map(|config| {
+            let (stop, stopped) = mpsc::channel();
+            let thread_home = home.to_owned();
+            let thread = std::thread::Builder::new()
+                .name("bigquery".into())
+                .spawn(move || {
+                    deliver_in_background(&thread_home, &config, mark, flush_timeout, &stopped)
+                })
+                .expect("cannot start the BigQuery delivery thread");
+            (stop, thread)
+        });
+        Background {
+            home: home.to_owned(),
+            mark,
+            running,
+        }
+    }
+
+    /// Flushes what is pending (for at most the flush timeout) and says what is left.
+    pub fn finish(self) -> Result<Finished> {
+        match self.running {
+            Ok((stop, thread)) => {
+                let _ = stop.send(());
+                thread.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("the BigQuery delivery thread panicked"))
+                })
+            }
+            Err(problem) => finished(
+                &LocalStore::open_in(&self.home)?,
+                self.mark,
+                Some(problem.0),
+            ),
+        }
+    }
+}
+
+fn finished(store: &LocalStore, mark: i64, problem: Option<String>) -> Result<Finished> {
+    Ok(Finished {
+        pending: store.delivery_status()?.pending,
+        problem,
+        dead: store.dead_letters(mark)?,
+    })
+}
+
+fn deliver_in_background(
+    home: &Path,
+    config: &Config,
+    mark: i64,
+    flush_timeout: Duration,
+    stopped: &mpsc::Receiver<()>,
+) -> Result<Finished> {
+    let store = LocalStore::open_in(home)?;
+    let client = match Client::connect(config) {
+        Ok(client) => client,
+        Err(failure) => {
+            let _ = stopped.recv();
+            return finished(&store, mark, Some(failure.message().to_owned()));
+        }
+    };
+    let delivery = Delivery {
+        store: &store,
+        client: &client,
+        config,
+        home,
+    };
+    let mut failures = 0;
+    loop {
+        let report = delivery.run(&Policy {
+            deadline: Instant::now() + ROUND,
+            prefer_after: mark,
+            lock_wait: Duration::ZERO,
+        })?;
+        let pause = match report.stopped {
+            None => {
+                failures = 0;
+                POLL
+            }
+            Some(_) => {
+                failures += 1;
+                backoff(RETRY_BASE, failures).min(MAX_PAUSE)
+            }
+        };
+        if stopped.recv_timeout(pause) != Err(mpsc::RecvTimeoutError::Timeout) {
+            break;
+        }
+    }
+    let report = delivery.run(&Policy {
+        deadline: Instant::now() + flush_timeout,
+        prefer_after: mark,
+        lock_wait: flush_timeout,
+    })?;
+    let problem = match (&report.stopped, report.busy) {
+        (Some(failure), _) => Some(failure.message().to_owned()),
+        (None, true) => Some("another lorch is delivering".to_owned()),
+        (None, false) => None,
+    };
+    finished(&store, mark, problem)
+}

@@ -1,0 +1,626 @@
+//! The BigQuery sink against a real emulator: every event lands exactly once with every column,
+//! an outage changes no job's outcome and loses nothing, credentials are used, and a bad
+//! configuration is named.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::bigquery::{self, Emulator, Fault, PROJECT, Proxy};
+use common::{Env, plugin_dir};
+use serde_json::{Map, Value, json};
+
+/// `lorch` with the test plugins, in a fresh home.
+fn env() -> (Env, tempfile::TempDir) {
+    let plugins = plugin_dir(&["testkit"]);
+    (Env::new(&[plugins.path()]), plugins)
+}
+
+/// Checks that the table holds exactly the events of the local store named by `run_ids`, once
+/// each, column by column.
+fn assert_rows_match(
+    emulator: &Emulator,
+    dataset: &str,
+    table: &str,
+    env: &Env,
+    run_ids: &[String],
+) {
+    let rows = emulator.rows(dataset, table);
+    let events: Vec<Value> = run_ids.iter().flat_map(|run| env.events(run)).collect();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "an event_id appears twice in {dataset}.{table}"
+    );
+    assert_eq!(rows.len(), events.len(), "rows: {rows:#?}");
+    for event in &events {
+        let id = event["event_id"].as_str().unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r["event_id"] == id)
+            .unwrap_or_else(|| panic!("event {id} is not in BigQuery"));
+        assert_row_is(row, event);
+    }
+}
+
+/// Every column of a row against the event as the local store has it.
+fn assert_row_is(row: &Map<String, Value>, event: &Value) {
+    for column in [
+        "event_id",
+        "event_type",
+        "source_system",
+        "status",
+        "correlation_id",
+        "trace_id",
+        "object_type",
+        "idem_key",
+        "error_message",
+    ] {
+        assert_eq!(row[column], event[column], "column {column} of {event}");
+    }
+    // TIMESTAMP comes back as microseconds since the epoch.
+    let created: chrono::DateTime<chrono::Utc> =
+        event["created_at"].as_str().unwrap().parse().unwrap();
+    let micros: i64 = row["created_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(micros, created.timestamp_micros(), "created_at of {event}");
+    let payload: Value = match &row["payload"] {
+        Value::String(text) => serde_json::from_str(text).unwrap(),
+        other => other.clone(),
+    };
+    assert_eq!(payload, event["payload"], "payload of {event}");
+}
+
+fn assert_nothing_pending(env: &Env, vars: &[(&str, String)]) -> Value {
+    let status = bigquery::run(env, vars, &["events", "status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let status = status.json();
+    assert_eq!(status["pending"], 0, "{status}");
+    status
+}
+
+#[test]
+fn a_runs_events_land_in_bigquery_once_with_every_column() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("e2e");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+
+    let dry = bigquery::run(&env, &vars, &["events", "init", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains(&format!("{PROJECT}.{dataset}.event_log")),
+        "{dry:?}"
+    );
+    assert!(
+        !emulator.table_exists(&dataset, "event_log"),
+        "--dry-run created the table"
+    );
+    for expected in ["created", "already exists"] {
+        let init = bigquery::run(&env, &vars, &["events", "init"]);
+        assert_eq!(init.code, 0, "{init:?}");
+        assert!(
+            init.stdout
+                .contains(&format!("table {PROJECT}.{dataset}.event_log: {expected}")),
+            "{init:?}"
+        );
+    }
+
+    // 1,200 events: more than one insertAll request of at most 500 rows.
+    let n = 1200;
+    let ok = bigquery::run(
+        &env,
+        &vars,
+        &[
+            "run-job",
+            "testkit",
+            "emit_many",
+            "--param",
+            &format!("count={n}"),
+            "--trace-id",
+            "trace-e2e",
+        ],
+    );
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(!ok.stderr.contains("warning"), "{ok:?}");
+    let failed = bigquery::run(&env, &vars, &["run-job", "testkit", "fail"]);
+    assert_eq!(failed.code, 1, "{failed:?}");
+
+    let runs = [ok.run_id(), failed.run_id()];
+    assert_rows_match(emulator, &dataset, "event_log", &env, &runs);
+    let rows = emulator.rows(&dataset, "event_log");
+    let of_run = |run: &str| rows.iter().filter(|r| r["correlation_id"] == run).count();
+    assert_eq!(
+        of_run(&runs[0]),
+        n + 2,
+        "N events plus job.started and job.completed"
+    );
+    let failure = rows
+        .iter()
+        .find(|r| r["event_type"] == "job.failed")
+        .unwrap();
+    assert_eq!(failure["status"], "failed");
+    assert!(
+        failure["error_message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+
+    let status = assert_nothing_pending(&env, &vars);
+    assert_eq!(status["delivered"], rows.len(), "{status}");
+    assert_eq!(status["dead"], 0, "{status}");
+}
+
+#[test]
+fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("retry");
+    let direct = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &direct, &["events", "init"]).code, 0);
+
+    let proxy = Proxy::start(Some(emulator.url.replace("http://", "")), Fault::Forward);
+    proxy.then([
+        Fault::Drop,
+        Fault::status(500),
+        Fault::status(429),
+        Fault::status(503),
+    ]);
+    let vars = bigquery::vars(&proxy.url, &dataset);
+    let run = bigquery::run(
+        &env,
+        &vars,
+        &["run-job", "testkit", "emit_many", "--param", "count=30"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !run.stderr.contains("warning"),
+        "the retries should have delivered everything: {run:?}"
+    );
+    assert_rows_match(emulator, &dataset, "event_log", &env, &[run.run_id()]);
+    assert_nothing_pending(&env, &vars);
+}
+
+#[test]
+fn an_outage_changes_no_outcome_and_flush_delivers_each_event_once() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("outage");
+    let direct = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &direct, &["events", "init"]).code, 0);
+    // One run delivered before the outage: the flush must not send it again.
+    let before = bigquery::run(&env, &direct, &["run-job", "testkit", "echo"]);
+    assert_eq!(before.code, 0, "{before:?}");
+
+    let proxy = Proxy::start(Some(emulator.url.replace("http://", "")), Fault::Drop);
+    proxy.then([Fault::status(500), Fault::status(429), Fault::status(503)]);
+    let mut vars = bigquery::vars(&proxy.url, &dataset);
+    vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "1s".to_owned()));
+    let mut runs = vec![before.run_id()];
+    for (job, code) in [("emit_many", 0), ("fail", 1), ("echo", 0)] {
+        let run = bigquery::run(&env, &vars, &["run-job", "testkit", job]);
+        assert_eq!(
+            run.code, code,
+            "the outage changed the outcome of {job}: {run:?}"
+        );
+        let warnings: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{run:?}");
+        assert!(
+            warnings[0].contains("not in BigQuery yet")
+                && warnings[0].contains("lorch events flush"),
+            "{run:?}"
+        );
+        runs.push(run.run_id());
+    }
+    let status = bigquery::run(&env, &vars, &["events", "status", "--json"]).json();
+    let queued: usize = runs[1..].iter().map(|r| env.events(r).len()).sum();
+    assert_eq!(status["pending"], queued, "{status}");
+    assert!(
+        status["oldest_pending"].is_string() && status["last_error"].is_string(),
+        "{status}"
+    );
+
+    let failed_flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1s"]);
+    assert_eq!(failed_flush.code, 3, "{failed_flush:?}");
+    assert!(
+        failed_flush
+            .stderr
+            .contains(&format!("{queued} events are still pending")),
+        "{failed_flush:?}"
+    );
+
+    proxy.always(Fault::Forward);
+    let flush = bigquery::run(&env, &vars, &["events", "flush"]);
+    assert_eq!(flush.code, 0, "{flush:?}");
+    assert!(
+        flush.stdout.contains(&format!("delivered {queued} events")),
+        "{flush:?}"
+    );
+    assert_rows_match(emulator, &dataset, "event_log", &env, &runs);
+    assert_nothing_pending(&env, &vars);
+}
+
+#[test]
+fn events_recorded_while_the_emulator_is_down_are_delivered_after_it_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let Some(emulator) = Emulator::start(Some(data.path())) else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("restart");
+    let mut vars = bigquery::vars(&emulator.url, &dataset);
+    vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "500ms".to_owned()));
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+
+    emulator.stop();
+    let runs: Vec<String> = (0..3)
+        .map(|_| {
+            let run = bigquery::run(
+                &env,
+                &vars,
+                &["run-job", "testkit", "emit_many", "--param", "count=5"],
+            );
+            assert_eq!(run.code, 0, "{run:?}");
+            assert!(
+                run.stderr.contains("Connection refused"),
+                "the warning names the problem: {run:?}"
+            );
+            run.run_id()
+        })
+        .collect();
+    emulator.restart();
+    // The next run delivers the earlier runs' pending events first.
+    let next = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
+    assert_eq!(next.code, 0, "{next:?}");
+    let flush = bigquery::run(&env, &vars, &["events", "flush"]);
+    assert_eq!(flush.code, 0, "{flush:?}");
+    let mut all = runs.clone();
+    all.push(next.run_id());
+    assert_rows_match(&emulator, &dataset, "event_log", &env, &all);
+    assert_nothing_pending(&env, &vars);
+}
+
+#[test]
+fn a_service_account_token_is_fetched_from_the_keys_token_uri_and_sent() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let Some(private_key) = rsa_key() else { return };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("auth");
+    let token =
+        json!({"access_token": "test-token-7f3a", "expires_in": 3600, "token_type": "Bearer"});
+    let token_endpoint = Proxy::start(None, Fault::Respond(200, token.to_string()));
+    let key = env.home.path().join("key.json");
+    std::fs::write(
+        &key,
+        json!({
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": "test",
+            "private_key": private_key,
+            "client_email": "lorch-test@lorch-test.iam.gserviceaccount.com",
+            "client_id": "1",
+            "auth_uri": "http://127.0.0.1:1/auth",
+            "token_uri": format!("{}/token", token_endpoint.url),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let bigquery = Proxy::start(Some(emulator.url.replace("http://", "")), Fault::Forward);
+    // The project comes from the key: no BQ_PROJECT.
+    let mut vars: Vec<_> = bigquery::vars(&bigquery.url, &dataset)
+        .into_iter()
+        .filter(|(name, _)| *name != "BQ_PROJECT")
+        .collect();
+    vars.push(("GOOGLE_APPLICATION_CREDENTIALS", key.display().to_string()));
+
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+
+    let asked = token_endpoint.received();
+    assert!(
+        asked.starts_with("POST /token")
+            && asked.contains("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"),
+        "no JWT grant at the token endpoint: {asked}"
+    );
+    let sent = bigquery.received().to_lowercase();
+    assert!(
+        sent.contains("authorization: bearer test-token-7f3a"),
+        "no bearer token: {sent}"
+    );
+    assert_rows_match(emulator, &dataset, "event_log", &env, &[run.run_id()]);
+}
+
+/// A fresh RSA key in PEM (PKCS#8), from openssl; `None` after a loud message locally.
+fn rsa_key() -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(String::from_utf8(out.stdout).unwrap()),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("openssl is required in CI"),
+        _ => {
+            eprintln!("\n!!! SKIPPING the service-account test: no openssl to make a key !!!\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn bad_configuration_is_named_and_run_job_keeps_the_events() {
+    let (env, _plugins) = env();
+    let only_dataset = vec![
+        ("BQ_EVENTS_DATASET", "lorch".to_owned()),
+        ("BQ_PROJECT", "p".to_owned()),
+    ];
+    let unreadable_key = vec![
+        ("BQ_EVENTS_DATASET", "lorch".to_owned()),
+        ("BQ_EVENTS_TABLE", "event_log".to_owned()),
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "/nonexistent/key.json".to_owned(),
+        ),
+    ];
+    let mut pending = 0;
+    for (vars, problem) in [
+        (&only_dataset, "BQ_EVENTS_TABLE is not set"),
+        (
+            &unreadable_key,
+            "cannot read GOOGLE_APPLICATION_CREDENTIALS /nonexistent/key.json",
+        ),
+    ] {
+        for command in [&["events", "init"][..], &["events", "flush"]] {
+            let out = bigquery::run(&env, vars, command);
+            assert_eq!(out.code, 3, "{command:?}: {out:?}");
+            assert!(out.stderr.contains(problem), "{command:?}: {out:?}");
+        }
+        let run = bigquery::run(&env, vars, &["run-job", "testkit", "echo"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        pending += env.events(&run.run_id()).len();
+        assert!(
+            run.stderr.contains(&format!(
+                "warning: {pending} events are not in BigQuery yet"
+            )) && run.stderr.contains(problem),
+            "{run:?}"
+        );
+    }
+    let status = bigquery::run(&env, &only_dataset, &["events", "status", "--json"]).json();
+    assert_eq!(status["pending"], pending, "{status}");
+    assert!(
+        status["bigquery"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("BQ_EVENTS_TABLE"),
+        "{status}"
+    );
+
+    let wrong_table = bigquery::run(
+        &env,
+        &[],
+        &["run-job", "testkit", "echo", "--events-table", "a.b.c.d"],
+    );
+    assert_eq!(wrong_table.code, 2, "{wrong_table:?}");
+}
+
+#[test]
+fn a_missing_table_is_named_until_events_init_creates_it() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("missing");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("notFound") && run.stderr.contains("lorch events init"),
+        "{run:?}"
+    );
+    let flush = bigquery::run(&env, &vars, &["events", "flush"]);
+    assert_eq!(flush.code, 3, "{flush:?}");
+    assert!(flush.stderr.contains("event_log"), "{flush:?}");
+
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "flush"]).code, 0);
+    assert_rows_match(emulator, &dataset, "event_log", &env, &[run.run_id()]);
+}
+
+#[test]
+fn rows_bigquery_refuses_become_dead_letters_and_block_nothing() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("dead");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    // A table whose trace_id is a number: rows with a textual trace id are invalid there.
+    emulator.post(
+        &format!("/projects/{PROJECT}/datasets/{dataset}/tables"),
+        &json!({
+            "tableReference": {"projectId": PROJECT, "datasetId": dataset, "tableId": "odd"},
+            "schema": {"fields": [
+                {"name": "event_id", "type": "STRING"}, {"name": "event_type", "type": "STRING"},
+                {"name": "source_system", "type": "STRING"}, {"name": "created_at", "type": "TIMESTAMP"},
+                {"name": "status", "type": "STRING"}, {"name": "correlation_id", "type": "STRING"},
+                {"name": "trace_id", "type": "INTEGER"}, {"name": "object_type", "type": "STRING"},
+                {"name": "idem_key", "type": "STRING"}, {"name": "error_message", "type": "STRING"},
+                {"name": "payload", "type": "JSON"}]},
+        }),
+    );
+    let refused = bigquery::run(
+        &env,
+        &vars,
+        &[
+            "run-job",
+            "testkit",
+            "echo",
+            "--events-table",
+            "odd",
+            "--trace-id",
+            "not-a-number",
+        ],
+    );
+    assert_eq!(
+        refused.code, 0,
+        "refused rows must not change the outcome: {refused:?}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("BigQuery refused 3 events of this run (invalid"),
+        "{refused:?}"
+    );
+    let fine = bigquery::run(
+        &env,
+        &vars,
+        &["run-job", "testkit", "echo", "--events-table", "odd"],
+    );
+    assert_eq!(fine.code, 0, "{fine:?}");
+    assert!(
+        !fine.stderr.contains("warning"),
+        "dead letters block nothing: {fine:?}"
+    );
+
+    let status = bigquery::run(&env, &vars, &["events", "status", "--json"]).json();
+    assert_eq!(
+        (status["pending"].clone(), status["dead"].clone()),
+        (json!(0), json!(3)),
+        "{status}"
+    );
+    let dead = status["dead_letters"].as_array().unwrap();
+    assert!(
+        dead.iter()
+            .all(|d| d["reason"].as_str().unwrap().starts_with("invalid")),
+        "{status}"
+    );
+    let flush = bigquery::run(&env, &vars, &["events", "flush"]);
+    assert!(
+        flush.stdout.contains("in 0 requests"),
+        "dead letters are not retried: {flush:?}"
+    );
+    assert_rows_match(emulator, &dataset, "odd", &env, &[fine.run_id()]);
+    assert!(emulator.rows(&dataset, "event_log").is_empty());
+}
+
+#[test]
+fn dry_run_sends_nothing_and_prints_the_rows() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("dry");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    let run = bigquery::run(
+        &env,
+        &vars,
+        &[
+            "run-job",
+            "testkit",
+            "emit_many",
+            "--param",
+            "count=2",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let printed: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events = env.events(&run.run_id());
+    assert_eq!(printed.len(), events.len(), "{run:?}");
+    for (row, event) in printed.iter().zip(&events) {
+        assert_row_is(&as_query_row(row), event);
+    }
+    assert!(
+        run.stderr
+            .contains(&format!("would be sent to {PROJECT}.{dataset}.event_log")),
+        "{run:?}"
+    );
+    assert!(
+        emulator.rows(&dataset, "event_log").is_empty(),
+        "--dry-run sent rows"
+    );
+    let status = assert_nothing_pending(&env, &vars);
+    assert_eq!(status["delivered"], 0, "{status}");
+}
+
+/// A printed insertAll row in the shape `jobs.query` returns (created_at in microseconds).
+fn as_query_row(row: &Value) -> Map<String, Value> {
+    let mut row = row.as_object().unwrap().clone();
+    let created: chrono::DateTime<chrono::Utc> =
+        row["created_at"].as_str().unwrap().parse().unwrap();
+    row.insert(
+        "created_at".into(),
+        json!(created.timestamp_micros().to_string()),
+    );
+    for column in [
+        "trace_id",
+        "object_type",
+        "idem_key",
+        "error_message",
+        "payload",
+    ] {
+        row.entry(column).or_insert(Value::Null);
+    }
+    row
+}
+
+#[test]
+fn events_table_sends_one_run_to_another_table() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("other");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    for table in [None, Some("test_events")] {
+        let mut args = vec!["events", "init"];
+        args.extend(table.map(|t| ["--events-table", t]).into_iter().flatten());
+        let init = bigquery::run(&env, &vars, &args);
+        assert_eq!(init.code, 0, "{init:?}");
+    }
+    let test = bigquery::run(
+        &env,
+        &vars,
+        &[
+            "run-job",
+            "testkit",
+            "echo",
+            "--events-table",
+            "test_events",
+        ],
+    );
+    assert_eq!(test.code, 0, "{test:?}");
+    let normal = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
+    assert_eq!(normal.code, 0, "{normal:?}");
+    assert_rows_match(emulator, &dataset, "test_events", &env, &[test.run_id()]);
+    assert_rows_match(emulator, &dataset, "event_log", &env, &[normal.run_id()]);
+}
