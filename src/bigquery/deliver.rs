@@ -51,6 +51,17 @@ pub struct Policy {
     pub prefer_after: i64,
     /// How long to wait for another lorch's delivery to finish.
     pub lock_wait: Duration,
+    /// Retry transient failures until the deadline; otherwise return at the first one (the
+    /// caller waits between rounds).
+    pub retry: bool,
+}
+
+/// One insertAll request's worth of pending events.
+struct Batch {
+    table: Table,
+    seqs: Vec<i64>,
+    /// `(insertId, row)`.
+    rows: Vec<(String, serde_json::Value)>,
 }
 
 pub struct Delivery<'a> {
@@ -81,17 +92,14 @@ impl Delivery<'_> {
                     return Ok(report);
                 }
             };
-            let Some((table, batch)) = self.next_batch(policy.prefer_after, &mut report)? else {
+            let Some(Batch { table, seqs, rows }) =
+                self.next_batch(policy.prefer_after, &mut report)?
+            else {
                 report.stopped = None;
                 return Ok(report);
             };
             let timeout =
                 REQUEST_TIMEOUT.min(policy.deadline.saturating_duration_since(Instant::now()));
-            let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
-            let rows = batch
-                .iter()
-                .map(|p| (p.event.event_id.clone(), schema::row(&p.event)))
-                .collect();
             report.requests += 1;
             let failure = match self.client.insert(&table, rows, timeout) {
                 Ok(row_errors) => self.settle(&seqs, &row_errors, &mut report)?,
@@ -106,7 +114,7 @@ impl Delivery<'_> {
             };
             let transient = matches!(failure, Failure::Transient(_));
             report.stopped = Some(failure);
-            if !transient {
+            if !transient || !policy.retry {
                 return Ok(report);
             }
             failures += 1;
@@ -160,11 +168,7 @@ impl Delivery<'_> {
 
     /// The next batch: pending events of one table, at most [`MAX_ROWS`] and [`MAX_BYTES`],
     /// those after `prefer_after` first. Events too large to ever send become dead letters.
-    fn next_batch(
-        &self,
-        prefer_after: i64,
-        report: &mut Report,
-    ) -> Result<Option<(Table, Vec<Pending>)>> {
+    fn next_batch(&self, prefer_after: i64, report: &mut Report) -> Result<Option<Batch>> {
         loop {
             let mut pending = self.store.pending(prefer_after, MAX_ROWS)?;
             if pending.is_empty() && prefer_after > 0 {
@@ -178,27 +182,34 @@ impl Delivery<'_> {
                 .config
                 .table_for(target.as_deref())
                 .map_err(anyhow::Error::new)?;
-            let mut batch = Vec::new();
+            let mut batch = Batch {
+                table,
+                seqs: Vec::new(),
+                rows: Vec::new(),
+            };
             let mut too_large = Vec::new();
             let mut bytes = 0;
-            for p in pending.into_iter().take_while(|p| p.target == target) {
-                let size = schema::row(&p.event).to_string().len();
+            for Pending { seq, event, .. } in pending.into_iter().take_while(|p| p.target == target)
+            {
+                let row = schema::row(&event);
+                let size = row.to_string().len();
                 if size > MAX_ROW_BYTES {
-                    too_large.push((p.seq, format!("too large: the row is {size} bytes; insertAll takes at most 10 MB per request")));
+                    too_large.push((seq, format!("too large: the row is {size} bytes; insertAll takes at most 10 MB per request")));
                     continue;
                 }
-                if !batch.is_empty() && bytes + size > MAX_BYTES {
+                if !batch.rows.is_empty() && bytes + size > MAX_BYTES {
                     break;
                 }
                 bytes += size;
-                batch.push(p);
+                batch.seqs.push(seq);
+                batch.rows.push((event.event_id, row));
             }
             if !too_large.is_empty() {
                 report.dead += too_large.len();
                 self.store.settle(&[], &too_large)?;
             }
-            if !batch.is_empty() {
-                return Ok(Some((table, batch)));
+            if !batch.rows.is_empty() {
+                return Ok(Some(batch));
             }
         }
     }
@@ -308,6 +319,7 @@ fn deliver_in_background(
             deadline: Instant::now() + ROUND,
             prefer_after: mark,
             lock_wait: Duration::ZERO,
+            retry: false,
         })?;
         let pause = match report.stopped {
             None => {
@@ -327,6 +339,7 @@ fn deliver_in_background(
         deadline: Instant::now() + flush_timeout,
         prefer_after: mark,
         lock_wait: flush_timeout,
+        retry: true,
     })?;
     let problem = match (&report.stopped, report.busy) {
         (Some(failure), _) => Some(failure.message().to_owned()),

@@ -146,6 +146,7 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
         deadline: start + timeout,
         prefer_after: 0,
         lock_wait: timeout,
+        retry: true,
     })?;
     let elapsed = start.elapsed();
     let pending = store.delivery_status()?.pending;

@@ -18,9 +18,9 @@ use crate::{history, output, params, timearg};
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     let plan = plan(job, options, super::lorch_home()?)?;
-    let delivery = Delivery::choose(options)?;
+    let route = Route::choose(options)?;
     let mut store = LocalStore::open_in(&plan.home)?;
-    if let Delivery::Queue { outbox, .. } = &delivery {
+    if let Route::Queue { outbox, .. } = &route {
         store = store.queue_for_delivery(outbox.clone());
     }
     super::runs::report_reaped(history::reap(
@@ -28,7 +28,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         &plan.home,
         Some((job.meta.package.clone(), job.meta.name.clone())),
     )?);
-    let background = delivery.start(&plan.home, &store)?;
+    let background = route.start(&plan.home, &store)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     let report = runner::run(&plan, &store, &signals)?;
@@ -61,10 +61,17 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
             )
         }
     }
+    // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {
-        warn_undelivered(background.finish()?, &store);
+        match background.finish() {
+            Ok(finished) => warn_undelivered(finished, &store),
+            Err(e) => eprintln!(
+                "warning: BigQuery delivery stopped ({e:#}); pending events stay in {}; deliver them with: lorch events flush",
+                store.path().display()
+            ),
+        }
     }
-    if let Delivery::DryRun(table) = &delivery {
+    if let Route::DryRun(table) = &route {
         print_dry_run(&store, &report.run_id, table.as_ref())?;
     }
     if let Some(error) = report.record_error {
@@ -80,7 +87,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
 }
 
 /// Where this run's events go besides the local store.
-enum Delivery {
+enum Route {
     /// BigQuery is not configured.
     Local,
     /// `--dry-run`: nothing is queued; the rows are printed, with the table they would go to.
@@ -92,8 +99,8 @@ enum Delivery {
     },
 }
 
-impl Delivery {
-    fn choose(options: &RunOptions) -> Result<Delivery> {
+impl Route {
+    fn choose(options: &RunOptions) -> Result<Route> {
         let table = options.events_table.as_deref();
         if let Some(table) = table {
             bigquery::config::parse_table(table)
@@ -110,12 +117,12 @@ impl Delivery {
             let table = bigquery::Config::from_env()
                 .ok()
                 .and_then(|c| c.table_for(table).ok());
-            return Ok(Delivery::DryRun(table));
+            return Ok(Route::DryRun(table));
         }
         if !bigquery::config::requested() {
-            return Ok(Delivery::Local);
+            return Ok(Route::Local);
         }
-        Ok(Delivery::Queue {
+        Ok(Route::Queue {
             outbox: Outbox {
                 table: table.map(str::to_owned),
             },
@@ -125,7 +132,7 @@ impl Delivery {
 
     /// Starts delivering this run's events in the background, when they are queued.
     fn start(&self, home: &std::path::Path, store: &LocalStore) -> Result<Option<Background>> {
-        let Delivery::Queue { config, .. } = self else {
+        let Route::Queue { config, .. } = self else {
             return Ok(None);
         };
         Ok(Some(Background::start(
