@@ -128,7 +128,7 @@ fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 grpc=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$venv/bin/python" tests/emulator/launch.py start --project bench --rest-port "$port" \
-  --grpc-port "$grpc" --log-level warning </dev/null 2>"$work/emulator.log" &
+  --grpc-port "$grpc" --log-level warning </dev/null >"$work/emulator.log" 2>&1 &
 emulator=$!
 trap 'kill $emulator 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$port/bigquery/v2/projects/bench/datasets" >/dev/null; do sleep 0.2; done
