@@ -158,6 +158,49 @@ fn a_runs_events_land_in_bigquery_once_with_every_column() {
 }
 
 #[test]
+fn job_started_reaches_bigquery_while_the_job_is_still_running() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("live");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+
+    let child = common::start_with(
+        &env,
+        &vars,
+        &["sleep", "--param", "seconds=6"],
+        "testkit.sleeping",
+    );
+    let run_id = env.all_events()[0]["correlation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let arrived = loop {
+        let rows = emulator.rows(&dataset, "event_log");
+        if rows
+            .iter()
+            .any(|r| r["event_type"] == "job.started" && r["correlation_id"] == run_id)
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        arrived,
+        "job.started was not in BigQuery while the job ran: {out:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_rows_match(emulator, &dataset, "event_log", &env, &[run_id]);
+}
+
+#[test]
 fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
     let Some(emulator) = Emulator::shared() else {
         return;
@@ -174,7 +217,9 @@ fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
         Fault::status(429),
         Fault::status(503),
     ]);
-    let vars = bigquery::vars(&proxy.url, &dataset);
+    let mut vars = bigquery::vars(&proxy.url, &dataset);
+    // Four failures in a row take a few seconds of back-off (0.5 s, 1 s, 2 s, with jitter).
+    vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "20s".to_owned()));
     let run = bigquery::run(
         &env,
         &vars,

@@ -238,29 +238,39 @@ impl EventSink for LocalStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .with_context(context)?;
-        for event in events {
-            insert_event(&tx, event).with_context(context)?;
-            if let Some(outbox) = &self.outbox {
-                tx.prepare_cached(
-                    "INSERT INTO outbox (seq, target) VALUES (last_insert_rowid(), ?1)",
-                )
-                .and_then(|mut queue| queue.execute([&outbox.table]))
-                .with_context(context)?;
-            }
-            if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run") {
-                update_run(&tx, event).with_context(context)?;
+        {
+            // Prepared once a batch: a job emitting fast makes batches of thousands.
+            let mut insert = tx.prepare_cached(INSERT_EVENT).with_context(context)?;
+            let mut queue = match &self.outbox {
+                Some(outbox) => Some((
+                    tx.prepare_cached(QUEUE_EVENT).with_context(context)?,
+                    outbox,
+                )),
+                None => None,
+            };
+            for event in events {
+                insert_event(&mut insert, event).with_context(context)?;
+                if let Some((queue, outbox)) = &mut queue {
+                    queue.execute([&outbox.table]).with_context(context)?;
+                }
+                if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run")
+                {
+                    update_run(&tx, event).with_context(context)?;
+                }
             }
         }
         tx.commit().with_context(context)
     }
 }
 
-fn insert_event(tx: &Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO events (event_id, event_type, source_system, created_at, status,
-             correlation_id, trace_id, object_type, idem_key, error_message, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
+const INSERT_EVENT: &str = "INSERT INTO events (event_id, event_type, source_system, created_at,
+        status, correlation_id, trace_id, object_type, idem_key, error_message, payload)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Queues the event just inserted for BigQuery, in the same transaction.
+const QUEUE_EVENT: &str = "INSERT INTO outbox (seq, target) VALUES (last_insert_rowid(), ?1)";
+
+fn insert_event(insert: &mut rusqlite::CachedStatement<'_>, event: &Event) -> rusqlite::Result<()> {
     insert.execute(params![
         event.event_id,
         event.event_type,

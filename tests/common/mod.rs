@@ -276,6 +276,16 @@ pub fn gone(pid: u64) -> bool {
 /// Starts `lorch run-job testkit ARGS` in the background and waits until the store holds one
 /// more `ready_event` than before.
 pub fn start(env: &Env, args: &[&str], ready_event: &str) -> std::process::Child {
+    start_with(env, &[], args, ready_event)
+}
+
+/// [`start`] with extra environment variables.
+pub fn start_with(
+    env: &Env,
+    vars: &[(&str, String)],
+    args: &[&str],
+    ready_event: &str,
+) -> std::process::Child {
     let count = || {
         env.all_events()
             .iter()
@@ -287,6 +297,7 @@ pub fn start(env: &Env, args: &[&str], ready_event: &str) -> std::process::Child
     full.extend_from_slice(args);
     let child = env
         .cmd(&full)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
