@@ -53,7 +53,7 @@ pub enum Command {
     /// Show plugin files, their ABI and jobs, or why they failed to load
     #[command(subcommand)]
     Plugins(PluginsCommand),
-    /// Read the events recorded in the local store
+    /// Read the recorded events; deliver them to BigQuery
     #[command(subcommand)]
     Events(EventsCommand),
     /// Run history: what ran, how it ended; abandoned runs are closed first

@@ -248,16 +248,16 @@ impl Background {
         mark: i64,
         flush_timeout: Duration,
     ) -> Background {
-        let running = config.map(|config| {
+        let running = config.and_then(|config| {
             let (stop, stopped) = mpsc::channel();
             let thread_home = home.to_owned();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name("bigquery".into())
                 .spawn(move || {
                     deliver_in_background(&thread_home, &config, mark, flush_timeout, &stopped)
                 })
-                .expect("cannot start the BigQuery delivery thread");
-            (stop, thread)
+                .map(|thread| (stop, thread))
+                .map_err(|e| Problem(format!("cannot start the BigQuery delivery thread: {e}")))
         });
         Background {
             home: home.to_owned(),

@@ -61,8 +61,8 @@ impl Event {
     }
 }
 
-/// Where events go. The runner only knows this trait, so a sink (the local store today,
-/// BigQuery delivery later) can change without touching it.
+/// Where events go. The runner only knows this trait: it records into the local store, and
+/// BigQuery delivery reads from the store's outbox (`crate::bigquery`), never from the runner.
 ///
 /// `record` returns once the event is durable; implementations are shared between the runner
 /// and the job's threads, hence `Sync`.
