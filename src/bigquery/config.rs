@@ -84,11 +84,11 @@ impl Config {
         let dataset = var(DATASET_VAR).ok_or_else(|| missing(DATASET_VAR, TABLE_VAR))?;
         let table = var(TABLE_VAR).ok_or_else(|| missing(TABLE_VAR, DATASET_VAR))?;
         let endpoint = var(ENDPOINT_VAR).map(|e| endpoint_url(&e)).transpose()?;
-        let credentials = credentials(endpoint.is_some())?;
+        let (credentials, credentials_project) = credentials(endpoint.is_some())?;
         let project = PROJECT_VARS
             .iter()
             .find_map(|v| var(v))
-            .or_else(|| credentials_project(&credentials))
+            .or(credentials_project)
             .ok_or_else(|| {
                 problem(
                     "no BigQuery project: set BQ_PROJECT (or GOOGLE_CLOUD_PROJECT), or use credentials that name one",
@@ -168,8 +168,8 @@ fn endpoint_url(text: &str) -> Result<String, Problem> {
 }
 
 /// `GOOGLE_APPLICATION_CREDENTIALS`, else gcloud's application default credentials, else
-/// none when an endpoint is set.
-fn credentials(have_endpoint: bool) -> Result<Credentials, Problem> {
+/// none when an endpoint is set; with the project the credentials name, if any.
+fn credentials(have_endpoint: bool) -> Result<(Credentials, Option<String>), Problem> {
     if let Some(path) = var(CREDENTIALS_VAR) {
         return read_credentials(Path::new(&path), CREDENTIALS_VAR);
     }
@@ -177,7 +177,7 @@ fn credentials(have_endpoint: bool) -> Result<Credentials, Problem> {
         return read_credentials(&path, "application default credentials");
     }
     if have_endpoint {
-        return Ok(Credentials::None);
+        return Ok((Credentials::None, None));
     }
     Err(problem(format!(
         "no Google credentials: set {CREDENTIALS_VAR} to a service-account key file, or run \
@@ -193,7 +193,9 @@ fn default_credentials_path() -> Option<PathBuf> {
     Some(config.join("application_default_credentials.json"))
 }
 
-fn read_credentials(path: &Path, what: &str) -> Result<Credentials, Problem> {
+/// The credentials in a file, and the project they name: a service-account key's
+/// `project_id`, or the `quota_project_id` of application default credentials.
+fn read_credentials(path: &Path, what: &str) -> Result<(Credentials, Option<String>), Problem> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| problem(format!("cannot read {what} {}: {e}", path.display())))?;
     let key: Value = serde_json::from_str(&text).map_err(|e| {
@@ -202,32 +204,25 @@ fn read_credentials(path: &Path, what: &str) -> Result<Credentials, Problem> {
             path.display()
         ))
     })?;
+    let project = |field: &str| key[field].as_str().map(str::to_owned);
     match key["type"].as_str() {
-        Some("service_account") => Ok(Credentials::ServiceAccount {
-            path: path.to_owned(),
-            key,
-        }),
-        Some("authorized_user") => Ok(Credentials::AuthorizedUser {
-            path: path.to_owned(),
-        }),
+        Some("service_account") => {
+            let project = project("project_id");
+            let path = path.to_owned();
+            Ok((Credentials::ServiceAccount { path, key }, project))
+        }
+        Some("authorized_user") => Ok((
+            Credentials::AuthorizedUser {
+                path: path.to_owned(),
+            },
+            project("quota_project_id"),
+        )),
         other => Err(problem(format!(
             "{what} {} has type {}: lorch accepts a service-account key (\"service_account\") or \
              application default credentials (\"authorized_user\")",
             path.display(),
             other.map_or("(none)".to_owned(), |t| format!("\"{t}\""))
         ))),
-    }
-}
-
-/// The project the credentials belong to, when they say.
-fn credentials_project(credentials: &Credentials) -> Option<String> {
-    match credentials {
-        Credentials::ServiceAccount { key, .. } => key["project_id"].as_str().map(str::to_owned),
-        Credentials::AuthorizedUser { path } => std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|v| v["quota_project_id"].as_str().map(str::to_owned)),
-        Credentials::None => None,
     }
 }
 
@@ -302,11 +297,8 @@ mod tests {
             r#"{"type": "service_account", "project_id": "from-key"}"#,
         )
         .unwrap();
-        let credentials = read_credentials(&key, CREDENTIALS_VAR).unwrap();
-        assert_eq!(
-            credentials_project(&credentials).as_deref(),
-            Some("from-key")
-        );
+        let (_, project) = read_credentials(&key, CREDENTIALS_VAR).unwrap();
+        assert_eq!(project.as_deref(), Some("from-key"));
 
         std::fs::write(&key, r#"{"type": "external_account"}"#).unwrap();
         let err = read_credentials(&key, CREDENTIALS_VAR).unwrap_err().0;
