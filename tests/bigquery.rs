@@ -210,7 +210,7 @@ fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
     let direct = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &direct, &["events", "init"]).code, 0);
 
-    let proxy = Proxy::start(Some(emulator.url.replace("http://", "")), Fault::Forward);
+    let proxy = emulator.proxy(Fault::Forward);
     proxy.then([
         Fault::Drop,
         Fault::status(500),
@@ -247,7 +247,7 @@ fn an_outage_changes_no_outcome_and_flush_delivers_each_event_once() {
     let before = bigquery::run(&env, &direct, &["run-job", "testkit", "echo"]);
     assert_eq!(before.code, 0, "{before:?}");
 
-    let proxy = Proxy::start(Some(emulator.url.replace("http://", "")), Fault::Drop);
+    let proxy = emulator.proxy(Fault::Drop);
     proxy.then([Fault::status(500), Fault::status(429), Fault::status(503)]);
     let mut vars = bigquery::vars(&proxy.url, &dataset);
     vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "1s".to_owned()));
@@ -366,7 +366,7 @@ fn a_service_account_token_is_fetched_from_the_keys_token_uri_and_sent() {
         .to_string(),
     )
     .unwrap();
-    let bigquery = Proxy::start(Some(emulator.url.replace("http://", "")), Fault::Forward);
+    let bigquery = emulator.proxy(Fault::Forward);
     // The project comes from the key: no BQ_PROJECT.
     let mut vars: Vec<_> = bigquery::vars(&bigquery.url, &dataset)
         .into_iter()

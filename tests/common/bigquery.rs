@@ -215,6 +215,11 @@ impl Emulator {
             .collect()
     }
 
+    /// A [`Proxy`] in front of this emulator.
+    pub fn proxy(&self, default: Fault) -> Proxy {
+        Proxy::start(Some(self.url.replace("http://", "")), default)
+    }
+
     pub fn table_exists(&self, dataset: &str, table: &str) -> bool {
         self.get(&format!(
             "/projects/{PROJECT}/datasets/{dataset}/tables/{table}"
