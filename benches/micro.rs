@@ -7,7 +7,7 @@ use std::hint::black_box;
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lorch::events::{Event, EventSink, LocalStore};
-use lorch::timearg;
+use lorch::{timearg, worker_protocol};
 use lorch_plugin_api::abi::PluginMetadata;
 use serde_json::json;
 
@@ -66,16 +66,22 @@ fn small_event(i: usize) -> Event {
     event
 }
 
+/// An event as the worker sends it to lorch, and back.
 fn event_encoding(c: &mut Criterion) {
     let event = small_event(7);
-    let line = serde_json::to_string(&event).unwrap();
+    let mut message = Vec::new();
+    worker_protocol::encode_event(&event, &mut message);
     let mut group = c.benchmark_group("event");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode", |b| {
-        b.iter(|| serde_json::to_vec(black_box(&event)).unwrap())
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            worker_protocol::encode_event(black_box(&event), &mut out);
+        })
     });
     group.bench_function("decode", |b| {
-        b.iter(|| serde_json::from_str::<Event>(black_box(&line)).unwrap())
+        b.iter(|| worker_protocol::decode(black_box(&message)).unwrap())
     });
     group.bench_function("create", |b| b.iter(|| small_event(black_box(7))));
     group.finish();

@@ -21,6 +21,10 @@ mod suggest;
 mod sys;
 pub mod timearg;
 
+/// How events travel from a job's worker process to lorch, for `benches/micro.rs`; not an API.
+#[doc(hidden)]
+pub use runner::protocol as worker_protocol;
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

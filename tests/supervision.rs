@@ -46,25 +46,36 @@ fn crashes_keep_earlier_events_and_name_the_signal_or_exit_code() {
             json!(7),
         ),
     ];
+    // More events than the worker's ring holds: the job waits for room, and the last ones are
+    // still in the ring when the process dies.
+    const EMITTED: usize = 10_000;
     for (job, message, signal, exit_code) in cases {
-        let (out, events) = run(&env, &[job, "--param", "events=2"]);
+        let (out, events) = run(&env, &[job, "--param", &format!("events={EMITTED}")]);
         assert_eq!(out.code, 1, "{job}: {out:?}");
         assert!(
             out.stderr
                 .contains(&format!("✗ testkit/{job} failed: {message} (run ")),
             "{out:?}"
         );
+        let types = types(&events);
+        assert_eq!(types.len(), EMITTED + 2, "{job}");
+        assert_eq!(types[0], "job.started");
+        assert!(
+            types[1..=EMITTED]
+                .iter()
+                .all(|t| *t == "testkit.before_fault")
+        );
+        assert_eq!(types[EMITTED + 1], "job.failed");
+        let order: Vec<_> = events[1..=EMITTED]
+            .iter()
+            .map(|e| e["payload"]["i"].as_u64())
+            .collect();
         assert_eq!(
-            types(&events),
-            [
-                "job.started",
-                "testkit.before_fault",
-                "testkit.before_fault",
-                "job.failed"
-            ],
+            order,
+            (0..EMITTED as u64).map(Some).collect::<Vec<_>>(),
             "{job}"
         );
-        let failed = &events[3];
+        let failed = &events[EMITTED + 1];
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["error_message"], message);
         assert_eq!(failed["payload"]["reason"], "crash", "{job}");

@@ -5,7 +5,8 @@
 //! `exit`, a hang or a signal still ends in a terminal event; `--in-process` calls the job
 //! directly instead. The runner knows events only through [`EventSink`].
 
-mod protocol;
+pub mod protocol;
+mod ring;
 pub mod signals;
 mod supervisor;
 pub mod worker;

@@ -1,16 +1,24 @@
-//! What a worker process tells its supervisor, one JSON line per message on file descriptor 3.
-//! stdout and stderr stay the job's own.
+//! What a worker process tells its supervisor over the [`ring`](super::ring): each event the job
+//! emits, then how the call ended. stdout and stderr stay the job's own.
+//!
+//! Events travel in a small binary form, not JSON: a job may emit hundreds of thousands, and
+//! the fields are already strings (the payload is JSON text, checked again on arrival).
 
 use std::path::PathBuf;
 
+use chrono::DateTime;
 use lorch_plugin_api::abi::RunRequest;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::events::Event;
 use crate::host::CallResult;
 
-/// The fd the worker writes messages to.
+/// The worker's inherited descriptors: the pipe that wakes the supervisor (its closing is how
+/// the supervisor learns the worker is gone), the shared ring, the pipe that wakes the worker.
 pub const CHANNEL_FD: i32 = 3;
+pub const RING_FD: i32 = 4;
+pub const ROOM_FD: i32 = 5;
 
 /// What the supervisor writes to the worker's stdin.
 #[derive(Debug, Serialize, Deserialize)]
@@ -21,14 +29,176 @@ pub struct WorkerInput {
     pub trace_id: Option<String>,
 }
 
-/// `E` is `Event` when read and `&Event` when written, so sending copies nothing. Externally
-/// tagged (`{"event": {...}}`): an internally tagged enum would make serde buffer the event,
-/// which the raw JSON payload cannot go through.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Message<E = Event> {
+/// One message from the worker.
+#[derive(Debug)]
+pub enum Message {
     /// An event the job emitted, complete with its id and creation time.
-    Event(E),
+    Event(Event),
     /// How the job's call ended; the last message.
     Result(CallResult),
+}
+
+const EVENT: u8 = b'E';
+const RESULT: u8 = b'R';
+const NONE: u32 = u32::MAX;
+
+/// Appends the message for `event` to `out`.
+pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
+    out.push(EVENT);
+    put(out, &event.event_id);
+    put(out, &event.event_type);
+    put(out, &event.source_system);
+    out.extend_from_slice(&event.created_at.timestamp().to_le_bytes());
+    out.extend_from_slice(&event.created_at.timestamp_subsec_nanos().to_le_bytes());
+    put(out, &event.status);
+    put(out, &event.correlation_id);
+    put_opt(out, event.trace_id.as_deref());
+    put_opt(out, event.object_type.as_deref());
+    put_opt(out, event.idem_key.as_deref());
+    put_opt(out, event.error_message.as_deref());
+    put_opt(out, event.payload.as_deref().map(RawValue::get));
+}
+
+/// Appends the message for the call's result to `out`.
+pub fn encode_result(result: &CallResult, out: &mut Vec<u8>) {
+    out.push(RESULT);
+    serde_json::to_writer(out, result).expect("a CallResult always serializes");
+}
+
+fn put(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put(out, s),
+        None => out.extend_from_slice(&NONE.to_le_bytes()),
+    }
+}
+
+/// Reads one message; `None` when the bytes are not one (a job damaged the channel).
+pub fn decode(bytes: &[u8]) -> Option<Message> {
+    let (&kind, rest) = bytes.split_first()?;
+    match kind {
+        RESULT => serde_json::from_slice(rest).ok().map(Message::Result),
+        EVENT => {
+            let mut r = Reader(rest);
+            let event = Event {
+                event_id: r.string()?,
+                event_type: r.string()?,
+                source_system: r.string()?,
+                created_at: DateTime::from_timestamp(r.i64()?, r.u32()?)?,
+                status: r.string()?,
+                correlation_id: r.string()?,
+                trace_id: r.opt()?,
+                object_type: r.opt()?,
+                idem_key: r.opt()?,
+                error_message: r.opt()?,
+                payload: match r.opt()? {
+                    Some(json) => Some(RawValue::from_string(json).ok()?),
+                    None => None,
+                },
+            };
+            r.0.is_empty().then_some(Message::Event(event))
+        }
+        _ => None,
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (bytes, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_le_bytes)
+    }
+
+    fn opt(&mut self) -> Option<Option<String>> {
+        match self.u32()? {
+            NONE => Some(None),
+            len => self.text(len as usize).map(Some),
+        }
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = self.u32()?;
+        self.text(len as usize)
+    }
+
+    fn text(&mut self, len: usize) -> Option<String> {
+        if len > self.0.len() {
+            return None;
+        }
+        let (text, rest) = self.0.split_at(len);
+        self.0 = rest;
+        String::from_utf8(text.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lorch_plugin_api::abi::Failure;
+
+    #[test]
+    fn events_and_results_come_back_as_they_were_sent() {
+        let mut event = Event::new("ingester.messages_extracted", "ingester/extract", "run-1");
+        event.trace_id = Some("trace".into());
+        event.idem_key = Some("k".into());
+        event.set_payload(&serde_json::json!({"n": 3, "s": "é\n"}));
+        let bare = Event::new("x", "y", "z");
+        for event in [event, bare] {
+            let mut bytes = Vec::new();
+            encode_event(&event, &mut bytes);
+            let Some(Message::Event(back)) = decode(&bytes) else {
+                panic!("not an event");
+            };
+            assert_eq!(
+                serde_json::to_value(&back).unwrap(),
+                serde_json::to_value(&event).unwrap()
+            );
+            assert_eq!(back.created_at, event.created_at);
+            // Every cut is refused, never misread.
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+            }
+        }
+
+        let failed = CallResult::Failed(Failure {
+            message: "boom".into(),
+            chain: vec!["cause".into()],
+            permanent: true,
+            location: None,
+        });
+        let mut bytes = Vec::new();
+        encode_result(&failed, &mut bytes);
+        let Some(Message::Result(CallResult::Failed(failure))) = decode(&bytes) else {
+            panic!("not a failure");
+        };
+        assert_eq!(
+            (failure.message.as_str(), failure.permanent),
+            ("boom", true)
+        );
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_is_refused() {
+        let mut event = Event::new("x", "y", "z");
+        event.set_payload(&serde_json::json!({"a": 1}));
+        let mut bytes = Vec::new();
+        encode_event(&event, &mut bytes);
+        let at = bytes.len() - 1;
+        bytes[at] = b'{';
+        assert!(decode(&bytes).is_none());
+    }
 }

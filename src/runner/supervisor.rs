@@ -2,11 +2,12 @@
 //! one outcome.
 //!
 //! The worker is lorch itself (`lorch __worker`), started in a process group of its own so that
-//! a timeout or a signal reaches the job and everything it started. Events arrive over a pipe as
-//! the job emits them and are stored at once; the outcome comes from the worker's result
-//! message or, when there is none (a crash, `exit`), from how the process ended.
+//! a timeout or a signal reaches the job and everything it started. Events arrive over a shared
+//! [`ring`](super::ring) as the job emits them and are stored at once, many to a transaction
+//! when they come fast; the outcome comes from the worker's result message or, when there is
+//! none (a crash, `exit`), from how the process ended.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use lorch_plugin_api::abi::RunRequest;
 
-use super::protocol::{CHANNEL_FD, Message, WorkerInput};
+use super::protocol::{self, CHANNEL_FD, Message, RING_FD, ROOM_FD, WorkerInput};
+use super::ring;
 use super::signals::Signals;
 use super::{Attempt, Failed, Reason};
 use crate::events::{Event, EventSink};
@@ -32,9 +34,11 @@ pub struct Limits {
     pub kill_after: Duration,
 }
 
-/// What the supervisor hears, from the pipe reader and the process waiter threads.
+/// What the supervisor hears, from the ring reader and the process waiter threads.
 enum Heard {
-    Message(Box<Message>),
+    /// Messages in the order the worker sent them.
+    Messages(Vec<Message>),
+    /// Something the channel carried that lorch could not read.
     Garbage(String),
     ChannelClosed,
     Exited(ExitStatus),
@@ -80,14 +84,18 @@ impl<'a> Intake<'a> {
 
     fn hear(&mut self, heard: Heard) {
         match heard {
-            Heard::Message(message) => match *message {
-                Message::Event(event) => self.pending.push(event),
-                Message::Result(result) => self.result = Some(result),
-            },
+            Heard::Messages(messages) => {
+                for message in messages {
+                    match message {
+                        Message::Event(event) => self.pending.push(event),
+                        Message::Result(result) => self.result = Some(result),
+                    }
+                }
+            }
             // Most likely an event lorch could not read: counted, like any event not stored.
-            Heard::Garbage(line) => {
+            Heard::Garbage(what) => {
                 self.unrecorded += 1;
-                tracing::error!("unreadable message from the job's worker, not recorded: {line}");
+                tracing::error!("unreadable message from the job's worker, not recorded: {what}");
             }
             Heard::ChannelClosed => self.channel_open = false,
             Heard::Exited(status) => self.exited = Some(status),
@@ -147,15 +155,23 @@ fn supervise(
     limits: Limits,
     signals: &Signals,
 ) -> anyhow::Result<(Attempt, usize)> {
-    let (reader, writer) = std::io::pipe()?;
+    let (consumer, files) = ring::create()?;
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("__worker")
         .stdin(Stdio::piped())
         .process_group(0);
-    sys::pass_fd(&mut command, writer.as_raw_fd(), CHANNEL_FD);
+    sys::pass_fds(
+        &mut command,
+        &[
+            (files.wake_reader.as_raw_fd(), CHANNEL_FD),
+            (files.ring.as_raw_fd(), RING_FD),
+            (files.room.as_raw_fd(), ROOM_FD),
+        ],
+    );
     let mut child = command.spawn()?;
-    drop(writer);
+    // Only the worker holds its end now: the channel closes when the worker is gone.
+    drop(files);
     let pgid = child.id();
     let started = Instant::now();
 
@@ -169,25 +185,11 @@ fn supervise(
     let _ = stdin.write_all(&serde_json::to_vec(&input)?);
     drop(stdin);
 
-    // Bounded: when the store falls behind, the reader stops reading, the pipe fills and the
+    // Bounded: when the store falls behind, the reader stops reading, the ring fills and the
     // job's `emit` waits, instead of events piling up in lorch's memory.
-    let (tx, rx) = mpsc::sync_channel(MAX_BATCH);
+    let (tx, rx) = mpsc::sync_channel(1);
     let reader_tx = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let heard = match line {
-                Ok(line) => match serde_json::from_str(&line) {
-                    Ok(message) => Heard::Message(Box::new(message)),
-                    Err(_) => Heard::Garbage(line),
-                },
-                Err(_) => break,
-            };
-            if reader_tx.send(heard).is_err() {
-                return;
-            }
-        }
-        let _ = reader_tx.send(Heard::ChannelClosed);
-    });
+    std::thread::spawn(move || forward(consumer, reader_tx));
     std::thread::spawn(move || {
         if let Ok(status) = child.wait() {
             let _ = tx.send(Heard::Exited(status));
@@ -236,7 +238,7 @@ fn supervise(
     }
     // Whatever the job left behind in its process group goes with it.
     let _ = sys::kill_group(pgid, libc::SIGKILL);
-    // Then read what is still in the pipe. The channel closes once the worker and anything
+    // Then read what is still in the ring. The channel closes once the worker and anything
     // that inherited it are gone; a process that escaped the group cannot hold lorch forever.
     let drain_until = Instant::now() + Duration::from_secs(2);
     while intake.channel_open {
@@ -273,6 +275,78 @@ fn supervise(
         (None, None, status) => Err(crash(status)),
     };
     Ok((outcome, unrecorded))
+}
+
+/// Passes on what the worker sends, in batches, until the channel closes.
+fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>) {
+    let mut out = Forwarded {
+        tx,
+        messages: Vec::new(),
+        listening: true,
+    };
+    let damage = loop {
+        let received = consumer.recv(|bytes| out.take(bytes));
+        out.flush();
+        if !out.listening {
+            return;
+        }
+        match received {
+            Ok(true) => {}
+            Ok(false) => {
+                break consumer
+                    .torn()
+                    .then(|| "a message cut short when the job's process ended".to_owned());
+            }
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    // Closes the worker's wake-up pipe, so a worker waiting for room in a ring nobody reads any
+    // more fails its `emit` instead of hanging.
+    drop(consumer);
+    if let Some(damage) = damage {
+        out.send(Heard::Garbage(damage));
+    }
+    out.send(Heard::ChannelClosed);
+}
+
+/// Messages decoded from the ring, on their way to the supervisor's loop.
+struct Forwarded {
+    tx: mpsc::SyncSender<Heard>,
+    messages: Vec<Message>,
+    /// Whether the supervisor's loop still listens.
+    listening: bool,
+}
+
+/// Messages handed on at a time: many to a transaction, and few enough that the decoded events
+/// waiting in memory stay a few megabytes.
+const FORWARD_BATCH: usize = 1024;
+
+impl Forwarded {
+    fn take(&mut self, bytes: &[u8]) {
+        match protocol::decode(bytes) {
+            Some(message) => {
+                self.messages.push(message);
+                if self.messages.len() == FORWARD_BATCH {
+                    self.flush();
+                }
+            }
+            None => self.send(Heard::Garbage(format!(
+                "a message of {} bytes",
+                bytes.len()
+            ))),
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.messages.is_empty() {
+            let messages = std::mem::take(&mut self.messages);
+            self.send(Heard::Messages(messages));
+        }
+    }
+
+    fn send(&mut self, heard: Heard) {
+        self.listening = self.listening && self.tx.send(heard).is_ok();
+    }
 }
 
 /// The outcome of a worker that ended without reporting a result.

@@ -1,11 +1,10 @@
 //! The worker: the child process that runs one job attempt for its supervisor (`lorch __worker`).
 //!
 //! It reads a [`WorkerInput`] from stdin, loads the one plugin it needs, and runs the job with
-//! host callbacks that forward every event over the channel fd as it happens, so events emitted
+//! host callbacks that publish every event to the shared ring as it happens, so events emitted
 //! before a crash still reach the supervisor. SIGTERM turns the job's cancellation check true.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -14,22 +13,41 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context as _, Result};
 use lorch_plugin_api::abi::Failure;
 
-use super::protocol::{CHANNEL_FD, Message, WorkerInput};
+use super::protocol::{self, CHANNEL_FD, RING_FD, ROOM_FD, WorkerInput};
+use super::ring::Producer;
 use crate::events::{Event, EventSink};
 use crate::host::{CallResult, JobCall};
 use crate::plugins::Job;
 use crate::sys;
 
-/// Sends events to the supervisor instead of storing them.
-struct Channel(Mutex<File>);
+/// Sends events to the supervisor instead of storing them. The job's threads take turns.
+struct Channel(Mutex<Outgoing>);
+
+struct Outgoing {
+    producer: Producer,
+    /// The message being encoded, kept to spare an allocation each event.
+    buffer: Vec<u8>,
+}
 
 impl Channel {
-    fn send<E: serde::Serialize>(&self, message: &Message<E>) -> Result<()> {
-        let mut line = serde_json::to_vec(message)?;
-        line.push(b'\n');
-        // One write per message: a message is never split between a crash and the pipe.
-        let mut channel = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        channel.write_all(&line).context("the supervisor is gone")
+    fn open() -> Result<Channel> {
+        let fd = |fd| {
+            sys::inherited_fd(fd).context("no channel to the supervisor (this command is internal)")
+        };
+        let producer = Producer::open(fd(RING_FD)?, fd(CHANNEL_FD)?, fd(ROOM_FD)?)
+            .context("cannot open the channel to the supervisor")?;
+        Ok(Channel(Mutex::new(Outgoing {
+            producer,
+            buffer: Vec::new(),
+        })))
+    }
+
+    fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Outgoing { producer, buffer } = &mut *out;
+        buffer.clear();
+        encode(buffer);
+        producer.send(buffer).context("the supervisor is gone")
     }
 }
 
@@ -37,7 +55,7 @@ impl EventSink for Channel {
     fn record_batch(&self, events: &[Event]) -> Result<()> {
         events
             .iter()
-            .try_for_each(|event| self.send(&Message::Event(event)))
+            .try_for_each(|event| self.send(|out| protocol::encode_event(event, out)))
     }
 }
 
@@ -53,10 +71,7 @@ pub fn main() -> ExitCode {
 }
 
 fn work() -> Result<()> {
-    let channel = Channel(Mutex::new(
-        sys::inherited_fd(CHANNEL_FD)
-            .context("no channel to the supervisor (this command is internal)")?,
-    ));
+    let channel = Channel::open()?;
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
     let input: WorkerInput = serde_json::from_str(&input).context("invalid worker input")?;
@@ -83,5 +98,5 @@ fn work() -> Result<()> {
             location: None,
         }),
     };
-    channel.send(&Message::<Event>::Result(result))
+    channel.send(|out| protocol::encode_result(&result, out))
 }
