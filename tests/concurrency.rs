@@ -56,6 +56,34 @@ fn two_runs_emitting_1000_events_each_store_all_2004() {
 }
 
 #[test]
+fn a_jobs_threads_emitting_at_once_store_every_event_each_threads_in_order() {
+    let dir = plugin_dir(&["testkit"]);
+    let env = Env::new(&[dir.path()]);
+    // 4 x 5,000 events: several times what the worker's ring holds, so the threads also wait
+    // for room together.
+    let run = env.run(&[
+        "run-job",
+        "testkit",
+        "emit_threads",
+        "--param",
+        "threads=4",
+        "--param",
+        "count=5000",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = env.events(&run.run_id());
+    assert_eq!(events.len(), 20_002);
+    let mut seen = vec![Vec::new(); 4];
+    for event in &events[1..20_001] {
+        let thread = event["payload"]["thread"].as_u64().unwrap() as usize;
+        seen[thread].push(event["payload"]["i"].as_i64().unwrap());
+    }
+    for (thread, seen) in seen.iter().enumerate() {
+        assert_eq!(*seen, (0..5000).collect::<Vec<_>>(), "thread {thread}");
+    }
+}
+
+#[test]
 fn lorch_processes_creating_the_store_at_the_same_moment_all_succeed() {
     // Creating the store switches it to WAL, which SQLite refuses at once, without waiting,
     // while another process holds the file: each lorch must retry rather than fail.

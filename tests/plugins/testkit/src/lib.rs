@@ -58,6 +58,36 @@ fn emit_many(ctx: &Context, args: &Args) -> JobResult {
 }
 
 lorch_plugin_api::job! {
+    /// Emits `--param count=N` events from each of `--param threads=T` threads at once.
+    package = "testkit",
+    name = "emit_threads",
+    params = [
+        ParamSpec::int("threads").default("4").help("How many threads"),
+        ParamSpec::int("count").default("10").help("Events per thread"),
+    ],
+    run = emit_threads,
+}
+
+fn emit_threads(ctx: &Context, args: &Args) -> JobResult {
+    let count = args.params.int("count").unwrap_or(10);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..args.params.int("threads").unwrap_or(4))
+            .map(|thread| {
+                scope.spawn(move || -> JobResult {
+                    for i in 0..count {
+                        ctx.emit("testkit.thread", json!({ "thread": thread, "i": i }))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().expect("an emitting thread panicked"))
+    })
+}
+
+lorch_plugin_api::job! {
     /// Emits one event, then returns an error with a cause.
     package = "testkit",
     name = "fail",
