@@ -236,14 +236,15 @@ $micro
   form (\`event/encode\` above), and the worker writes to a pipe only to wake a lorch that is
   idle, so a job may crash right after \`emit\` returns and the event is still stored. lorch
   stores whatever has arrived in one transaction (thousands at a time from a fast job); the
-  bound is SQLite, one B-tree a row (\`store/insert batch of 1000\`): \`event_id\` is unique by construction and
-  has no index, and a run's events are found from the seq range its \`runs\` row keeps. With
-  BigQuery configured each event also gets its outbox row in the same transaction (two more
-  B-trees: the outbox and its index by state), hence the slower "queued for BigQuery" row.
-  Profile (\`perf record -g lorch run-job testkit emit_many --param count=100000\`): about
-  two thirds of the samples are lorch's storing thread, almost all of it in SQLite and the
-  kernel's file writes; the worker (the job, JSON of its payload, the event id) and the thread
-  reading the ring share the other core.
+  bound is SQLite, one B-tree a row (\`store/insert batch of 1000\`): \`event_id\` is unique by
+  construction and has no index, and a run's events are found from the seq range its \`runs\`
+  row keeps. With BigQuery configured each event also gets its outbox row in the same
+  transaction (two more B-trees: the outbox and its index by state), hence the slower "queued
+  for BigQuery" row. Profile (\`perf record lorch run-job testkit emit_many --param
+  count=100000\`, samples per thread with \`perf script -F tid,sym\`): about two thirds of the
+  samples are lorch's storing thread, almost all of it SQLite and the kernel's file writes; the
+  worker (the job, the JSON of its payload, the event id) and the thread reading the ring share
+  the other core.
 - **Flush** sends batches of 500 rows one after another and waits for each answer, so its time
   is the emulator's (a Python server writing to DuckDB); lorch itself reads the outbox, encodes
   the rows and marks them delivered (\`flush\` above: user + system CPU over wall time).
