@@ -64,15 +64,16 @@ CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
 
 -- The BigQuery outbox: one row per event recorded while delivery was configured, written in
 -- the event's own transaction, so an event is never on disk without its delivery record.
+-- Keyed by state first, so finding the pending ones needs no index of its own.
 CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY,              -- events.seq
-    target     TEXT,                             -- the run's --events-table; NULL: the configured table
-    state      TEXT NOT NULL DEFAULT 'pending',  -- pending, delivered or dead
+    state      TEXT NOT NULL,     -- pending, delivered or dead
+    seq        INTEGER NOT NULL,  -- events.seq
+    target     TEXT,              -- the run's --events-table; NULL: the configured table
     tries      INTEGER NOT NULL DEFAULT 0,
-    error      TEXT,                             -- the last delivery error, or BigQuery's reason for a dead row
-    updated_at TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
+    error      TEXT,              -- the last delivery error, or BigQuery's reason for a dead row
+    updated_at TEXT,
+    PRIMARY KEY (state, seq)
+) WITHOUT ROWID;
 ";
 
 pub struct LocalStore {
@@ -224,18 +225,24 @@ impl LocalStore {
 }
 
 /// Brings a store made by an earlier lorch up to date: `runs` gains the seq range of each run's
-/// events (filled in from the per-run index those stores have), and the index goes.
+/// events (filled in from the per-run index those stores have), and the index goes; the outbox
+/// is keyed by state and seq instead of having an index by state.
 fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
-    let current = |conn: &Connection| {
+    let runs_outdated = |conn: &Connection| {
         conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'first_seq'")?
             .exists([])
+            .map(|current| !current)
     };
-    if current(conn)? {
+    let outbox_outdated = |conn: &Connection| {
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE name = 'outbox_by_state'")?
+            .exists([])
+    };
+    if !runs_outdated(conn)? && !outbox_outdated(conn)? {
         return Ok(());
     }
     // Another lorch may be upgrading too: look again once holding the write lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if !current(&tx)? {
+    if runs_outdated(&tx)? {
         tx.execute_batch(
             "ALTER TABLE runs ADD COLUMN first_seq INTEGER;
              ALTER TABLE runs ADD COLUMN last_seq INTEGER;
@@ -245,6 +252,17 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
                      ELSE (SELECT max(seq) FROM events WHERE correlation_id = run_id) END;
              DROP INDEX IF EXISTS events_by_run;",
         )?;
+    }
+    if outbox_outdated(&tx)? {
+        // SCHEMA creates only what is missing: the new outbox.
+        tx.execute_batch(&format!(
+            "DROP INDEX outbox_by_state;
+             ALTER TABLE outbox RENAME TO outbox_before;
+             {SCHEMA}
+             INSERT INTO outbox (state, seq, target, tries, error, updated_at)
+                 SELECT state, seq, target, tries, error, updated_at FROM outbox_before;
+             DROP TABLE outbox_before;"
+        ))?;
     }
     tx.commit()
 }
@@ -288,22 +306,20 @@ impl EventSink for LocalStore {
         {
             // Prepared once a batch: a job emitting fast makes batches of thousands.
             let mut insert = tx.prepare_cached(INSERT_EVENT).with_context(context)?;
-            let mut queue = match &self.outbox {
-                Some(outbox) => Some((
-                    tx.prepare_cached(QUEUE_EVENT).with_context(context)?,
-                    outbox,
-                )),
-                None => None,
-            };
+            let mut seqs = None;
             for event in events {
                 let seq = insert_event(&mut insert, event).with_context(context)?;
-                if let Some((queue, outbox)) = &mut queue {
-                    queue.execute([&outbox.table]).with_context(context)?;
-                }
+                let (first, _) = seqs.unwrap_or((seq, seq));
+                seqs = Some((first, seq));
                 if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run")
                 {
                     update_run(&tx, event, seq).with_context(context)?;
                 }
+            }
+            if let (Some(outbox), Some((first, last))) = (&self.outbox, seqs) {
+                tx.prepare_cached(QUEUE_EVENTS)
+                    .and_then(|mut queue| queue.execute(params![first, last, outbox.table]))
+                    .with_context(context)?;
             }
         }
         tx.commit().with_context(context)
@@ -314,8 +330,11 @@ const INSERT_EVENT: &str = "INSERT INTO events (event_id, event_type, source_sys
         status, correlation_id, trace_id, object_type, idem_key, error_message, payload)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
-/// Queues the event just inserted for BigQuery, in the same transaction.
-const QUEUE_EVENT: &str = "INSERT INTO outbox (seq, target) VALUES (last_insert_rowid(), ?1)";
+/// Queues the events just inserted (seq `?1` to `?2`: a write transaction has the store to
+/// itself, so its events are numbered one after another) for BigQuery, in the same
+/// transaction: one statement a batch instead of one an event.
+const QUEUE_EVENTS: &str = "INSERT INTO outbox (state, seq, target)
+    SELECT 'pending', seq, ?3 FROM events WHERE seq BETWEEN ?1 AND ?2";
 
 /// Inserts `event` and returns its seq.
 fn insert_event(

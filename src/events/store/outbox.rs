@@ -68,20 +68,20 @@ impl LocalStore {
         Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
     }
 
-    /// Marks events delivered (BigQuery accepted them) and others dead (BigQuery refused
-    /// them, with its reason), in one transaction.
+    /// Marks pending events delivered (BigQuery accepted them) and others dead (BigQuery
+    /// refused them, with its reason), in one transaction.
     pub fn settle(&self, delivered: &[i64], dead: &[(i64, String)]) -> Result<()> {
         self.outbox_write(|tx, now| {
             let mut ok = tx.prepare_cached(
                 "UPDATE outbox SET state = 'delivered', error = NULL, tries = tries + 1, updated_at = ?2
-                 WHERE seq = ?1",
+                 WHERE state = 'pending' AND seq = ?1",
             )?;
             for seq in delivered {
                 ok.execute(params![seq, now])?;
             }
             let mut refused = tx.prepare_cached(
                 "UPDATE outbox SET state = 'dead', error = ?2, tries = tries + 1, updated_at = ?3
-                 WHERE seq = ?1",
+                 WHERE state = 'pending' AND seq = ?1",
             )?;
             for (seq, reason) in dead {
                 refused.execute(params![seq, reason, now])?;
@@ -95,7 +95,7 @@ impl LocalStore {
         self.outbox_write(|tx, now| {
             let mut note = tx.prepare_cached(
                 "UPDATE outbox SET error = ?2, tries = tries + 1, updated_at = ?3
-                 WHERE seq = ?1 AND state = 'pending'",
+                 WHERE state = 'pending' AND seq = ?1",
             )?;
             for seq in seqs {
                 note.execute(params![seq, error, now])?;
@@ -240,6 +240,58 @@ mod tests {
         );
 
         assert_eq!(store.requeue_dead().unwrap(), 1);
+        assert_eq!(store.pending(0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_outbox_in_the_earlier_layout_keeps_every_row_through_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let queued = || {
+            LocalStore::open_in(dir.path())
+                .unwrap()
+                .queue_for_delivery(Outbox { table: None })
+        };
+        {
+            let store = queued();
+            let events: Vec<Event> = (0..3)
+                .map(|i| Event::new(&format!("e{i}"), "p/j", "r1"))
+                .collect();
+            store.record_batch(&events).unwrap();
+            let pending = store.pending(0, 10).unwrap();
+            store
+                .settle(&[pending[0].seq], &[(pending[1].seq, "invalid".into())])
+                .unwrap();
+            // Back to the earlier layout: keyed by seq, with an index by state.
+            store
+                .conn()
+                .execute_batch(
+                    "CREATE TABLE earlier (seq INTEGER PRIMARY KEY, target TEXT,
+                         state TEXT NOT NULL DEFAULT 'pending', tries INTEGER NOT NULL DEFAULT 0,
+                         error TEXT, updated_at TEXT);
+                     INSERT INTO earlier SELECT seq, target, state, tries, error, updated_at
+                         FROM outbox;
+                     DROP TABLE outbox;
+                     ALTER TABLE earlier RENAME TO outbox;
+                     CREATE INDEX outbox_by_state ON outbox (state, seq);",
+                )
+                .unwrap();
+        }
+        let store = queued();
+        let status = store.delivery_status().unwrap();
+        assert_eq!((status.pending, status.delivered, status.dead), (1, 1, 1));
+        assert_eq!(store.pending(0, 10).unwrap()[0].event.event_type, "e2");
+        assert_eq!(store.dead_letters(0).unwrap()[0].reason, "invalid");
+        let outdated: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('outbox_by_state', 'outbox_before')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(outdated, 0);
+        // And it goes on queueing.
+        store.record(&Event::new("e3", "p/j", "r2")).unwrap();
         assert_eq!(store.pending(0, 10).unwrap().len(), 2);
     }
 }
