@@ -68,7 +68,7 @@ for n in 1 10 100 500; do build_dir "$n"; done
 mkdir -p "$work/testkit" && cp target/release/libtestkit.so "$work/testkit/"
 p100=$work/plugins-100
 
-hf() { hyperfine -N --warmup 5 --runs "${RUNS:-40}" --style none "$@"; }
+hf() { hyperfine -N --warmup 5 --runs "${RUNS:-100}" --style none "$@"; }
 median_ms() { python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print(' '.join('%.2f' % (x['median']*1000) for x in r))" "$1"; }
 
 echo "== latency: 100 plugins x 10 jobs (metadata cache warm)"
@@ -187,8 +187,9 @@ cat > docs/performance.md <<MD
 
 Figures from \`bash benches/run.sh\` (this file is rewritten by it), on $(nproc) cores of
 $cpu, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2),
-release build, $(date -u +%Y-%m-%d). Whole-process times are hyperfine medians (\`-N\`, no shell,
-5 warm-up runs); memory is the largest maximum RSS of 5 runs (GNU time).
+release build, $(date -u +%Y-%m-%d). Whole-process times are hyperfine
+medians of 100 runs (\`-N\`, no shell, 5 warm-up runs); memory is the largest maximum RSS of 5
+runs (GNU time).
 
 ## Targets (issue 5)
 
@@ -239,8 +240,8 @@ $micro
   bound is SQLite, one B-tree a row (\`store/insert batch of 1000\`): \`event_id\` is unique by
   construction and has no index, and a run's events are found from the seq range its \`runs\`
   row keeps. With BigQuery configured each event also gets its outbox row in the same
-  transaction (two more B-trees: the outbox and its index by state), hence the slower "queued
-  for BigQuery" row. Profile (\`perf record lorch run-job testkit emit_many --param
+  transaction (one more B-tree, keyed by state and seq, filled by one statement a batch),
+  hence the slower "queued for BigQuery" row. Profile (\`perf record lorch run-job testkit emit_many --param
   count=100000\`, samples per thread with \`perf script -F tid,sym\`): about two thirds of the
   samples are lorch's storing thread, almost all of it SQLite and the kernel's file writes; the
   worker (the job, the JSON of its payload, the event id) and the thread reading the ring share
