@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::timearg;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lorch",
@@ -117,7 +119,7 @@ pub enum EventsCommand {
     /// Deliver pending events to BigQuery now
     Flush {
         /// Give up after this long, leaving what is left pending
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
+        #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration, default_value = "1m")]
         timeout: Duration,
         /// First put the events BigQuery refused (dead letters) back in the queue
         #[arg(long)]
@@ -200,16 +202,16 @@ pub struct RunOptions {
     #[arg(long, value_name = "ID", env = "LORCH_TRACE_ID")]
     pub trace_id: Option<String>,
     /// Stop an attempt after this long (e.g. 30s, 10m, 2h): SIGTERM, then SIGKILL after --kill-after
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
     pub timeout: Option<Duration>,
     /// Grace period between SIGTERM and SIGKILL when a job is stopped
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration, default_value = "5s")]
     pub kill_after: Duration,
     /// Retry a failed attempt up to N times (not usage errors, cancellations or permanent errors)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub retries: u32,
     /// Wait before the first retry; doubles each time, with jitter, at most 10 minutes
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration, default_value = "10s")]
     pub retry_backoff: Duration,
     /// Run the job inside lorch's own process, without a supervised worker (for debugging: a
     /// crash takes lorch down with it, and --timeout is not available)
@@ -217,7 +219,7 @@ pub struct RunOptions {
     pub in_process: bool,
     /// If another run of this job and account holds the lock, wait up to DURATION for it
     /// instead of exiting 75 at once
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
     pub wait_lock: Option<Duration>,
     /// Take no lock: allow this run to overlap another run of the same job and account
     #[arg(long, conflicts_with = "wait_lock")]

@@ -1,4 +1,4 @@
-//! The errors that decide lorch's exit code, and the exit codes themselves (SPEC §4).
+//! The errors that decide lorch's exit code, and the exit codes themselves (README, "Exit codes").
 
 use std::fmt;
 use std::process::ExitCode;
@@ -15,10 +15,27 @@ pub enum Exit {
     Environment = 3,
     /// Another run holds the job's lock.
     Skipped = 75,
+    /// Cancelled by SIGHUP.
+    HungUp = 129,
     /// Cancelled by SIGINT.
     Interrupted = 130,
+    /// Cancelled by SIGQUIT.
+    Quit = 131,
     /// Cancelled by SIGTERM.
     Terminated = 143,
+}
+
+impl Exit {
+    /// The exit code of a run cancelled by `signal` (one of `Signals::CAUGHT`): 128 + its number,
+    /// as a shell reports a process killed by it.
+    pub fn cancelled_by(signal: i32) -> Exit {
+        match signal {
+            libc::SIGHUP => Exit::HungUp,
+            libc::SIGINT => Exit::Interrupted,
+            libc::SIGQUIT => Exit::Quit,
+            _ => Exit::Terminated,
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {

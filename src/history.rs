@@ -28,6 +28,15 @@ pub fn reap(store: &LocalStore, home: &Path, job: Option<(String, String)>) -> R
         if run.host.as_deref().is_some_and(|h| h != host) {
             continue;
         }
+        // Not an id lorch made: a damaged or tampered store. It never becomes a path.
+        if !locks::valid_run_id(&run.run_id) {
+            tracing::warn!(
+                "run id {:?} in {} is not one lorch made; not checked for abandonment",
+                run.run_id,
+                store.path().display()
+            );
+            continue;
+        }
         let Some(_lock) = locks::take_orphaned_run(home, &run.run_id)? else {
             continue;
         };
@@ -41,7 +50,25 @@ pub fn reap(store: &LocalStore, home: &Path, job: Option<(String, String)>) -> R
         store.record(&abandoned(store, &run)?)?;
         reaped.push(run);
     }
+    remove_stale_run_locks(store, home)?;
     Ok(reaped)
+}
+
+/// Removes the lock files of runs that never recorded `job.started` (lorch was killed before
+/// it could) and whose process is gone. A lorch that is starting holds its lock, so its file
+/// is left alone; one that opened its file but had not locked it yet notices the removal and
+/// takes a new one ([`locks::hold_run`]).
+fn remove_stale_run_locks(store: &LocalStore, home: &Path) -> Result<()> {
+    for run_id in locks::run_lock_ids(home)? {
+        let Some(lock) = locks::take_orphaned_run(home, &run_id)? else {
+            continue;
+        };
+        // A run with a row is reaped above, by the rules for its job; keep its file for that.
+        if store.run(&run_id)?.is_some_and(|r| r.status == "running") {
+            lock.keep_file();
+        }
+    }
+    Ok(())
 }
 
 /// The `job.failed` of an abandoned run: its last `job.started`, closed now.

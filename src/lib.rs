@@ -28,6 +28,7 @@ pub use runner::protocol as worker_protocol;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use crate::output::stderr;
 use clap::Parser;
 
 /// Runs the lorch command line with this process's arguments and environment.
@@ -40,7 +41,7 @@ pub fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(exit) => exit.into(),
         Err(error) => {
-            eprintln!("error: {error}");
+            stderr!("error: {error}");
             error.exit().into()
         }
     }

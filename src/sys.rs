@@ -19,30 +19,97 @@ pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// The soft limit on open files lorch started with, once [`raise_open_files_limit`] raised it.
+static STARTING_FILES_LIMIT: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the soft limit on open files to the hard limit (the soft one is often 1,024), for
+/// lorch only: [`keep_starting_files_limit`] gives a worker the limit lorch started with, as a
+/// job written for the usual limit expects (`select` breaks above 1,024).
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let starting = limit;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                let _ = STARTING_FILES_LIMIT.set(starting);
+            }
+        }
+    }
+}
+
+/// Makes the child that `cmd` spawns start with the open files limit lorch started with.
+pub fn keep_starting_files_limit(cmd: &mut Command) {
+    let Some(&limit) = STARTING_FILES_LIMIT.get() else {
+        return;
+    };
+    // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+}
+
 /// The effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() }
 }
 
-/// Makes the kernel kill this process when its parent dies, so a worker never outlives a
-/// `kill -9`ed lorch. Linux only; elsewhere a no-op.
-pub fn die_with_parent() {
+/// The signal the kernel sends a worker when the lorch supervising it dies: one nothing else
+/// uses, whose default action is to end the process. The worker turns it into SIGKILL for its
+/// whole process group ([`kill_own_group_on`]), so the job and every process it started die
+/// with lorch, even after `kill -9` of lorch.
+#[cfg(target_os = "linux")]
+pub const PARENT_DIED: i32 = libc::SIGSTKFLT;
+#[cfg(not(target_os = "linux"))]
+pub const PARENT_DIED: i32 = libc::SIGUSR2;
+
+/// Makes the child that `cmd` spawns receive [`PARENT_DIED`] when this process dies, armed
+/// between fork and exec so there is no moment in which lorch can die unnoticed; a child whose
+/// parent is already gone at that point does not start. Linux only; elsewhere a no-op.
+///
+/// The kernel sends the signal when the *thread* that spawned the child ends, so spawn from a
+/// thread that lives as long as the child (lorch spawns from its main thread).
+pub fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number and has no memory effects.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, PARENT_DIED) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Armed; but if lorch died before that, nobody will send it: check.
+                if libc::getppid() != parent {
+                    return Err(io::Error::other("lorch exited before its worker started"));
+                }
+                Ok(())
+            });
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
-/// Marks `fd` close-on-exec, so processes the job starts do not inherit it.
-pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own; F_SETFD takes an int flag.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// On `signal`, SIGKILL to every process of this process's group (itself included). For the
+/// worker, with [`PARENT_DIED`]: the handler only calls `kill`, which is async-signal-safe.
+pub fn kill_own_group_on(signal: i32) -> io::Result<()> {
+    // SAFETY: the action is async-signal-safe: one kill(2) call, no allocation, no lock.
+    unsafe {
+        signal_hook::low_level::register(signal, || {
+            libc::kill(0, libc::SIGKILL);
+        })
     }
+    .map(drop)
 }
 
 /// Makes each `(fd, target)`: `fd` of this process becomes descriptor `target` of the spawned
@@ -155,16 +222,19 @@ pub fn signal_name(signal: i32) -> String {
     name.to_owned()
 }
 
-/// Takes ownership of file descriptor `fd`, inherited from the parent process, and marks it
-/// close-on-exec so it goes no further.
+/// Takes ownership of file descriptor `fd`, inherited from the parent process: moved to a
+/// high number (a job that closes descriptors and opens files gets the low ones, so lorch never
+/// writes into a file of the job's), close-on-exec so it goes no further.
 pub fn inherited_fd(fd: RawFd) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
-    // SAFETY: F_GETFD only queries the descriptor, failing with EBADF when it is not open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    // SAFETY: fcntl duplicates an open descriptor (or fails with EBADF); close releases the
+    // inherited number, which nothing else in this process uses.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 512) };
+    if moved == -1 {
         return Err(io::Error::last_os_error());
     }
-    set_cloexec(fd)?;
-    // SAFETY: the descriptor is open and nothing else in this process owns it: it was given to
-    // us by the parent for exactly this use.
-    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    // SAFETY: as above.
+    unsafe { libc::close(fd) };
+    // SAFETY: the descriptor was just made and nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(moved) })
 }

@@ -1,6 +1,43 @@
-//! `--since`/`--until`: every accepted form (SPEC §4), resolved once to a UTC instant.
+//! Time on the command line: `--since`/`--until` in every accepted form (README, "Time
+//! arguments"), resolved once to a UTC instant, and the durations of `--timeout` and its kin.
+
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+
+/// The longest duration any option or variable takes: 100 years. Anything longer is a usage
+/// error, so no user's value can overflow a clock (`--timeout 300000000000y` panicked once).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600); // humantime's year: 365.25 days
+
+/// A duration such as `30s`, `10m`, `2h`, `1h30m`, from zero to [`MAX_DURATION`].
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected a duration such as 30s, 10m, 2h or 1h30m"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "'{text}' is longer than the longest duration lorch accepts (100 years)"
+        ));
+    }
+    Ok(duration)
+}
+
+/// A [`duration`] longer than zero, for limits where zero makes no sense (`--timeout 0s`).
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err(format!(
+            "'{text}' is zero; expected a duration longer than zero, such as 30s or 10m"
+        )),
+        duration => Ok(duration),
+    }
+}
+
+/// The instant `duration` from now, without overflowing however long it is.
+pub fn after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(MAX_DURATION))
+        .unwrap_or(now)
+}
 
 /// The accepted forms, as error messages list them.
 pub const ACCEPTED: &str = "accepted: a duration in the past such as -7d, 7d, -36h, 2w, 1h30m or \
@@ -129,6 +166,34 @@ mod tests {
         ok("2024-01-01 06:00:00", "2024-01-01T06:00:00Z");
         ok("2024-01-01T06:00", "2024-01-01T06:00:00Z");
         ok("2024-01-01T06:00:00.5", "2024-01-01T06:00:00.500Z");
+    }
+
+    #[test]
+    fn durations_are_bounded_and_limits_are_positive() {
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
+        for absurd in ["101y", "300000000000y", "18446744073709551615s"] {
+            let err = duration(absurd).unwrap_err();
+            assert!(
+                err.contains("longest duration")
+                    || err.contains("too big")
+                    || err.contains("overflow"),
+                "{absurd}: {err}"
+            );
+        }
+        assert!(
+            duration("soon")
+                .unwrap_err()
+                .contains("expected a duration such as 30s")
+        );
+        assert!(
+            positive_duration("0s")
+                .unwrap_err()
+                .contains("longer than zero")
+        );
+        assert_eq!(positive_duration("5s"), Ok(Duration::from_secs(5)));
+        assert!(after(MAX_DURATION) > Instant::now());
     }
 
     #[test]

@@ -336,7 +336,7 @@ fn deliver_in_background(
         }
     }
     let report = delivery.run(&Policy {
-        deadline: Instant::now() + flush_timeout,
+        deadline: crate::timearg::after(flush_timeout),
         prefer_after: mark,
         lock_wait: flush_timeout,
         retry: true,

@@ -1,6 +1,7 @@
 //! `lorch events list|status|flush|init`.
 
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -10,8 +11,10 @@ use crate::bigquery;
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, EventFilter};
 use crate::output;
+use crate::output::stderr;
 
-/// Without `--run`, the newest 100 events; with it, all of that run's. Oldest first.
+/// Without `--run`, the newest 100 events; with it, all of that run's. Oldest first, streamed:
+/// a million events print in constant memory, and `| head` stops the reading.
 pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exit> {
     let (_, store) = super::open_home()?;
     let run_id = match run.as_deref() {
@@ -19,43 +22,74 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
         _ => run,
     };
     let limit = limit.or(if run_id.is_some() { None } else { Some(100) });
-    let events = store.list(&EventFilter {
+    let filter = EventFilter {
         run_id: run_id.clone(),
         limit,
-    })?;
+    };
+    let mut out = output::Stream::new();
+    let mut count = 0;
+    let mut failed = None;
+    let mut write = |out: &mut output::Stream, text: &str| match out.write(text) {
+        Ok(true) => ControlFlow::Continue(()),
+        Ok(false) => ControlFlow::Break(()),
+        Err(e) => {
+            failed = Some(e);
+            ControlFlow::Break(())
+        }
+    };
     if json {
-        output::print_json(&json!({ "events": events }))?;
-        return Ok(Exit::Success);
+        if write(&mut out, "{\n  \"events\": [").is_continue() {
+            store.for_each(&filter, |event| {
+                let comma = if count == 0 { "\n    " } else { ",\n    " };
+                count += 1;
+                let event = serde_json::to_string(&event).unwrap_or_default();
+                write(&mut out, &format!("{comma}{event}"))
+            })?;
+            let _ = write(&mut out, if count == 0 { "]\n}\n" } else { "\n  ]\n}\n" });
+        }
+    } else {
+        let width = store.widest_event_type(&filter)?;
+        store.for_each(&filter, |event| {
+            count += 1;
+            write(&mut out, &format_event(&event, width))
+        })?;
     }
-    if events.is_empty() {
+    if let Some(error) = failed {
+        return Err(error.into());
+    }
+    out.finish()?;
+    if count == 0 && !json {
         match &run_id {
-            Some(run_id) => eprintln!("no events for run {run_id} in {}", store.path().display()),
-            None => eprintln!("no events yet in {}", store.path().display()),
+            Some(run_id) => stderr!("no events for run {run_id} in {}", store.path().display()),
+            None => stderr!("no events yet in {}", store.path().display()),
         }
     }
-    output::print(&format_events(&events))?;
     Ok(Exit::Success)
 }
 
 /// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.
 pub fn format_events(events: &[Event]) -> String {
-    let type_width = events.iter().map(|e| e.event_type.len()).max().unwrap_or(0);
-    let mut text = String::new();
-    for event in events {
-        let created = event
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        write!(
-            text,
-            "{created}  {}  {:type_width$}  {:6}  {}",
-            event.correlation_id, event.event_type, event.status, event.source_system
-        )
-        .unwrap();
-        if let Some(error) = &event.error_message {
-            write!(text, "  {error}").unwrap();
-        }
-        text.push('\n');
+    let width = events
+        .iter()
+        .map(|e| e.event_type.chars().count())
+        .max()
+        .unwrap_or(0);
+    events.iter().map(|e| format_event(e, width)).collect()
+}
+
+/// One event's line, its type padded to `type_width` characters.
+fn format_event(event: &Event, type_width: usize) -> String {
+    let created = event
+        .created_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut text = format!(
+        "{created}  {}  {:type_width$}  {:6}  {}",
+        event.correlation_id, event.event_type, event.status, event.source_system
+    );
+    if let Some(error) = &event.error_message {
+        write!(text, "  {error}").unwrap();
     }
+    text.push('\n');
     text
 }
 
@@ -132,7 +166,7 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
     let config = bigquery::Config::from_env().map_err(cannot_deliver)?;
     if retry_dead {
         let requeued = store.requeue_dead()?;
-        eprintln!("{requeued} dead letters queued again");
+        stderr!("{requeued} dead letters queued again");
     }
     let client = bigquery::Client::connect(&config).map_err(|f| cannot_deliver(f.message()))?;
     let delivery = bigquery::Delivery {
@@ -143,7 +177,7 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
     };
     let start = Instant::now();
     let report = delivery.run(&bigquery::Policy {
-        deadline: start + timeout,
+        deadline: crate::timearg::after(timeout),
         prefer_after: 0,
         lock_wait: timeout,
         retry: true,
@@ -159,7 +193,7 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
         elapsed.as_secs_f64()
     ))?;
     if report.dead > 0 {
-        eprintln!(
+        stderr!(
             "warning: BigQuery refused {} events; they are kept as dead letters: see `lorch events status`",
             report.dead
         );

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Exit, Result};
 use crate::output;
+use crate::output::stderr;
 use crate::params;
 use crate::plugins::{Catalog, Job};
 
@@ -54,7 +55,7 @@ pub fn list(catalog: &Catalog, package: Option<&str>, json: bool) -> Result<Exit
                 writeln!(text, "  {}", job.meta.name).unwrap();
             }
             if jobs.is_empty() {
-                eprintln!("no jobs found; `lorch plugins list` shows where lorch looked");
+                stderr!("no jobs found; `lorch plugins list` shows where lorch looked");
             }
         }
     }

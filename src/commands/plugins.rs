@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Exit, Result};
 use crate::output;
+use crate::output::stderr;
 use crate::plugins::{Catalog, Location, SearchPath};
 
 pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<Exit> {
@@ -99,6 +100,6 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
         .problems
         .iter()
         .filter(|p| !shown(&p.location))
-        .for_each(|p| eprintln!("warning: {p}"));
+        .for_each(|p| stderr!("warning: {p}"));
     Ok(Exit::Success)
 }

@@ -10,6 +10,7 @@ use crate::bigquery::{self, Background, Finished};
 use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
+use crate::output::stderr;
 use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan, Signals};
 use crate::{history, output, params, timearg};
@@ -19,7 +20,10 @@ use crate::{history, output, params, timearg};
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     let plan = plan(job, options, super::lorch_home()?)?;
     let route = Route::choose(options)?;
-    let mut store = LocalStore::open_in(&plan.home)?;
+    let signals = Signals::install()
+        .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
+    // The run's events wait through a busy store for as long as the run lasts.
+    let mut store = LocalStore::open_in(&plan.home)?.wait_while_busy(signals.shared_cancel_flag());
     if let Route::Queue { outbox, .. } = &route {
         store = store.queue_for_delivery(outbox.clone());
     }
@@ -29,43 +33,14 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         Some((job.meta.package.clone(), job.meta.name.clone())),
     )?);
     let background = route.start(&plan.home, &store)?;
-    let signals = Signals::install()
-        .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     let report = runner::run(&plan, &store, &signals)?;
+    summarize(&job.id(), &report);
 
-    let id = job.id();
-    let attempt = match report.attempts {
-        1 => String::new(),
-        n => format!(", attempt {n}"),
-    };
-    match &report.outcome {
-        Outcome::Completed => output::print(&format!(
-            "✓ {id} completed in {} (run {}{attempt})\n",
-            format_duration(report.duration),
-            report.run_id
-        ))?,
-        Outcome::Failed(failed) => {
-            eprintln!(
-                "✗ {id} failed: {} (run {}{attempt})",
-                failed.message, report.run_id
-            )
-        }
-        Outcome::Skipped(holder) => {
-            let by = match (&holder.run_id, holder.pid) {
-                (Some(run), Some(pid)) => format!("run {run} (pid {pid})"),
-                _ => "another run".to_owned(),
-            };
-            eprintln!(
-                "- {id} skipped: {by} holds its lock (run {})",
-                report.run_id
-            )
-        }
-    }
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {
         match background.finish() {
             Ok(finished) => warn_undelivered(finished, &store),
-            Err(e) => eprintln!(
+            Err(e) => stderr!(
                 "warning: BigQuery delivery stopped ({e:#}); pending events stay in {}; deliver them with: lorch events flush",
                 store.path().display()
             ),
@@ -78,12 +53,51 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         return Err(Error::Environment(error));
     }
     Ok(match (signals.received(), report.outcome) {
-        (Some(libc::SIGINT), _) => Exit::Interrupted,
-        (Some(_), _) => Exit::Terminated,
+        (Some(signal), _) => Exit::cancelled_by(signal),
+        // The job did its work, but lorch could not keep all it reported: not a success.
+        (None, Outcome::Completed) if report.events_not_recorded > 0 => Exit::Environment,
         (None, Outcome::Completed) => Exit::Success,
         (None, Outcome::Failed(_)) => Exit::JobFailed,
         (None, Outcome::Skipped(_)) => Exit::Skipped,
     })
+}
+
+/// The one line a run prints: `✓` on stdout, `✗` or `-` on stderr, naming the run id and any
+/// events that could not be recorded. Printing cannot change the exit code, so a closed or full
+/// stdout is ignored here.
+fn summarize(id: &str, report: &runner::RunReport) {
+    let attempt = match report.attempts {
+        1 => String::new(),
+        n => format!(", attempt {n}"),
+    };
+    let run = &report.run_id;
+    let lost = match report.events_not_recorded {
+        0 => String::new(),
+        n => format!(", but {n} of its events were not recorded (see the errors above)"),
+    };
+    match &report.outcome {
+        Outcome::Completed if lost.is_empty() => {
+            let took = format_duration(report.duration);
+            let _ = output::print(&format!(
+                "✓ {id} completed in {took} (run {run}{attempt})
+"
+            ));
+        }
+        Outcome::Completed => stderr!("✗ {id} completed{lost} (run {run}{attempt})"),
+        Outcome::Failed(failed) => {
+            stderr!(
+                "✗ {id} failed: {}{lost} (run {run}{attempt})",
+                failed.message
+            )
+        }
+        Outcome::Skipped(holder) => {
+            let by = match (&holder.run_id, holder.pid) {
+                (Some(run), Some(pid)) => format!("run {run} (pid {pid})"),
+                _ => "another run".to_owned(),
+            };
+            stderr!("- {id} skipped: {by} holds its lock (run {run})")
+        }
+    }
 }
 
 /// Where this run's events go besides the local store.
@@ -149,18 +163,15 @@ impl Route {
 fn flush_timeout() -> Result<Duration> {
     match std::env::var("LORCH_BQ_FLUSH_TIMEOUT") {
         Err(_) => Ok(Duration::from_secs(10)),
-        Ok(value) => humantime::parse_duration(&value).map_err(|e| {
-            Error::Usage(format!(
-                "invalid LORCH_BQ_FLUSH_TIMEOUT '{value}': {e}; expected a duration such as 10s or 1m"
-            ))
-        }),
+        Ok(value) => timearg::duration(&value)
+            .map_err(|e| Error::Usage(format!("invalid LORCH_BQ_FLUSH_TIMEOUT '{value}': {e}"))),
     }
 }
 
 /// One warning when events of this run (or earlier ones) are not in BigQuery yet.
 fn warn_undelivered(finished: Finished, store: &LocalStore) {
     if !finished.dead.is_empty() {
-        eprintln!(
+        stderr!(
             "warning: BigQuery refused {} events of this run ({}); they are kept as dead letters: see `lorch events status`",
             finished.dead.len(),
             finished.dead[0].reason
@@ -172,7 +183,7 @@ fn warn_undelivered(finished: Finished, store: &LocalStore) {
     let why = finished
         .problem
         .unwrap_or_else(|| "delivery did not finish in time".to_owned());
-    eprintln!(
+    stderr!(
         "warning: {} events are not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
         finished.pending,
         store.path().display()
@@ -186,11 +197,11 @@ fn print_dry_run(store: &LocalStore, run_id: &str, table: Option<&bigquery::Tabl
         limit: None,
     })?;
     match table {
-        Some(table) => eprintln!(
+        Some(table) => stderr!(
             "dry run: {} rows would be sent to {table}; nothing was sent",
             events.len()
         ),
-        None => eprintln!(
+        None => stderr!(
             "dry run: {} rows; BigQuery is not configured, nothing was sent",
             events.len()
         ),

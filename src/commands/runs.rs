@@ -10,6 +10,7 @@ use super::events::format_events;
 use crate::cli::RunStatus;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, RunFilter, RunRow};
+use crate::output::stderr;
 use crate::{history, output};
 
 /// Opens the store and closes abandoned runs, saying so on stderr.
@@ -22,9 +23,12 @@ fn open_reaped() -> Result<LocalStore> {
 /// One warning per run the reaper closed.
 pub fn report_reaped(runs: Vec<RunRow>) {
     for run in runs {
-        eprintln!(
+        stderr!(
             "warning: run {} of {}/{} (started {}) was abandoned: its lorch process is gone; recorded job.failed, reason abandoned",
-            run.run_id, run.package, run.job, run.started_at
+            run.run_id,
+            run.package,
+            run.job,
+            run.started_at
         );
     }
 }
@@ -61,7 +65,7 @@ pub fn list(
         return Ok(Exit::Success);
     }
     if runs.is_empty() {
-        eprintln!("no runs recorded in {}", store.path().display());
+        stderr!("no runs recorded in {}", store.path().display());
         return Ok(Exit::Success);
     }
     let rows: Vec<[String; 6]> = runs

@@ -4,9 +4,12 @@
 //! timeout instead of failing) while readers see committed rows. Every `record` is its own
 //! transaction, so an event is on disk before the job's `emit` returns.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -15,12 +18,25 @@ use serde_json::value::RawValue;
 
 use super::{Event, EventSink};
 
+mod file;
 mod outbox;
 
+use file::SharedMemory;
 pub use outbox::{DeadLetter, DeliveryStatus, Pending};
 
-/// How long a writer waits for another process's transaction before giving up.
+/// How long a command waits for another process's write transaction before giving up, unless
+/// `LORCH_STORE_BUSY_TIMEOUT` says otherwise. A run's own events wait longer: see
+/// [`LocalStore::wait_while_busy`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`BUSY_TIMEOUT`], or `LORCH_STORE_BUSY_TIMEOUT` (README, "Configuration").
+fn busy_timeout() -> Result<Duration> {
+    match std::env::var("LORCH_STORE_BUSY_TIMEOUT") {
+        Err(_) => Ok(BUSY_TIMEOUT),
+        Ok(text) => crate::timearg::duration(&text)
+            .map_err(|e| anyhow::anyhow!("invalid LORCH_STORE_BUSY_TIMEOUT '{text}': {e}")),
+    }
+}
 
 const SCHEMA: &str = "
 -- No index but the primary key: each index costs about a quarter of the time of storing an
@@ -80,6 +96,10 @@ pub struct LocalStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     outbox: Option<Outbox>,
+    /// The `-shm` file this connection mapped, checked before each write.
+    shared_memory: Option<SharedMemory>,
+    /// Set for a run's store: writes wait through a busy store until this turns true.
+    patience: Option<Arc<AtomicBool>>,
 }
 
 /// Queues every recorded event for BigQuery delivery.
@@ -137,27 +157,50 @@ impl LocalStore {
     /// Opens (creating when needed) the store at `path`.
     pub fn open(path: &Path) -> Result<LocalStore> {
         let fail = || format!("cannot open the event store {}", path.display());
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(fail)?;
-        }
-        let mut conn = Connection::open(path).with_context(fail)?;
-        conn.busy_timeout(BUSY_TIMEOUT).with_context(fail)?;
+        let busy_timeout = busy_timeout()?;
+        file::prepare_dir(path).with_context(fail)?;
         // WAL: concurrent writers queue instead of failing, readers never block them.
         // NORMAL sync is durable across process crashes, which is what a job runner needs.
-        // Switching to WAL needs the database to itself, and SQLite reports "busy" at once,
-        // without its busy handler, while another lorch is creating the same store: retry.
-        retry_while_busy(|| {
+        let init = |conn: &Connection| -> Result<()> {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn.execute_batch(SCHEMA)
-        })
-        .with_context(fail)?;
+            file::check_foreign(conn, path)?;
+            Ok(conn.execute_batch(SCHEMA)?)
+        };
+        file::create_if_missing(path, init).with_context(fail)?;
+        file::check_existing(path).with_context(fail)?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let mut conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| file::explain(path, e))
+            .with_context(fail)?;
+        conn.busy_timeout(busy_timeout).with_context(fail)?;
+        // A store made by an earlier lorch may still need WAL; switching needs the database to
+        // itself, and SQLite reports "busy" at once, without its busy handler: retry.
+        retry_while_busy(busy_timeout, || init(&conn))
+            .map_err(|e| match e.downcast::<rusqlite::Error>() {
+                Ok(e) => file::explain(path, e),
+                Err(e) => e,
+            })
+            .with_context(fail)?;
         upgrade(&mut conn).with_context(fail)?;
         Ok(LocalStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
             outbox: None,
+            shared_memory: SharedMemory::of(path),
+            patience: None,
         })
+    }
+
+    /// From now on, a write that finds the store busy (another process holds its write lock)
+    /// waits until it can write, warning every busy time-out, instead of failing: a run's
+    /// events wait as long as the run lasts. It gives up like any command once `give_up` turns
+    /// true (lorch was asked to stop).
+    pub fn wait_while_busy(mut self, give_up: Arc<AtomicBool>) -> LocalStore {
+        self.patience = Some(give_up);
+        self
     }
 
     /// From now on, every event recorded through this store is also queued for BigQuery.
@@ -180,35 +223,54 @@ impl LocalStore {
 
     /// Events in the order they were recorded.
     pub fn list(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        self.for_each(filter, |event| {
+            events.push(event);
+            ControlFlow::Continue(())
+        })?;
+        Ok(events)
+    }
+
+    /// Passes the events of `filter` to `each` in the order they were recorded, one at a time
+    /// (a million events take no more memory than one), until `each` breaks.
+    pub fn for_each(
+        &self,
+        filter: &EventFilter,
+        mut each: impl FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let read = || format!("cannot read the event store {}", self.path.display());
         let conn = self.conn();
-        let limit = filter.limit.map_or(-1, |n| n as i64);
-        // A run's events lie between its first and last seq, among other runs' events.
-        let (first, last) = match &filter.run_id {
-            Some(run) => conn
-                .query_row(
-                    "SELECT first_seq, last_seq FROM runs WHERE run_id = ?1",
-                    [run],
-                    |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
-                )
-                .optional()?
-                .unwrap_or_default(),
-            None => (None, None),
-        };
-        let mut stmt = conn.prepare(
-            "SELECT * FROM (
-                 SELECT seq, event_id, event_type, source_system, created_at, status, correlation_id,
+        let (from, to) = span(&conn, filter).with_context(read)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, event_id, event_type, source_system, created_at, status, correlation_id,
                         trace_id, object_type, idem_key, error_message, payload
-                 FROM events WHERE seq BETWEEN ?3 AND ?4 AND (?1 IS NULL OR correlation_id = ?1)
-                 ORDER BY seq DESC LIMIT ?2)
-             ORDER BY seq",
+                 FROM events WHERE seq BETWEEN ?2 AND ?3 AND (?1 IS NULL OR correlation_id = ?1)
+                 ORDER BY seq",
+            )
+            .with_context(read)?;
+        let mut rows = stmt
+            .query(params![filter.run_id, from, to])
+            .with_context(read)?;
+        while let Some(row) = rows.next().with_context(read)? {
+            if each(event_from_row(row).with_context(read)?).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The length of the longest event type among the events of `filter`, in characters.
+    pub fn widest_event_type(&self, filter: &EventFilter) -> Result<usize> {
+        let conn = self.conn();
+        let (from, to) = span(&conn, filter)?;
+        let widest: Option<i64> = conn.query_row(
+            "SELECT max(length(event_type)) FROM events
+             WHERE seq BETWEEN ?2 AND ?3 AND (?1 IS NULL OR correlation_id = ?1)",
+            params![filter.run_id, from, to],
+            |r| r.get(0),
         )?;
-        let span = (first.unwrap_or(0), last.unwrap_or(i64::MAX));
-        let rows = stmt.query_map(
-            params![filter.run_id, limit, span.0, span.1],
-            event_from_row,
-        )?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .with_context(|| format!("cannot read the event store {}", self.path.display()))
+        Ok(widest.unwrap_or(0) as usize)
     }
 
     /// The run id of the newest event, if any.
@@ -222,6 +284,43 @@ impl LocalStore {
             )
             .optional()?)
     }
+}
+
+/// The range of `seq` that holds the events of `filter`: a run's events lie between its first
+/// and last seq, among other runs' events; with a limit, the range starts at the N-th newest.
+fn span(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<(i64, i64)> {
+    let (first, last) = match &filter.run_id {
+        Some(run) => conn
+            .query_row(
+                "SELECT first_seq, last_seq FROM runs WHERE run_id = ?1",
+                [run],
+                |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+            )
+            .optional()?
+            .unwrap_or_default(),
+        None => (None, None),
+    };
+    let (from, to) = (first.unwrap_or(0), last.unwrap_or(i64::MAX));
+    let from = match filter.limit {
+        None => from,
+        Some(0) => return Ok((1, 0)),
+        Some(n) => conn
+            .query_row(
+                "SELECT seq FROM events
+                 WHERE seq BETWEEN ?2 AND ?3 AND (?1 IS NULL OR correlation_id = ?1)
+                 ORDER BY seq DESC LIMIT 1 OFFSET ?4",
+                params![
+                    filter.run_id,
+                    from,
+                    to,
+                    (n - 1).min(i64::MAX as usize) as i64
+                ],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(from),
+    };
+    Ok((from, to))
 }
 
 /// Brings a store made by an earlier lorch up to date: `runs` gains the seq range of each run's
@@ -267,19 +366,48 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// Runs `f` again while SQLite says the database is busy or locked, for up to [`BUSY_TIMEOUT`].
-fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
-    let give_up = std::time::Instant::now() + BUSY_TIMEOUT;
+/// Runs `f` again while SQLite says the database is busy or locked, for up to `timeout`.
+fn retry_while_busy<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let give_up = crate::timearg::after(timeout);
     loop {
         match f() {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, DatabaseBusy | DatabaseLocked)
-                    && std::time::Instant::now() < give_up =>
-            {
+            Err(e) if is_busy(&e) && Instant::now() < give_up => {
                 std::thread::sleep(Duration::from_millis(5 + fastrand::u64(..20)));
             }
             result => return result,
+        }
+    }
+}
+
+/// Whether SQLite said another process holds the lock.
+fn is_busy(error: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<rusqlite::Error>())
+        .any(|e| matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked)))
+}
+
+impl LocalStore {
+    /// Runs one write transaction: after checking the store's shared memory is still the one
+    /// this connection mapped, and, for a patient store, again and again while it is busy.
+    fn write<T>(&self, mut write: impl FnMut(&mut Connection) -> Result<T>) -> Result<T> {
+        let waiting_since = Instant::now();
+        loop {
+            if let Some(shared_memory) = self.shared_memory {
+                shared_memory.check(&self.path)?;
+            }
+            let result = write(&mut self.conn());
+            match (&result, &self.patience) {
+                (Err(e), Some(give_up)) if is_busy(e) && !give_up.load(Ordering::SeqCst) => {
+                    crate::output::stderr!(
+                        "warning: the event store {} is busy: another process has held its write lock for {}s; this run's events wait for it",
+                        self.path.display(),
+                        waiting_since.elapsed().as_secs()
+                    );
+                }
+                _ => return result,
+            }
         }
     }
 }
@@ -298,31 +426,35 @@ impl EventSink for LocalStore {
                 self.path.display()
             ),
         };
-        let mut conn = self.conn();
+        self.write(|conn| self.insert(conn, events))
+            .with_context(context)
+    }
+}
+
+impl LocalStore {
+    /// Inserts `events` (and queues them, and keeps the runs table in step) in one transaction.
+    fn insert(&self, conn: &mut Connection, events: &[Event]) -> Result<()> {
         // IMMEDIATE: take the write lock up front, so a busy store waits instead of failing.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .with_context(context)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             // Prepared once a batch: a job emitting fast makes batches of thousands.
-            let mut insert = tx.prepare_cached(INSERT_EVENT).with_context(context)?;
+            let mut insert = tx.prepare_cached(INSERT_EVENT)?;
             let mut seqs = None;
             for event in events {
-                let seq = insert_event(&mut insert, event).with_context(context)?;
+                let seq = insert_event(&mut insert, event)?;
                 let (first, _) = seqs.unwrap_or((seq, seq));
                 seqs = Some((first, seq));
                 if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run")
                 {
-                    update_run(&tx, event, seq).with_context(context)?;
+                    update_run(&tx, event, seq)?;
                 }
             }
             if let (Some(outbox), Some((first, last))) = (&self.outbox, seqs) {
                 tx.prepare_cached(QUEUE_EVENTS)
-                    .and_then(|mut queue| queue.execute(params![first, last, outbox.table]))
-                    .with_context(context)?;
+                    .and_then(|mut queue| queue.execute(params![first, last, outbox.table]))?;
             }
         }
-        tx.commit().with_context(context)
+        Ok(tx.commit()?)
     }
 }
 

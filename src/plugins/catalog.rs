@@ -1,7 +1,7 @@
 //! Every job lorch can see, with where it came from and what went wrong on the way.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,9 +9,11 @@ use anyhow::anyhow;
 use lorch_plugin_api::abi::{self, Host, JobMetadata, PluginHeader, Str};
 
 use super::cache::{MetadataCache, Stamp};
+use super::safety::DirChecks;
 use super::{SearchPath, library, metadata, safety};
 use crate::error::{Error, Result};
-use crate::suggest;
+use crate::output::stderr;
+use crate::{suggest, sys};
 
 /// Where a job comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,15 @@ pub struct Job {
     pub meta: Arc<JobMetadata>,
     pub location: Location,
     entry: Entry,
+    /// For a plugin job: the file as it was checked when discovered.
+    vetted: Option<Arc<Vetted>>,
+}
+
+/// What discovery checked of a plugin file, so that running one of its jobs opens exactly that
+/// file again, checked the same way.
+struct Vetted {
+    stamp: Stamp,
+    allow_insecure: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -48,18 +59,19 @@ enum Entry {
 }
 
 impl Job {
-    /// Loads one job by itself, from its plugin file (`None`: built into this binary). This is
-    /// what a worker process does; the supervisor already checked the file.
-    pub fn load(plugin: Option<&Path>, package: &str, name: &str) -> Result<Job, String> {
+    /// Loads one job by itself, from its plugin file, open, and the path it was found at
+    /// (`None`: built into this binary). This is what a worker process does with the file the
+    /// supervisor checked and handed it.
+    pub fn load(plugin: Option<(File, &Path)>, package: &str, name: &str) -> Result<Job, String> {
         let (jobs, location, entry): (Vec<JobMetadata>, _, _) = match plugin {
             None => (
                 abi::registered_jobs().map(|spec| spec.metadata()).collect(),
                 Location::BuiltIn,
                 Entry::BuiltIn,
             ),
-            Some(path) => {
+            Some((file, path)) => {
                 let library =
-                    library::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    library::load(file, path).map_err(|e| format!("{}: {e}", path.display()))?;
                 (
                     library.metadata.jobs,
                     Location::File(path.to_owned()),
@@ -75,7 +87,24 @@ impl Job {
             meta: Arc::new(meta),
             location,
             entry,
+            vetted: None,
         })
+    }
+
+    /// Opens the job's plugin file again, checked as when it was discovered, and only if it is
+    /// still that very file; `None` for a built-in job.
+    pub fn open_plugin(&self) -> Result<Option<File>, String> {
+        let (Location::File(path), Some(vetted)) = (&self.location, &self.vetted) else {
+            return Ok(None);
+        };
+        let checked = safety::open(path, vetted.allow_insecure, &mut DirChecks::default())?;
+        if Stamp::of(&checked.meta) != vetted.stamp {
+            return Err(format!(
+                "{} changed since lorch read it (a new version being installed?); run the job again",
+                path.display()
+            ));
+        }
+        Ok(Some(checked.file))
     }
 
     /// The plugin file, or `None` for a built-in job.
@@ -106,7 +135,8 @@ impl Job {
             }
             (Entry::Plugin(header), _) => header,
             (Entry::NotLoaded, Location::File(path)) => {
-                library::load(path)
+                let file = self.open_plugin()?.ok_or("no plugin file")?;
+                library::load(file, path)
                     .map_err(|e| format!("{}: {e}", path.display()))?
                     .header
             }
@@ -122,32 +152,28 @@ impl Job {
 
 /// The jobs a plugin file declares: from the cache when this exact file was seen before (the
 /// library is then loaded only if one of its jobs runs in this process), else by loading it.
-/// The file is checked first, unless `allow_insecure`; each directory is checked once.
+/// The file is opened and checked first (unless `allow_insecure`, then only opened).
 fn plugin_metadata(
     path: &Path,
     allow_insecure: bool,
-    dir_checks: &mut HashMap<PathBuf, Result<(), String>>,
+    dir_checks: &mut DirChecks,
     cache: &mut MetadataCache,
-) -> Result<(Vec<Arc<JobMetadata>>, Entry), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot inspect the file: {e}"))?;
-    if !allow_insecure {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        dir_checks
-            .entry(dir.to_owned())
-            .or_insert_with(|| safety::check(dir, "directory", None))
-            .clone()?;
-        safety::check(path, "file", Some(&meta))?;
-    }
-    let stamp = Stamp::of(&meta);
+) -> Result<(Vec<Arc<JobMetadata>>, Entry, Vetted), String> {
+    let checked = safety::open(path, allow_insecure, dir_checks)?;
+    let stamp = Stamp::of(&checked.meta);
+    let vetted = Vetted {
+        stamp: stamp.clone(),
+        allow_insecure,
+    };
     if let Some(jobs) = cache.get(path, &stamp) {
-        return Ok((jobs.to_vec(), Entry::NotLoaded));
+        return Ok((jobs.to_vec(), Entry::NotLoaded, vetted));
     }
-    let library = library::load(path).map_err(|e| e.to_string())?;
+    let library = library::load(checked.file, path).map_err(|e| e.to_string())?;
     let mut jobs: Vec<Arc<JobMetadata>> = library.metadata.jobs.into_iter().map(Arc::new).collect();
     // Registration order is the linker's; `plugins list` shows them sorted.
     jobs.sort_by(|a, b| (&a.package, &a.name).cmp(&(&b.package, &b.name)));
     cache.insert(path, stamp, jobs.clone());
-    Ok((jobs, Entry::Plugin(library.header)))
+    Ok((jobs, Entry::Plugin(library.header), vetted))
 }
 
 /// A plugin file and what loading it gave.
@@ -210,6 +236,7 @@ impl Catalog {
                 meta: Arc::new(meta),
                 location: Location::BuiltIn,
                 entry: Entry::BuiltIn,
+                vetted: None,
             })),
             Err(why) => problems.push(Problem::new(
                 "built-in jobs",
@@ -217,19 +244,27 @@ impl Catalog {
             )),
         }
 
+        // Each plugin loaded keeps a descriptor (see `library::load`): allow as many as may be.
+        sys::raise_open_files_limit();
         let mut cache = MetadataCache::open();
-        let mut dir_checks = HashMap::new();
+        let mut dir_checks = DirChecks::default();
         for path in search_path.plugin_files(&mut problems) {
-            let status = plugin_metadata(&path, allow_insecure, &mut dir_checks, &mut cache);
-            match &status {
-                Ok((plugin_jobs, entry)) => jobs.extend(plugin_jobs.iter().map(|meta| Job {
-                    meta: Arc::clone(meta),
-                    location: Location::File(path.clone()),
-                    entry: *entry,
-                })),
-                Err(error) => problems.push(Problem::new(&path, error.clone())),
-            }
-            let status = status.map(|(jobs, _)| (abi::ABI_VERSION, jobs));
+            let status = match plugin_metadata(&path, allow_insecure, &mut dir_checks, &mut cache) {
+                Ok((plugin_jobs, entry, vetted)) => {
+                    let vetted = Arc::new(vetted);
+                    jobs.extend(plugin_jobs.iter().map(|meta| Job {
+                        meta: Arc::clone(meta),
+                        location: Location::File(path.clone()),
+                        entry,
+                        vetted: Some(Arc::clone(&vetted)),
+                    }));
+                    Ok((abi::ABI_VERSION, plugin_jobs))
+                }
+                Err(error) => {
+                    problems.push(Problem::new(&path, error.clone()));
+                    Err(error)
+                }
+            };
             files.push(PluginFile { path, status });
         }
         cache.save();
@@ -287,7 +322,7 @@ impl Catalog {
     /// Writes each problem to stderr, once.
     pub fn report_problems(&self) {
         for problem in &self.problems {
-            eprintln!("warning: {problem}");
+            stderr!("warning: {problem}");
         }
     }
 

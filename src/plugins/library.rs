@@ -1,7 +1,10 @@
 //! Loading one plugin file over the C ABI.
 
 use std::fmt;
-use std::path::Path;
+use std::fs::File;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use lorch_plugin_api::abi::{self, PluginHeader, PluginMetadata};
 
@@ -42,16 +45,37 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Opens `path` and reads its header and metadata: the ABI version first, nothing else before
-/// it matches.
-pub fn load(path: &Path) -> Result<Library, LoadError> {
+/// Loads the plugin `file` (found at `path`) and reads its header and metadata: the ABI version
+/// first, nothing else before it matches.
+///
+/// On Linux the library is opened through the descriptor (`/proc/self/fd/N`), so what loads is
+/// the very file that was checked ([`safety`](super::safety)), whatever happens to the path.
+/// The descriptor then stays open for as long as the library stays loaded, which is the life of
+/// the process: `/proc/self/fd/N` is the library's name, and the dynamic loader returns an
+/// already loaded library by name, so a number closed and used again for another plugin would
+/// give back the first one.
+pub fn load(file: File, path: &Path) -> Result<Library, LoadError> {
     use libloading::os::unix::{Library as Dl, RTLD_LOCAL, RTLD_NOW};
+    #[cfg(target_os = "linux")]
+    let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    #[cfg(not(target_os = "linux"))]
+    let opened = {
+        let _ = file;
+        path.to_owned()
+    };
     // RTLD_NOW: an unresolved symbol fails here, with a message, instead of crashing a job
     // later. RTLD_LOCAL: plugins cannot see or clash with each other's symbols.
     // SAFETY: opening a library runs its initializers. Plugin directories hold code the user
     // chose to run; lorch only reads data through the entry symbol below.
-    let library = unsafe { Dl::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .map_err(|e| LoadError::NotALibrary(e.to_string()))?;
+    let library = unsafe { Dl::open(Some(&opened), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
+        // dlopen names the file it was given; name the plugin instead.
+        let why = e
+            .to_string()
+            .replace(&opened.display().to_string(), &path.display().to_string());
+        LoadError::NotALibrary(why)
+    })?;
+    #[cfg(target_os = "linux")]
+    let _name_stays_taken = std::os::fd::IntoRawFd::into_raw_fd(file);
     let library: &'static Dl = Box::leak(Box::new(library));
 
     let symbol = format!("{}\0", abi::ENTRY_SYMBOL);

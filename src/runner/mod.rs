@@ -152,6 +152,9 @@ pub struct RunReport {
     /// The last attempt's outcome, which decides the exit code.
     pub outcome: Outcome,
     pub duration: Duration,
+    /// The job's events that could not be stored, over every attempt (each attempt's terminal
+    /// event names its own count).
+    pub events_not_recorded: usize,
     /// Set when a terminal event could not be stored; the outcome above still stands.
     pub record_error: Option<anyhow::Error>,
 }
@@ -184,6 +187,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
         }
     };
     let mut attempt = 1;
+    let mut events_not_recorded = 0;
     loop {
         let base = lifecycle_payload(plan, attempt);
         let started = lifecycle_event("job.started", &run_id, plan, base.clone());
@@ -199,6 +203,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
         let start = Instant::now();
         let (outcome, unrecorded) = execute(plan, &run_id, attempt, sink, signals);
         let duration = start.elapsed();
+        events_not_recorded += unrecorded;
 
         let terminal = terminal_event(&run_id, plan, base, &outcome, duration, unrecorded);
         let record_error = sink
@@ -231,6 +236,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
             attempts: attempt,
             outcome,
             duration,
+            events_not_recorded,
             record_error,
         });
     }
@@ -254,6 +260,7 @@ fn skipped(
         attempts: 1,
         outcome: Outcome::Skipped(holder),
         duration: Duration::ZERO,
+        events_not_recorded: 0,
         record_error: None,
     })
 }

@@ -19,11 +19,14 @@ use crate::host::CallResult;
 pub const CHANNEL_FD: i32 = 3;
 pub const RING_FD: i32 = 4;
 pub const ROOM_FD: i32 = 5;
+/// The plugin file, opened and checked by the supervisor: the worker loads exactly that file.
+pub const PLUGIN_FD: i32 = 6;
 
 /// What the supervisor writes to the worker's stdin.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerInput {
-    /// The plugin file, or `None` for a job built into the lorch binary.
+    /// The plugin file's path (the file itself is [`PLUGIN_FD`]), or `None` for a job built
+    /// into the lorch binary.
     pub plugin: Option<PathBuf>,
     pub request: RunRequest,
     pub trace_id: Option<String>,

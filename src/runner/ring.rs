@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind, PipeReader, PipeWriter, Read, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -33,6 +34,11 @@ const HEAD: usize = 0;
 const TAIL: usize = 64;
 const READER_ASLEEP: usize = 128;
 const WRITER_WAITING: usize = 192;
+/// Set by the supervisor once it failed to store events: the worker refuses further events, so
+/// the job's `emit` fails instead of reporting success for an event that will be lost.
+const REFUSING: usize = 200;
+/// Events the worker refused, for the supervisor's count of events not recorded.
+const REFUSED: usize = 208;
 const DATA: usize = 256;
 
 /// The shared memory, as either side maps it.
@@ -89,7 +95,7 @@ impl Shared {
 
 /// The worker's end.
 pub struct Producer {
-    shared: Shared,
+    shared: Arc<Shared>,
     head: u64,
     /// Written to wake the supervisor; non-blocking: a full pipe has wake-ups enough.
     wake_reader: File,
@@ -99,7 +105,7 @@ pub struct Producer {
 
 /// The supervisor's end.
 pub struct Consumer {
-    shared: Shared,
+    shared: Arc<Shared>,
     tail: u64,
     wake: PipeReader,
     /// Written to wake a worker waiting for room; non-blocking, like the worker's.
@@ -123,7 +129,7 @@ pub fn create() -> io::Result<(Consumer, WorkerFiles)> {
     let (room, wake_writer) = std::io::pipe()?;
     sys::set_nonblocking(&wake_writer)?;
     let consumer = Consumer {
-        shared: Shared::map(&ring)?,
+        shared: Arc::new(Shared::map(&ring)?),
         tail: 0,
         wake,
         wake_writer,
@@ -142,7 +148,7 @@ impl Producer {
     /// The worker's end, from the files [`create`] made.
     pub fn open(ring: File, wake_reader: File, room: File) -> io::Result<Producer> {
         sys::set_nonblocking(&wake_reader)?;
-        let shared = Shared::map(&ring)?;
+        let shared = Arc::new(Shared::map(&ring)?);
         let head = shared.counter(HEAD).load(Ordering::Acquire);
         Ok(Producer {
             shared,
@@ -182,6 +188,16 @@ impl Producer {
         Ok(())
     }
 
+    /// Whether the supervisor asked to refuse events (it cannot store them); counts this one
+    /// as refused when it did.
+    pub fn refuse_event(&self) -> bool {
+        let refusing = self.shared.flag(REFUSING).load(Ordering::Acquire) == 1;
+        if refusing {
+            self.shared.counter(REFUSED).fetch_add(1, Ordering::AcqRel);
+        }
+        refusing
+    }
+
     fn free(&self, ordering: Ordering) -> usize {
         let tail = self.shared.counter(TAIL).load(ordering);
         CAPACITY.saturating_sub(self.head.wrapping_sub(tail) as usize)
@@ -195,11 +211,20 @@ impl Producer {
                 waiting.store(0, Ordering::Relaxed);
                 break;
             }
-            if wait_for_bell(&mut self.room)? == 0 {
-                return Err(io::Error::new(
-                    ErrorKind::BrokenPipe,
-                    "the supervisor is gone",
-                ));
+            match wait_for_bell(&mut self.room) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::BrokenPipe,
+                        "the supervisor is gone",
+                    ));
+                }
+                Ok(_) => {}
+                // The job closed descriptors it did not open: the supervisor reads on without
+                // being woken (see `Consumer::poll`), so look for room now and then.
+                Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -234,9 +259,21 @@ impl Consumer {
         }
     }
 
+    /// Passes on whatever complete messages are published now, without waiting; for reading
+    /// on after the wake-up pipe closed while the worker still runs (a job that closed every
+    /// descriptor it inherited). Returns whether there was anything.
+    pub fn poll(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
+        self.take(&mut each)
+    }
+
     /// A message whose frames were only partly published when the channel closed.
     pub fn torn(&self) -> bool {
         !self.partial.is_empty()
+    }
+
+    /// The supervisor's controls over the worker's end, usable from another thread.
+    pub fn control(&self) -> Control {
+        Control(Arc::clone(&self.shared))
     }
 
     /// Copies out what is published, frees its room, and passes on the complete messages.
@@ -285,6 +322,21 @@ impl Consumer {
     }
 }
 
+/// What the supervisor tells the worker, and reads back, beside the messages.
+pub struct Control(Arc<Shared>);
+
+impl Control {
+    /// From now on the worker refuses events (lorch cannot store them).
+    pub fn refuse_events(&self) {
+        self.0.flag(REFUSING).store(1, Ordering::Release);
+    }
+
+    /// How many events the worker refused.
+    pub fn refused(&self) -> u64 {
+        self.0.counter(REFUSED).load(Ordering::Acquire)
+    }
+}
+
 fn corrupt(what: &str) -> io::Error {
     io::Error::new(
         ErrorKind::InvalidData,
@@ -292,10 +344,12 @@ fn corrupt(what: &str) -> io::Error {
     )
 }
 
-/// Writes a wake-up byte; a full pipe holds wake-ups enough.
+/// Writes a wake-up byte; a full pipe holds wake-ups enough. A descriptor the job closed is no
+/// failure either: the message is published, and the supervisor polls once its pipe closed.
 fn ring_bell(pipe: &mut impl Write) -> io::Result<()> {
     match pipe.write(&[1]) {
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
         other => other.map(drop),
     }
 }

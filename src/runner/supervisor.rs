@@ -10,20 +10,21 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use lorch_plugin_api::abi::RunRequest;
 
-use super::protocol::{self, CHANNEL_FD, Message, RING_FD, ROOM_FD, WorkerInput};
+use super::protocol::{self, CHANNEL_FD, Message, PLUGIN_FD, RING_FD, ROOM_FD, WorkerInput};
 use super::ring;
 use super::signals::Signals;
-use super::{Attempt, Failed, Reason};
+use super::{Failed, Reason};
 use crate::events::{Event, EventSink};
 use crate::host::CallResult;
 use crate::plugins::Job;
-use crate::sys;
+use crate::{sys, timearg};
 
 /// Time limits of one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -34,39 +35,48 @@ pub struct Limits {
     pub kill_after: Duration,
 }
 
-/// What the supervisor hears, from the ring reader and the process waiter threads.
+/// What the storing thread hears from the ring reader (and, at the end, from the supervisor).
 enum Heard {
     /// Messages in the order the worker sent them.
     Messages(Vec<Message>),
     /// Something the channel carried that lorch could not read.
     Garbage(String),
+    /// No more messages will come.
     ChannelClosed,
-    Exited(ExitStatus),
 }
 
 /// The most events stored in one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// What the supervisor has heard from its worker, and the events not stored yet.
-struct Intake<'a> {
-    sink: &'a dyn EventSink,
-    pending: Vec<Event>,
-    unrecorded: usize,
+/// What the storing thread found in the worker's messages.
+#[derive(Default)]
+struct Intake {
     result: Option<CallResult>,
-    exited: Option<ExitStatus>,
-    channel_open: bool,
+    unrecorded: usize,
 }
 
-impl<'a> Intake<'a> {
-    fn new(sink: &'a dyn EventSink) -> Intake<'a> {
-        Intake {
-            sink,
-            pending: Vec::new(),
-            unrecorded: 0,
-            result: None,
-            exited: None,
-            channel_open: true,
+/// The storing thread's state: what it has heard, and the events not stored yet.
+struct Storing<'a> {
+    sink: &'a dyn EventSink,
+    control: ring::Control,
+    /// Set once the result arrived: the job returned, so no time-out or signal applies now.
+    returned: &'a AtomicBool,
+    pending: Vec<Event>,
+    intake: Intake,
+    closed: bool,
+}
+
+impl Storing<'_> {
+    /// Stores what arrives until the channel closes. A busy store makes this wait (the ring
+    /// fills and the job's `emit` waits too); a store that fails makes the worker refuse
+    /// further events, so the job learns of it.
+    fn run(mut self, rx: &mpsc::Receiver<Heard>) -> Intake {
+        while !self.closed {
+            let Ok(first) = rx.recv() else { break };
+            self.take(first, rx);
         }
+        self.intake.unrecorded += self.control.refused() as usize;
+        self.intake
     }
 
     /// Takes `first` and whatever else has already arrived, then stores the events among them
@@ -75,6 +85,7 @@ impl<'a> Intake<'a> {
     fn take(&mut self, first: Heard, rx: &mpsc::Receiver<Heard>) {
         self.hear(first);
         while self.pending.len() < MAX_BATCH
+            && !self.closed
             && let Ok(more) = rx.try_recv()
         {
             self.hear(more);
@@ -88,17 +99,19 @@ impl<'a> Intake<'a> {
                 for message in messages {
                     match message {
                         Message::Event(event) => self.pending.push(event),
-                        Message::Result(result) => self.result = Some(result),
+                        Message::Result(result) => {
+                            self.intake.result = Some(result);
+                            self.returned.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
             }
             // Most likely an event lorch could not read: counted, like any event not stored.
             Heard::Garbage(what) => {
-                self.unrecorded += 1;
+                self.intake.unrecorded += 1;
                 tracing::error!("unreadable message from the job's worker, not recorded: {what}");
             }
-            Heard::ChannelClosed => self.channel_open = false,
-            Heard::Exited(status) => self.exited = Some(status),
+            Heard::ChannelClosed => self.closed = true,
         }
     }
 
@@ -107,7 +120,8 @@ impl<'a> Intake<'a> {
             return;
         }
         if let Err(e) = self.sink.record_batch(&self.pending) {
-            self.unrecorded += self.pending.len();
+            self.intake.unrecorded += self.pending.len();
+            self.control.refuse_events();
             tracing::error!(
                 "{} events of run {} were not recorded: {e:#}",
                 self.pending.len(),
@@ -125,6 +139,12 @@ enum Stop {
     Signal(i32),
 }
 
+/// What one attempt needs besides the job: shared by its steps.
+struct Attempt<'a> {
+    limits: Limits,
+    signals: &'a Signals,
+}
+
 /// Runs one attempt of `job` in a worker and returns its outcome and how many of its events
 /// could not be stored.
 pub fn run(
@@ -134,8 +154,9 @@ pub fn run(
     sink: &dyn EventSink,
     limits: Limits,
     signals: &Signals,
-) -> (Attempt, usize) {
-    match supervise(job, request, trace_id, sink, limits, signals) {
+) -> (super::Attempt, usize) {
+    let attempt = Attempt { limits, signals };
+    match supervise(job, request, trace_id, sink, &attempt) {
         Ok(result) => result,
         Err(error) => (
             Err(Failed::new(
@@ -152,67 +173,119 @@ fn supervise(
     request: &RunRequest,
     trace_id: Option<&str>,
     sink: &dyn EventSink,
-    limits: Limits,
-    signals: &Signals,
-) -> anyhow::Result<(Attempt, usize)> {
+    attempt: &Attempt,
+) -> anyhow::Result<(super::Attempt, usize)> {
+    let plugin = job.open_plugin().map_err(|why| anyhow::anyhow!(why))?;
     let (consumer, files) = ring::create()?;
+    let control = consumer.control();
+    let started = Instant::now();
+    let mut child = spawn(&files, plugin.as_ref())?;
+    // Only the worker holds its end now: the channel closes when the worker is gone.
+    drop(files);
+    let pgid = child.id();
+    send_input(&mut child, job, request, trace_id)?;
+
+    let returned = AtomicBool::new(false);
+    let exited = Arc::new(AtomicBool::new(false));
+    // Bounded: when the store falls behind, the reader stops reading, the ring fills and the
+    // job's `emit` waits, instead of events piling up in lorch's memory.
+    let (tx, rx) = mpsc::sync_channel(1);
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let (stop, status, intake) = std::thread::scope(|scope| {
+        let reader = {
+            let (tx, exited) = (tx.clone(), Arc::clone(&exited));
+            std::thread::spawn(move || forward(consumer, tx, &exited))
+        };
+        std::thread::spawn(move || {
+            let status = child.wait().ok();
+            exited.store(true, Ordering::SeqCst);
+            let _ = exit_tx.send(status);
+        });
+        let storing = Storing {
+            sink,
+            control,
+            returned: &returned,
+            pending: Vec::new(),
+            intake: Intake::default(),
+            closed: false,
+        };
+        let stored = scope.spawn(move || storing.run(&rx));
+        let (stop, status) = escalate(attempt, pgid, started, &returned, &exit_rx);
+        drain(pgid, &reader, &tx);
+        let intake = stored.join().unwrap_or_default();
+        (stop, status, intake)
+    });
+    let elapsed = started.elapsed();
+    Ok((
+        outcome(stop, intake.result, status, attempt, elapsed),
+        intake.unrecorded,
+    ))
+}
+
+/// Starts `lorch __worker` in a process group of its own, with its end of the ring and the
+/// plugin file, already open and checked.
+fn spawn(files: &ring::WorkerFiles, plugin: Option<&std::fs::File>) -> anyhow::Result<Child> {
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("__worker")
         .stdin(Stdio::piped())
         .process_group(0);
-    sys::pass_fds(
-        &mut command,
-        &[
-            (files.wake_reader.as_raw_fd(), CHANNEL_FD),
-            (files.ring.as_raw_fd(), RING_FD),
-            (files.room.as_raw_fd(), ROOM_FD),
-        ],
-    );
-    let mut child = command.spawn()?;
-    // Only the worker holds its end now: the channel closes when the worker is gone.
-    drop(files);
-    let pgid = child.id();
-    let started = Instant::now();
+    let mut fds = vec![
+        (files.wake_reader.as_raw_fd(), CHANNEL_FD),
+        (files.ring.as_raw_fd(), RING_FD),
+        (files.room.as_raw_fd(), ROOM_FD),
+    ];
+    fds.extend(plugin.map(|file| (file.as_raw_fd(), PLUGIN_FD)));
+    sys::pass_fds(&mut command, &fds);
+    sys::die_with_parent(&mut command);
+    sys::keep_starting_files_limit(&mut command);
+    Ok(command.spawn()?)
+}
 
+/// Tells the worker what to run, on its stdin.
+fn send_input(
+    child: &mut Child,
+    job: &Job,
+    request: &RunRequest,
+    trace_id: Option<&str>,
+) -> anyhow::Result<()> {
     let input = WorkerInput {
         plugin: job.plugin_file().map(Into::into),
         request: request.clone(),
         trace_id: trace_id.map(Into::into),
     };
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    // A worker that dies before reading its input is reported below from its exit status.
+    // A worker that dies before reading its input is reported from its exit status.
     let _ = stdin.write_all(&serde_json::to_vec(&input)?);
-    drop(stdin);
+    Ok(())
+}
 
-    // Bounded: when the store falls behind, the reader stops reading, the ring fills and the
-    // job's `emit` waits, instead of events piling up in lorch's memory.
-    let (tx, rx) = mpsc::sync_channel(1);
-    let reader_tx = tx.clone();
-    std::thread::spawn(move || forward(consumer, reader_tx));
-    std::thread::spawn(move || {
-        if let Ok(status) = child.wait() {
-            let _ = tx.send(Heard::Exited(status));
-        }
-    });
-
-    let deadline = limits.timeout.map(|t| started + t);
+/// Until the worker exits: stops it on timeout or signal, SIGTERM first and SIGKILL after the
+/// grace period, unless the job already returned. Returns why it was stopped, and how it ended.
+fn escalate(
+    attempt: &Attempt,
+    pgid: u32,
+    started: Instant,
+    returned: &AtomicBool,
+    exit_rx: &mpsc::Receiver<Option<ExitStatus>>,
+) -> (Option<Stop>, Option<ExitStatus>) {
+    let limits = attempt.limits;
+    let deadline = limits
+        .timeout
+        .map(|t| started.checked_add(t).unwrap_or(timearg::after(t)));
     let mut stop: Option<(Stop, Instant)> = None;
     let mut killed = false;
-    let mut intake = Intake::new(sink);
-
-    // Until the worker exits: store what it sends, stop it on timeout or signal.
-    while intake.exited.is_none() {
+    loop {
         let now = Instant::now();
-        if stop.is_none() && intake.result.is_none() {
-            let reason = match (signals.received(), deadline) {
+        if stop.is_none() && !returned.load(Ordering::SeqCst) {
+            let reason = match (attempt.signals.received(), deadline) {
                 (Some(signal), _) => Some(Stop::Signal(signal)),
                 (None, Some(deadline)) if now >= deadline => Some(Stop::Timeout),
                 _ => None,
             };
             if let Some(reason) = reason {
                 let _ = sys::kill_group(pgid, libc::SIGTERM);
-                stop = Some((reason, now + limits.kill_after));
+                stop = Some((reason, timearg::after(limits.kill_after)));
             }
         } else if let Some((_, kill_at)) = stop
             && now >= kill_at
@@ -230,40 +303,47 @@ fn supervise(
         let wait = next_check
             .saturating_duration_since(now)
             .min(Duration::from_millis(50));
-        match rx.recv_timeout(wait) {
-            Ok(heard) => intake.take(heard, &rx),
+        match exit_rx.recv_timeout(wait) {
+            Ok(status) => return (stop.map(|(why, _)| why), status),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return (stop.map(|(why, _)| why), None),
         }
     }
-    // Whatever the job left behind in its process group goes with it.
-    let _ = sys::kill_group(pgid, libc::SIGKILL);
-    // Then read what is still in the ring. The channel closes once the worker and anything
-    // that inherited it are gone; a process that escaped the group cannot hold lorch forever.
-    let drain_until = Instant::now() + Duration::from_secs(2);
-    while intake.channel_open {
-        match rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
-            Ok(heard) => intake.take(heard, &rx),
-            Err(_) => break,
-        }
-    }
-    let Intake {
-        result,
-        exited,
-        unrecorded,
-        ..
-    } = intake;
+}
 
-    let elapsed = started.elapsed();
-    let outcome = match (stop, result, exited) {
-        (Some((Stop::Timeout, _)), _, _) => Err(Failed::new(
+/// After the worker exited: whatever the job left in its process group goes with it, then the
+/// reader passes on what is still in the ring. The channel closes once the worker and anything
+/// that inherited it are gone; a process that escaped the group cannot hold lorch forever, so
+/// after 2 s the storing thread is told to stop (everything published was read by then).
+fn drain(pgid: u32, reader: &std::thread::JoinHandle<()>, tx: &mpsc::SyncSender<Heard>) {
+    let _ = sys::kill_group(pgid, libc::SIGKILL);
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while !reader.is_finished() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !reader.is_finished() {
+        let _ = tx.send(Heard::ChannelClosed);
+    }
+}
+
+/// The attempt's outcome: why lorch stopped it, else what the job returned, else how its
+/// process ended.
+fn outcome(
+    stop: Option<Stop>,
+    result: Option<CallResult>,
+    status: Option<ExitStatus>,
+    attempt: &Attempt,
+    elapsed: Duration,
+) -> super::Attempt {
+    match (stop, result) {
+        (Some(Stop::Timeout), _) => Err(Failed::new(
             Reason::Timeout,
             format!(
                 "timed out after {}",
-                humantime::format_duration(limits.timeout.unwrap_or(elapsed))
+                humantime::format_duration(attempt.limits.timeout.unwrap_or(elapsed))
             ),
         )),
-        (Some((Stop::Signal(signal), _)), _, _) => {
+        (Some(Stop::Signal(signal)), _) => {
             let mut failed = Failed::new(
                 Reason::Cancelled,
                 format!("cancelled by {}", sys::signal_name(signal)),
@@ -271,14 +351,15 @@ fn supervise(
             failed.signal = Some(sys::signal_name(signal));
             Err(failed)
         }
-        (None, Some(result), _) => Failed::from_call(result),
-        (None, None, status) => Err(crash(status)),
-    };
-    Ok((outcome, unrecorded))
+        (None, Some(result)) => Failed::from_call(result),
+        (None, None) => Err(crash(status)),
+    }
 }
 
-/// Passes on what the worker sends, in batches, until the channel closes.
-fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>) {
+/// Passes on what the worker sends, in batches, until the channel closes. When the wake-up pipe
+/// closes while the worker still runs (a job that closed every descriptor it inherited), the
+/// ring is read by polling until the worker exits: its events and result are still published.
+fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>, exited: &AtomicBool) {
     let mut out = Forwarded {
         tx,
         messages: Vec::new(),
@@ -292,11 +373,14 @@ fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>) {
         }
         match received {
             Ok(true) => {}
-            Ok(false) => {
-                break consumer
-                    .torn()
-                    .then(|| "a message cut short when the job's process ended".to_owned());
-            }
+            Ok(false) => match poll_until_exit(&mut consumer, &mut out, exited) {
+                Ok(()) => {
+                    break consumer
+                        .torn()
+                        .then(|| "a message cut short when the job's process ended".to_owned());
+                }
+                Err(e) => break Some(e.to_string()),
+            },
             Err(e) => break Some(e.to_string()),
         }
     };
@@ -307,6 +391,23 @@ fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>) {
         out.send(Heard::Garbage(damage));
     }
     out.send(Heard::ChannelClosed);
+}
+
+/// Reads the ring every few milliseconds until the worker has exited, then once more.
+fn poll_until_exit(
+    consumer: &mut ring::Consumer,
+    out: &mut Forwarded,
+    exited: &AtomicBool,
+) -> std::io::Result<()> {
+    loop {
+        let gone = exited.load(Ordering::SeqCst);
+        consumer.poll(|bytes| out.take(bytes))?;
+        out.flush();
+        if gone || !out.listening {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Messages decoded from the ring, on their way to the supervisor's loop.

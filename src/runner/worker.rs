@@ -13,10 +13,11 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context as _, Result};
 use lorch_plugin_api::abi::Failure;
 
-use super::protocol::{self, CHANNEL_FD, RING_FD, ROOM_FD, WorkerInput};
+use super::protocol::{self, CHANNEL_FD, PLUGIN_FD, RING_FD, ROOM_FD, WorkerInput};
 use super::ring::Producer;
 use crate::events::{Event, EventSink};
 use crate::host::{CallResult, JobCall};
+use crate::output::stderr;
 use crate::plugins::Job;
 use crate::sys;
 
@@ -42,9 +43,17 @@ impl Channel {
         })))
     }
 
-    fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+    /// Sends one message, which `encode` writes. An event is refused when the supervisor said
+    /// it cannot store events any more: then the job's `emit` fails, instead of succeeding for
+    /// an event that would be lost.
+    fn send(&self, is_event: bool, encode: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
         let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let Outgoing { producer, buffer } = &mut *out;
+        if is_event && producer.refuse_event() {
+            anyhow::bail!(
+                "lorch cannot store this run's events (the event store failed; see lorch's errors)"
+            );
+        }
         buffer.clear();
         encode(buffer);
         producer.send(buffer).context("the supervisor is gone")
@@ -55,16 +64,21 @@ impl EventSink for Channel {
     fn record_batch(&self, events: &[Event]) -> Result<()> {
         events
             .iter()
-            .try_for_each(|event| self.send(|out| protocol::encode_event(event, out)))
+            .try_for_each(|event| self.send(true, |out| protocol::encode_event(event, out)))
     }
 }
 
 pub fn main() -> ExitCode {
-    sys::die_with_parent();
+    // The supervisor armed PARENT_DIED before exec; until now its default action ends this
+    // process alone, from now on it ends the job's whole process group.
+    if let Err(e) = sys::kill_own_group_on(sys::PARENT_DIED) {
+        stderr!("lorch worker: cannot watch for the supervisor's death: {e}");
+        return ExitCode::from(3);
+    }
     match work() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lorch worker: {error:#}");
+            stderr!("lorch worker: {error:#}");
             ExitCode::from(3)
         }
     }
@@ -80,7 +94,14 @@ fn work() -> Result<()> {
     signal_hook::flag::register(libc::SIGTERM, Arc::clone(&cancelled))?;
 
     let request = &input.request;
-    let result = match Job::load(input.plugin.as_deref(), &request.package, &request.job) {
+    let plugin = match &input.plugin {
+        Some(path) => Some((
+            sys::inherited_fd(PLUGIN_FD).context("no plugin file from the supervisor")?,
+            path.as_path(),
+        )),
+        None => None,
+    };
+    let result = match Job::load(plugin, &request.package, &request.job) {
         Ok(job) => {
             let call = JobCall::new(
                 &job,
@@ -98,5 +119,5 @@ fn work() -> Result<()> {
             location: None,
         }),
     };
-    channel.send(|out| protocol::encode_result(&result, out))
+    channel.send(false, |out| protocol::encode_result(&result, out))
 }

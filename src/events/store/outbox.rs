@@ -119,13 +119,14 @@ impl LocalStore {
 
     fn outbox_write(
         &self,
-        write: impl FnOnce(&Transaction<'_>, &str) -> rusqlite::Result<()>,
+        mut write: impl FnMut(&Transaction<'_>, &str) -> rusqlite::Result<()>,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        write(&tx, &timestamp(&Utc::now()))?;
-        tx.commit()
-            .with_context(|| format!("cannot update the outbox of {}", self.path.display()))
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            write(&tx, &timestamp(&Utc::now()))?;
+            Ok(tx.commit()?)
+        })
+        .with_context(|| format!("cannot update the outbox of {}", self.path.display()))
     }
 
     /// Pending, delivered and dead counts.
