@@ -5,25 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Env, plugin_dir};
-
-/// strace, or `None` after a loud message outside CI; in CI a missing strace fails the test.
-fn strace() -> Option<&'static str> {
-    if Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Some("strace");
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("strace is missing in CI: cannot check that listing opens no socket");
-    }
-    eprintln!(
-        "\n!!! SKIPPING: strace not found; install it to check that `jobs list` opens no socket !!!\n"
-    );
-    None
-}
+use common::{Env, plugin_dir, strace};
 
 #[test]
 fn listing_and_showing_open_no_socket_start_no_thread_and_read_no_credentials() {

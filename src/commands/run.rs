@@ -110,6 +110,7 @@ enum Route {
     Queue {
         outbox: Outbox,
         config: Result<bigquery::Config, bigquery::Problem>,
+        flush_timeout: Duration,
     },
 }
 
@@ -141,19 +142,25 @@ impl Route {
                 table: table.map(str::to_owned),
             },
             config: bigquery::Config::from_env(),
+            flush_timeout: flush_timeout()?,
         })
     }
 
     /// Starts delivering this run's events in the background, when they are queued.
     fn start(&self, home: &std::path::Path, store: &LocalStore) -> Result<Option<Background>> {
-        let Route::Queue { config, .. } = self else {
+        let Route::Queue {
+            config,
+            flush_timeout,
+            ..
+        } = self
+        else {
             return Ok(None);
         };
         Ok(Some(Background::start(
             home,
             config.clone(),
             store.last_seq()?,
-            flush_timeout()?,
+            *flush_timeout,
         )))
     }
 }

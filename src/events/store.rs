@@ -162,9 +162,9 @@ impl LocalStore {
         // WAL: concurrent writers queue instead of failing, readers never block them.
         // NORMAL sync is durable across process crashes, which is what a job runner needs.
         let init = |conn: &Connection| -> Result<()> {
+            file::check_foreign(conn, path)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
-            file::check_foreign(conn, path)?;
             Ok(conn.execute_batch(SCHEMA)?)
         };
         file::create_if_missing(path, init).with_context(fail)?;

@@ -192,6 +192,24 @@ impl Run {
     }
 }
 
+/// strace, or `None` after a loud message outside CI; in CI a missing strace fails the test.
+pub fn strace() -> Option<&'static str> {
+    if Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("strace");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("strace is missing in CI: the tests that trace lorch cannot run");
+    }
+    eprintln!(
+        "\n!!! SKIPPING: strace not found; install it to run the tests that trace lorch !!!\n"
+    );
+    None
+}
+
 /// The C compiler, or `None` after a loud message when there is none outside CI. In CI a
 /// missing compiler fails the test.
 pub fn c_compiler() -> Option<String> {
@@ -316,4 +334,30 @@ pub fn signal(child: &std::process::Child, name: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// `path` with `suffix` appended to its file name (`events.db` and `-shm`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The processes whose environment has `name=value` (those this user may read).
+pub fn processes_with_env(name: &str, value: &str) -> Vec<u32> {
+    let wanted = format!("{name}={value}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+            });
+            alive
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == wanted.as_bytes()))
+        })
+        .collect()
 }

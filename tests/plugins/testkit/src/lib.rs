@@ -218,7 +218,10 @@ lorch_plugin_api::job! {
 fn grandchild(ctx: &Context, _: &Args) -> JobResult {
     ignore_sigterm();
     let child = std::process::Command::new("sleep").arg("600").spawn()?;
-    ctx.emit("testkit.grandchild", json!({ "pid": child.id() }))?;
+    ctx.emit(
+        "testkit.grandchild",
+        json!({ "pid": child.id(), "worker": std::process::id() }),
+    )?;
     std::thread::sleep(std::time::Duration::from_secs(600));
     Ok(())
 }
@@ -267,4 +270,72 @@ lorch_plugin_api::job! {
 
 fn fail_permanently(_: &Context, _: &Args) -> JobResult {
     Err(JobError::new("bad credentials").permanent())
+}
+
+lorch_plugin_api::job! {
+    /// Closes every file descriptor it inherited (as a careless daemonizing job would), then
+    /// emits `--param count=N` events and returns.
+    package = "testkit",
+    name = "close_fds",
+    params = [ParamSpec::int("count").default("100").help("How many events")],
+    run = close_fds,
+}
+
+fn close_fds(ctx: &Context, args: &Args) -> JobResult {
+    for fd in 3..4096 {
+        // SAFETY: closing descriptors this process does not use itself; lorch's are among them
+        // on purpose.
+        unsafe { libc::close(fd) };
+    }
+    // A file the job opens now takes the lowest free number, where lorch's channel was.
+    let scratch = std::env::temp_dir().join(format!("testkit-close-fds-{}", std::process::id()));
+    let file = std::fs::File::create(&scratch)?;
+    for i in 0..args.params.int("count").unwrap_or(100) {
+        ctx.emit("testkit.tick", json!({ "i": i }))?;
+    }
+    drop(file);
+    let written = std::fs::read(&scratch)?.len();
+    std::fs::remove_file(&scratch)?;
+    ctx.emit(
+        "testkit.scratch",
+        json!({ "bytes_written_by_others": written }),
+    )
+}
+
+lorch_plugin_api::job! {
+    /// Emits `testkit.waiting`, waits until the file `--param go=FILE` exists, then emits
+    /// `--param count=N` events, counting those lorch refused, and reports the count last.
+    package = "testkit",
+    name = "emit_when",
+    params = [
+        ParamSpec::string("go").required().help("The file that starts the second half"),
+        ParamSpec::int("count").default("100").help("How many events after the wait"),
+    ],
+    run = emit_when,
+}
+
+fn emit_when(ctx: &Context, args: &Args) -> JobResult {
+    ctx.emit("testkit.waiting", json!({}))?;
+    let go = args.params.string("go").unwrap_or_default();
+    while !std::path::Path::new(go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let refused = (0..args.params.int("count").unwrap_or(100))
+        .filter(|i| ctx.emit("testkit.tick", json!({ "i": i })).is_err())
+        .count();
+    std::fs::write(format!("{go}.refused"), refused.to_string())?;
+    Ok(())
+}
+
+lorch_plugin_api::job! {
+    #[doc = "Prints escape codes: \u{1b}[2J\u{1b}]0;pwned\u{7} in its description,"]
+    /// its event type and its error message.
+    package = "testkit",
+    name = "ansi",
+    run = ansi,
+}
+
+fn ansi(ctx: &Context, _: &Args) -> JobResult {
+    ctx.emit("testkit.\u{1b}[31mred", json!({}))?;
+    Err(JobError::new("\u{1b}[2J\u{1b}]0;pwned\u{7}screen cleared"))
 }
