@@ -15,7 +15,9 @@ use crate::timearg;
     after_help = "Plugins are searched in every --plugin-path, then LORCH_PLUGIN_PATH (colon-separated), \
 then $XDG_DATA_HOME/lorch/plugins (~/.local/share/lorch/plugins). Events go to the local store in \
 LORCH_HOME (~/.local/state/lorch), and from there to BigQuery when BQ_EVENTS_DATASET and \
-BQ_EVENTS_TABLE are set (see `lorch events status`). Exit codes: 0 ok, 1 job failed, 2 usage error, 3 environment error."
+BQ_EVENTS_TABLE are set (see `lorch events status`). Exit codes: 0 ok, 1 job failed, 2 usage error, \
+3 environment error (or events not recorded), 75 skipped (lock held), 129/130/131/143 cancelled by \
+SIGHUP/SIGINT/SIGQUIT/SIGTERM."
 )]
 pub struct Cli {
     /// Look for plugins in DIR first (repeatable)

@@ -522,20 +522,32 @@ fn kill_9_of_lorch_at_any_moment_leaves_no_worker_behind() {
     let (_p, env) = env();
     let home = env.home.path().display().to_string();
     let mut rng = fastrand::Rng::with_seed(9);
-    for _ in 0..40 {
+    let ours = format!("{home}/lorch");
+    for attempt in 0..60 {
         let mut child = env
             .cmd(&["run-job", "testkit", "hang"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.u64(0..40_000)));
+        if attempt % 2 == 0 {
+            // The moment the worker exists: before it could arm anything itself.
+            let lorch = child.id();
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !common::processes_with_env("LORCH_HOME", &ours)
+                .iter()
+                .any(|pid| *pid != lorch)
+                && Instant::now() < give_up
+            {}
+        } else {
+            std::thread::sleep(Duration::from_micros(rng.u64(0..40_000)));
+        }
         child.kill().unwrap();
         child.wait().unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = common::processes_with_env("LORCH_HOME", &format!("{home}/lorch"));
+        let left = common::processes_with_env("LORCH_HOME", &ours);
         if left.is_empty() {
             break;
         }
@@ -616,34 +628,48 @@ fn fuzz_command(rng: &mut fastrand::Rng) -> Vec<String> {
         "--wait-lock",
         "--events-table",
     ];
-    let mut args: Vec<String> = match rng.u8(0..9) {
-        0..=3 => {
-            let mut args = vec!["run-job".into(), "testkit".into(), "echo".into()];
-            for _ in 0..rng.usize(1..4) {
-                args.push(run_flags[rng.usize(0..run_flags.len())].into());
-                args.push(v(rng));
-            }
-            args
+    // Each command with its flags; `V` is replaced by a fuzzed value.
+    const OTHERS: &[&[&str]] = &[
+        &["run", "V", "--since", "V", "--until", "V"],
+        &["events", "list", "--run", "V", "--limit", "V"],
+        &["events", "status"],
+        &["events", "flush", "--timeout", "V", "--retry-dead"],
+        &["events", "init", "--dry-run", "--events-table", "V"],
+        &[
+            "runs", "list", "--job", "V", "--status", "V", "--limit", "V",
+        ],
+        &["runs", "show", "V"],
+        &["runs", "reap"],
+        &["jobs", "list", "V"],
+        &["jobs", "show", "V", "V"],
+        &["plugins", "list"],
+    ];
+    let mut args: Vec<String> = if rng.bool() {
+        let mut args = vec!["run-job".into(), "testkit".into(), "echo".into()];
+        for _ in 0..rng.usize(1..4) {
+            args.push(run_flags[rng.usize(0..run_flags.len())].into());
+            args.push(v(rng));
         }
-        4 => vec!["run".into(), v(rng), "--since".into(), v(rng)],
-        5 => vec![
-            "events".into(),
-            "list".into(),
-            "--run".into(),
-            v(rng),
-            "--limit".into(),
-            v(rng),
-        ],
-        6 => vec![
-            "runs".into(),
-            "list".into(),
-            "--job".into(),
-            v(rng),
-            "--limit".into(),
-            v(rng),
-        ],
-        7 => vec!["runs".into(), "show".into(), v(rng)],
-        _ => vec!["jobs".into(), "show".into(), v(rng), v(rng)],
+        args
+    } else {
+        let command = OTHERS[rng.usize(0..OTHERS.len())];
+        // Flags are left out now and then, values never: a flag without its value is only
+        // clap's error.
+        let mut args = Vec::new();
+        for (i, word) in command.iter().enumerate() {
+            match *word {
+                "V" if command[i - 1].starts_with("--") => {}
+                "V" => args.push(v(rng)),
+                flag if flag.starts_with("--") && command.get(i + 1) == Some(&"V") => {
+                    if rng.u8(0..4) > 0 {
+                        args.push(flag.into());
+                        args.push(v(rng));
+                    }
+                }
+                word => args.push(word.into()),
+            }
+        }
+        args
     };
     if rng.u8(0..10) == 0 {
         args.insert(rng.usize(0..=args.len()), "--json".into());

@@ -140,7 +140,7 @@ enum Stop {
 }
 
 /// What one attempt needs besides the job: shared by its steps.
-struct Attempt<'a> {
+struct Spec<'a> {
     limits: Limits,
     signals: &'a Signals,
 }
@@ -155,8 +155,8 @@ pub fn run(
     limits: Limits,
     signals: &Signals,
 ) -> (super::Attempt, usize) {
-    let attempt = Attempt { limits, signals };
-    match supervise(job, request, trace_id, sink, &attempt) {
+    let spec = Spec { limits, signals };
+    match supervise(job, request, trace_id, sink, &spec) {
         Ok(result) => result,
         Err(error) => (
             Err(Failed::new(
@@ -173,7 +173,7 @@ fn supervise(
     request: &RunRequest,
     trace_id: Option<&str>,
     sink: &dyn EventSink,
-    attempt: &Attempt,
+    spec: &Spec,
 ) -> anyhow::Result<(super::Attempt, usize)> {
     let plugin = job.open_plugin().map_err(|why| anyhow::anyhow!(why))?;
     let (consumer, files) = ring::create()?;
@@ -210,14 +210,14 @@ fn supervise(
             closed: false,
         };
         let stored = scope.spawn(move || storing.run(&rx));
-        let (stop, status) = escalate(attempt, pgid, started, &returned, &exit_rx);
+        let (stop, status) = escalate(spec, pgid, started, &returned, &exit_rx);
         drain(pgid, &reader, &tx);
         let intake = stored.join().unwrap_or_default();
         (stop, status, intake)
     });
     let elapsed = started.elapsed();
     Ok((
-        outcome(stop, intake.result, status, attempt, elapsed),
+        outcome(stop, intake.result, status, spec, elapsed),
         intake.unrecorded,
     ))
 }
@@ -263,13 +263,13 @@ fn send_input(
 /// Until the worker exits: stops it on timeout or signal, SIGTERM first and SIGKILL after the
 /// grace period, unless the job already returned. Returns why it was stopped, and how it ended.
 fn escalate(
-    attempt: &Attempt,
+    spec: &Spec,
     pgid: u32,
     started: Instant,
     returned: &AtomicBool,
     exit_rx: &mpsc::Receiver<Option<ExitStatus>>,
 ) -> (Option<Stop>, Option<ExitStatus>) {
-    let limits = attempt.limits;
+    let limits = spec.limits;
     let deadline = limits
         .timeout
         .map(|t| started.checked_add(t).unwrap_or(timearg::after(t)));
@@ -278,7 +278,7 @@ fn escalate(
     loop {
         let now = Instant::now();
         if stop.is_none() && !returned.load(Ordering::SeqCst) {
-            let reason = match (attempt.signals.received(), deadline) {
+            let reason = match (spec.signals.received(), deadline) {
                 (Some(signal), _) => Some(Stop::Signal(signal)),
                 (None, Some(deadline)) if now >= deadline => Some(Stop::Timeout),
                 _ => None,
@@ -332,7 +332,7 @@ fn outcome(
     stop: Option<Stop>,
     result: Option<CallResult>,
     status: Option<ExitStatus>,
-    attempt: &Attempt,
+    spec: &Spec,
     elapsed: Duration,
 ) -> super::Attempt {
     match (stop, result) {
@@ -340,7 +340,7 @@ fn outcome(
             Reason::Timeout,
             format!(
                 "timed out after {}",
-                humantime::format_duration(attempt.limits.timeout.unwrap_or(elapsed))
+                humantime::format_duration(spec.limits.timeout.unwrap_or(elapsed))
             ),
         )),
         (Some(Stop::Signal(signal)), _) => {
