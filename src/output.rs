@@ -83,6 +83,17 @@ macro_rules! stderr {
 }
 pub(crate) use stderr;
 
+/// A duration as people read it: `850ms`, `2.41s`, `3m 12s` (never `26ms 532us 156ns`).
+pub fn round_duration(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.2}s", duration.as_secs_f64()),
+        _ => humantime::format_duration(std::time::Duration::from_secs(duration.as_secs()))
+            .to_string(),
+    }
+}
+
 /// `text` with every character that could drive a terminal escaped. Borrowed when there is
 /// none, which is almost always.
 pub fn clean(text: &str) -> Cow<'_, str> {
@@ -109,7 +120,16 @@ fn unsafe_char(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::clean;
+    use super::{clean, round_duration};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(round_duration(Duration::from_micros(1500)), "1ms");
+        assert_eq!(round_duration(Duration::from_nanos(26_532_156)), "26ms");
+        assert_eq!(round_duration(Duration::from_millis(2414)), "2.41s");
+        assert_eq!(round_duration(Duration::from_millis(192_700)), "3m 12s");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_plain_text_is_borrowed() {

@@ -669,3 +669,232 @@ fn events_table_sends_one_run_to_another_table() {
     assert_rows_match(emulator, &dataset, "test_events", &env, &[test.run_id()]);
     assert_rows_match(emulator, &dataset, "event_log", &env, &[normal.run_id()]);
 }
+
+/// Runs `lorch run-job testkit emit_many --param count=N` with `vars`.
+fn emit_many(env: &Env, vars: &[(&str, String)], count: usize) -> common::Run {
+    let count = format!("count={count}");
+    bigquery::run(
+        env,
+        vars,
+        &["run-job", "testkit", "emit_many", "--param", &count],
+    )
+}
+
+#[test]
+fn no_row_is_stored_twice_without_a_fault_even_when_answers_come_late() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("once");
+    let mut vars = bigquery::vars(&emulator.url, &dataset);
+    vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "5m".to_owned()));
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+
+    // Many requests, each taking the emulator a while: the run's 2 s delivery rounds used to
+    // give a request only what was left of its round, and send it again.
+    let run = emit_many(&env, &vars, 20_000);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(emulator.counts(&dataset, "event_log"), (20_002, 20_002));
+
+    // Two runs delivering at once.
+    let args = [
+        "run-job",
+        "testkit",
+        "emit_many",
+        "--param",
+        "count=5000",
+        "--no-lock",
+    ];
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            env.cmd(&args)
+                .envs(vars.iter().map(|(k, v)| (k, v)))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in runs {
+        let out = common::Run::from(child.wait_with_output().unwrap());
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    assert_eq!(emulator.counts(&dataset, "event_log"), (30_006, 30_006));
+
+    // A server that answers after lorch's round is over: the answer is still waited for.
+    let slow = emulator.proxy(Fault::Slow(std::time::Duration::from_secs(3)));
+    let mut slow_vars = bigquery::vars(&slow.url, &dataset);
+    slow_vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "2m".to_owned()));
+    let run = emit_many(&env, &slow_vars, 1500);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    assert_eq!(emulator.counts(&dataset, "event_log"), (31_508, 31_508));
+    assert_nothing_pending(&env, &vars);
+}
+
+#[test]
+fn a_killed_runs_job_failed_goes_to_the_table_its_job_started_went_to() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("reaped");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    let side = ["events", "init", "--events-table", "side_table"];
+    assert_eq!(bigquery::run(&env, &vars, &side).code, 0);
+
+    for (table, extra) in [("event_log", None), ("side_table", Some("side_table"))] {
+        let mut args = vec!["sleep", "--param", "seconds=60"];
+        if let Some(extra) = extra {
+            args.extend(["--events-table", extra]);
+        }
+        let mut child = common::start_with(&env, &vars, &args, "testkit.sleeping");
+        let run_id = env
+            .all_events()
+            .into_iter()
+            .rev()
+            .find(|e| e["event_type"] == "testkit.sleeping")
+            .unwrap()["correlation_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Killed once what it recorded so far is delivered (a kill in the middle of a request
+        // may repeat rows, which the emulator, unlike BigQuery, keeps).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while bigquery::run(&env, &vars, &["events", "status", "--json"]).json()["pending"] != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing was delivered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Another shell, without the BigQuery variables, closes the run...
+        let reaped = env.run(&["runs", "list"]);
+        assert!(reaped.stderr.contains("was abandoned"), "{reaped:?}");
+        // ...and its job.failed still goes where its job.started went.
+        let flush = bigquery::run(&env, &vars, &["events", "flush"]);
+        assert_eq!(flush.code, 0, "{flush:?}");
+        let types: Vec<String> = emulator
+            .rows(&dataset, table)
+            .iter()
+            .filter(|r| r["correlation_id"] == run_id.as_str())
+            .map(|r| r["event_type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            types,
+            ["job.started", "testkit.sleeping", "job.failed"],
+            "{table}"
+        );
+    }
+    // Nothing of those runs went to the other table.
+    assert_eq!(emulator.counts(&dataset, "event_log").0, 3);
+    assert_eq!(emulator.counts(&dataset, "side_table").0, 3);
+}
+
+#[test]
+fn configuration_mistakes_are_named_at_once_and_never_retried() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("mistakes");
+    let good = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &good, &["events", "init"]).code, 0);
+    let with_endpoint = |endpoint: &str| {
+        let mut vars = bigquery::vars(endpoint, &dataset);
+        vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "1m".to_owned()));
+        vars
+    };
+
+    // A typo in the endpoint is a configuration error: no request, exit 3 naming the part.
+    for (endpoint, says) in [
+        ("http://127.0.0.1:4308O", "the port '4308O' is not a number"),
+        (
+            "http://127.0.0.1:430830",
+            "the port '430830' is not a number",
+        ),
+    ] {
+        let vars = with_endpoint(endpoint);
+        let flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1m"]);
+        assert_eq!(flush.code, 3, "{flush:?}");
+        assert!(flush.stderr.contains(says), "{flush:?}");
+        let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains(says), "{run:?}");
+    }
+
+    // A proxy's HTML error page: the status and the page's start are shown, and one request is
+    // all it takes (a 4xx is not an outage).
+    let page = "<html><body><h1>403 Forbidden</h1>Request blocked by policy</body></html>";
+    let proxy = bigquery::Proxy::start(None, Fault::Page(403, page.to_owned()));
+    let vars = with_endpoint(&proxy.url);
+    let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("403 Forbidden") && run.stderr.contains("<html><body><h1>403"),
+        "{run:?}"
+    );
+    let flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1m"]);
+    assert_eq!(flush.code, 3, "{flush:?}");
+    assert!(flush.stderr.contains("403 Forbidden"), "{flush:?}");
+    assert_eq!(
+        proxy.inserts(),
+        2,
+        "a 403 was retried: {}",
+        proxy.received()
+    );
+
+    // A path typo: the server's 404 names the table and `lorch events init`, and is not retried.
+    let typo = emulator.proxy(Fault::Forward);
+    let vars = with_endpoint(&format!("{}/bigquery/v3", typo.url));
+    let flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1m"]);
+    assert_eq!(flush.code, 3, "{flush:?}");
+    assert!(flush.stderr.contains("404"), "{flush:?}");
+    assert_eq!(typo.inserts(), 1, "a 404 was retried");
+
+    // Rows the right endpoint receives later, once each.
+    let flush = bigquery::run(&env, &good, &["events", "flush"]);
+    assert_eq!(flush.code, 0, "{flush:?}");
+    let (rows, distinct) = emulator.counts(&dataset, "event_log");
+    assert_eq!(rows, distinct);
+}
+
+#[test]
+fn events_init_names_how_an_existing_table_differs() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("schema");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    emulator.post(
+        &format!("/projects/{PROJECT}/datasets/{dataset}/tables"),
+        &json!({
+            "tableReference": {"projectId": PROJECT, "datasetId": dataset, "tableId": "other"},
+            "schema": {"fields": [
+                {"name": "event_id", "type": "STRING"}, {"name": "event_type", "type": "STRING"},
+                {"name": "source_system", "type": "STRING"}, {"name": "created_at", "type": "TIMESTAMP"},
+                {"name": "status", "type": "STRING"}, {"name": "correlation_id", "type": "STRING"},
+                {"name": "trace_id", "type": "INTEGER"}, {"name": "object_type", "type": "STRING"},
+                {"name": "idem_key", "type": "STRING"},
+                {"name": "payload", "type": "JSON"}, {"name": "owner", "type": "STRING", "mode": "REQUIRED"}]},
+        }),
+    );
+    let init = bigquery::run(&env, &vars, &["events", "init", "--events-table", "other"]);
+    assert_eq!(init.code, 3, "{init:?}");
+    for says in [
+        "rows lorch sends would not fit it",
+        "column trace_id is INTEGER, lorch writes STRING",
+        "column error_message (STRING) is missing",
+        "column owner is REQUIRED and lorch does not write it",
+    ] {
+        assert!(init.stderr.contains(says), "{says}: {init:?}");
+    }
+    let again = bigquery::run(&env, &vars, &["events", "init"]);
+    assert!(again.stdout.contains("already exists"), "{again:?}");
+}

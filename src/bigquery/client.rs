@@ -1,5 +1,10 @@
-//! A blocking face on `gcp-bigquery-client`: one current-thread runtime, built only when
-//! something is delivered, and errors sorted into "try again" and "fix something first".
+//! A blocking face on BigQuery: one current-thread runtime, built only when something is
+//! delivered, and errors sorted into "try again" and "fix something first".
+//!
+//! Datasets and tables go through `gcp-bigquery-client`; `insertAll` is sent here, with the
+//! same credentials, so that every answer's HTTP status and body are seen: the client library
+//! turns a proxy's HTML error page into "expected value at line 1 column 1", which hid a 403
+//! and had it retried as an outage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +14,7 @@ use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset::Dataset;
-use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
-use gcp_bigquery_client::model::table_data_insert_all_request_rows::TableDataInsertAllRequestRows;
+use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertAllResponse;
 use gcp_bigquery_client::yup_oauth2;
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -21,8 +25,12 @@ use super::schema;
 /// How a request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// Worth retrying: the network, a timeout, 5xx, 429.
+    /// Worth retrying: the network, 5xx, 408, 429. Nothing was stored.
     Transient(String),
+    /// Sent, but no answer came (time-out, connection cut): BigQuery may have stored the rows.
+    /// Worth sending again at once, with the same insertIds, while BigQuery still drops
+    /// repeated ones (about a minute).
+    Unanswered(String),
     /// Retrying will not help until someone changes something: a refused credential, a bad
     /// request.
     Fatal(String),
@@ -31,9 +39,17 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Worth trying again later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Failure::Transient(_) | Failure::Unanswered(_))
+    }
+
     pub fn message(&self) -> &str {
         match self {
-            Failure::Transient(m) | Failure::Fatal(m) | Failure::NotFound(m) => m,
+            Failure::Transient(m)
+            | Failure::Unanswered(m)
+            | Failure::Fatal(m)
+            | Failure::NotFound(m) => m,
         }
     }
 }
@@ -58,15 +74,26 @@ impl RowError {
 pub struct Client {
     runtime: Runtime,
     api: gcp_bigquery_client::Client,
+    auth: Arc<dyn Authenticator>,
+    http: reqwest::Client,
+    /// The REST base URL, up to `/bigquery/v2`.
+    base: String,
     /// Where requests go, for messages.
     endpoint: String,
 }
 
+/// Google's REST base URL.
+const GOOGLE: &str = "https://bigquery.googleapis.com/bigquery/v2";
+/// What lorch asks a token for.
+const SCOPES: [&str; 1] = ["https://www.googleapis.com/auth/bigquery"];
+
 /// What `ensure` found or did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ensured {
     Created,
     Existed,
+    /// The table exists, but rows lorch sends would not fit it: how it differs.
+    Differs(Vec<String>),
 }
 
 impl Client {
@@ -76,24 +103,15 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| Failure::Fatal(format!("cannot start the BigQuery client: {e}")))?;
+        let base = config.endpoint.clone().unwrap_or_else(|| GOOGLE.to_owned());
         let mut builder = ClientBuilder::new();
-        if let Some(endpoint) = &config.endpoint {
-            builder.with_v2_base_url(endpoint.clone());
-        }
-        let api = runtime.block_on(async {
-            match &config.credentials {
-                Credentials::ServiceAccount { path, key } => {
-                    let key = yup_oauth2::parse_service_account_key(key.to_string())
-                        .map_err(|e| bad_credentials(path, e))?;
-                    builder.build_from_service_account_key(key, false).await
-                }
-                Credentials::AuthorizedUser { path } => {
-                    builder.build_from_authorized_user_authenticator(path).await
-                }
-                Credentials::None => builder.build_from_authenticator(Arc::new(NoToken)).await,
-            }
+        builder.with_v2_base_url(base.clone());
+        let built = runtime.block_on(async {
+            let auth = authenticator(&config.credentials).await?;
+            let api = builder.build_from_authenticator(Arc::clone(&auth)).await?;
+            Ok::<_, BQError>((auth, api))
         });
-        let api = api.map_err(|e| {
+        let (auth, api) = built.map_err(|e| {
             Failure::Fatal(format!(
                 "cannot set up BigQuery credentials: {}",
                 describe(&e)
@@ -102,6 +120,9 @@ impl Client {
         Ok(Client {
             runtime,
             api,
+            auth,
+            http: reqwest::Client::new(),
+            base,
             endpoint: config
                 .endpoint
                 .clone()
@@ -111,30 +132,52 @@ impl Client {
 
     /// Sends rows with `tabledata.insertAll`, each with its `insertId`. Valid rows are stored
     /// even when others are invalid (`skipInvalidRows`), so a row is either accepted or named
-    /// in the answer: nothing is ambiguous except a request that gets no answer at all.
+    /// in the answer: nothing is ambiguous except a request that gets no answer at all
+    /// ([`Failure::Unanswered`]). A request gets the whole `timeout` to answer.
     pub fn insert(
         &self,
         table: &Table,
         rows: Vec<(String, Value)>,
         timeout: Duration,
     ) -> Result<Vec<RowError>, Failure> {
-        let mut request = TableDataInsertAllRequest::new();
-        request.skip_invalid_rows();
-        request
-            .add_rows(
-                rows.into_iter()
-                    .map(|(insert_id, json)| TableDataInsertAllRequestRows {
-                        insert_id: Some(insert_id),
-                        json,
-                    })
-                    .collect(),
-            )
-            .map_err(|e| Failure::Fatal(describe(&e)))?;
-        let answer = self.call(timeout, table, async {
-            self.api
-                .tabledata()
-                .insert_all(&table.project, &table.dataset, &table.table, request)
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|(insert_id, json)| serde_json::json!({ "insertId": insert_id, "json": json }))
+            .collect();
+        let body = serde_json::json!({ "skipInvalidRows": true, "rows": rows });
+        let url = format!(
+            "{}/projects/{}/datasets/{}/tables/{}/insertAll",
+            self.base, table.project, table.dataset, table.table
+        );
+        let answer = self.runtime.block_on(async {
+            let token = self
+                .auth
+                .access_token()
                 .await
+                .map_err(|e| classify(&e, table, &self.endpoint))?;
+            let mut request = self.http.post(&url).json(&body).timeout(timeout);
+            // An emulator takes no credentials: then no Authorization header at all.
+            if !token.is_empty() {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| self.unsent(&e, timeout))?;
+            let status = response.status();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| self.unsent(&e, timeout))?;
+            Ok((status, bytes))
+        });
+        let (status, bytes) = answer?;
+        if !status.is_success() {
+            return Err(answered(status, &bytes, table, &self.endpoint));
+        }
+        let answer: TableDataInsertAllResponse = serde_json::from_slice(&bytes).map_err(|_| {
+            Failure::Fatal(format!(
+                "{} answered {status} with something that is not BigQuery's JSON: {}",
+                self.endpoint,
+                first_bytes(&bytes)
+            ))
         })?;
         Ok(answer
             .insert_errors
@@ -154,6 +197,30 @@ impl Client {
                 }
             })
             .collect())
+    }
+
+    /// A request that failed on the way: never connected (nothing was sent), or sent and left
+    /// without an answer (BigQuery may have stored it).
+    fn unsent(&self, error: &reqwest::Error, timeout: Duration) -> Failure {
+        if error.is_connect() {
+            return Failure::Transient(format!(
+                "cannot reach {}: {}",
+                self.endpoint,
+                root_cause(error)
+            ));
+        }
+        if error.is_timeout() {
+            return Failure::Unanswered(format!(
+                "{} did not answer within {}",
+                self.endpoint,
+                crate::output::round_duration(timeout)
+            ));
+        }
+        Failure::Unanswered(format!(
+            "{} did not answer: {}",
+            self.endpoint,
+            root_cause(error)
+        ))
     }
 
     /// Creates the dataset when it does not exist.
@@ -176,7 +243,8 @@ impl Client {
         }
     }
 
-    /// Creates the events table when it does not exist.
+    /// Creates the events table when it does not exist; says how an existing one differs from
+    /// what lorch writes.
     pub fn ensure_table(&self, table: &Table, timeout: Duration) -> Result<Ensured, Failure> {
         let found = self.call(timeout, table, async {
             self.api
@@ -185,7 +253,10 @@ impl Client {
                 .await
         });
         match found {
-            Ok(_) => Ok(Ensured::Existed),
+            Ok(existing) => match schema::differences(&existing.schema) {
+                differences if differences.is_empty() => Ok(Ensured::Existed),
+                differences => Ok(Ensured::Differs(differences)),
+            },
             Err(Failure::NotFound(_)) => {
                 self.call(timeout, table, async {
                     self.api.table().create(schema::definition(table)).await
@@ -209,10 +280,10 @@ impl Client {
         {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(classify(&error, table, &self.endpoint)),
-            Err(_) => Err(Failure::Transient(format!(
+            Err(_) => Err(Failure::Unanswered(format!(
                 "{} did not answer within {}",
                 self.endpoint,
-                humantime::format_duration(timeout)
+                crate::output::round_duration(timeout)
             ))),
         }
     }
@@ -223,6 +294,91 @@ fn bad_credentials(path: &std::path::Path, e: std::io::Error) -> BQError {
         e.kind(),
         format!("{}: {e}", path.display()),
     ))
+}
+
+/// The authenticator for `credentials`, shared by the client library and lorch's own requests.
+async fn authenticator(credentials: &Credentials) -> Result<Arc<dyn Authenticator>, BQError> {
+    let auth = match credentials {
+        Credentials::None => return Ok(Arc::new(NoToken)),
+        Credentials::ServiceAccount { path, key } => {
+            let key = yup_oauth2::parse_service_account_key(key.to_string())
+                .map_err(|e| bad_credentials(path, e))?;
+            yup_oauth2::ServiceAccountAuthenticator::builder(key)
+                .build()
+                .await
+                .map_err(|e| bad_credentials(path, e))?
+        }
+        Credentials::AuthorizedUser { path } => {
+            let secret = yup_oauth2::read_authorized_user_secret(path)
+                .await
+                .map_err(|e| bad_credentials(path, e))?;
+            yup_oauth2::AuthorizedUserAuthenticator::builder(secret)
+                .build()
+                .await
+                .map_err(|e| bad_credentials(path, e))?
+        }
+    };
+    Ok(Arc::new(OAuth(auth)))
+}
+
+/// A Google OAuth token source (service account or authorized user).
+#[derive(Clone)]
+struct OAuth(yup_oauth2::authenticator::DefaultAuthenticator);
+
+#[async_trait]
+impl Authenticator for OAuth {
+    async fn access_token(&self) -> Result<String, BQError> {
+        let token = self.0.token(&SCOPES).await?;
+        token.token().map(str::to_owned).ok_or(BQError::NoToken)
+    }
+}
+
+/// An error answer: retried only when the status says trying again may help (408, 429, 5xx);
+/// the message names the status and BigQuery's reason, or the start of a body that is not
+/// BigQuery's (a proxy's error page).
+fn answered(status: reqwest::StatusCode, body: &[u8], table: &Table, endpoint: &str) -> Failure {
+    let error: Option<BigQueryError> = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["error"].clone()).ok());
+    let message = match error {
+        Some(e) => format!(
+            "{endpoint} answered {status} {}: {}",
+            e.errors.first().map_or("", |r| r.reason.as_str()),
+            e.message
+        ),
+        None => format!("{endpoint} answered {status}: {}", first_bytes(body)),
+    };
+    match status.as_u16() {
+        408 | 429 | 500..=599 => Failure::Transient(message),
+        404 => Failure::NotFound(format!("{message} (`lorch events init` creates {table})")),
+        _ => Failure::Fatal(message),
+    }
+}
+
+/// BigQuery's error document, the parts lorch shows.
+#[derive(serde::Deserialize)]
+struct BigQueryError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    errors: Vec<BigQueryReason>,
+}
+
+#[derive(serde::Deserialize)]
+struct BigQueryReason {
+    #[serde(default)]
+    reason: String,
+}
+
+/// The first 200 bytes of a body, as text on one line.
+fn first_bytes(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match body.len() {
+        0 => "(an empty body)".to_owned(),
+        n if n > 200 => format!("{line}..."),
+        _ => line,
+    }
 }
 
 /// Sorts an error into transient or fatal, with a message that says what to do.
@@ -237,19 +393,23 @@ fn classify(error: &BQError, table: &Table, endpoint: &str) -> Failure {
                 .map_or("", String::as_str);
             let message = format!("{endpoint} answered {} {reason}: {}", e.code, e.message);
             match e.code {
-                429 | 500..=599 => Failure::Transient(message),
+                408 | 429 | 500..=599 => Failure::Transient(message),
                 404 => {
                     Failure::NotFound(format!("{message} (`lorch events init` creates {table})"))
                 }
                 _ => Failure::Fatal(message),
             }
         }
-        // Connection refused or reset, a timeout, or an answer that was not BigQuery's JSON
-        // (a proxy's error page): the network's fault, worth another try.
+        // Connection refused or reset, or a timeout: the network's fault, worth another try.
+        // An answer that is not BigQuery's JSON (a proxy's error page) is not.
         BQError::RequestError(e) => match e.status() {
-            Some(status) if status.is_client_error() && status.as_u16() != 429 => {
+            Some(status) if status.is_client_error() && ![408, 429].contains(&status.as_u16()) => {
                 Failure::Fatal(format!("{endpoint} answered {status}"))
             }
+            _ if e.is_decode() => Failure::Fatal(format!(
+                "{endpoint} answered with something that is not BigQuery's JSON ({}); is LORCH_BQ_ENDPOINT right?",
+                root_cause(e)
+            )),
             _ if e.is_timeout() => Failure::Transient(format!("{endpoint} timed out")),
             _ => Failure::Transient(format!("cannot reach {endpoint}: {}", root_cause(e))),
         },

@@ -152,13 +152,34 @@ pub fn parse_table(text: &str) -> Result<(Option<String>, Option<String>, String
     })
 }
 
-/// `http://127.0.0.1:9050` and `http://127.0.0.1:9050/bigquery/v2` both mean the latter.
+/// `http://127.0.0.1:9050` and `http://127.0.0.1:9050/bigquery/v2` both mean the latter. A URL
+/// that cannot be one (`:4308O`, a port above 65535, no host) is a configuration problem
+/// named at once, not an outage retried for the whole flush time-out.
 fn endpoint_url(text: &str) -> Result<String, Problem> {
+    let invalid = |why: &str| {
+        problem(format!(
+            "invalid {ENDPOINT_VAR} '{text}': {why}; expected an http:// or https:// URL such as http://127.0.0.1:9050"
+        ))
+    };
     let url = text.trim().trim_end_matches('/');
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(problem(format!(
-            "invalid {ENDPOINT_VAR} '{text}': expected an http:// or https:// URL, such as http://127.0.0.1:9050"
-        )));
+        return Err(invalid("it does not start with http:// or https://"));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        url::ParseError::InvalidPort => {
+            let port = url.rsplit(':').next().unwrap_or_default();
+            let port = port.split('/').next().unwrap_or_default();
+            invalid(&format!(
+                "the port '{port}' is not a number from 1 to 65535"
+            ))
+        }
+        e => invalid(&e.to_string()),
+    })?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it names no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid("it has a query or a fragment"));
     }
     Ok(if url.ends_with("/bigquery/v2") {
         url.to_owned()
@@ -266,6 +287,25 @@ mod tests {
                 .0
                 .contains("http://")
         );
+        for (typo, says) in [
+            (
+                "http://127.0.0.1:4308O",
+                "the port '4308O' is not a number from 1 to 65535",
+            ),
+            (
+                "http://127.0.0.1:430830",
+                "the port '430830' is not a number from 1 to 65535",
+            ),
+            ("http://:9050", "empty host"),
+            ("http://127.0.0.1:9050?x=1", "query"),
+        ] {
+            let err = endpoint_url(typo).unwrap_err().0;
+            assert!(
+                err.starts_with(&format!("invalid LORCH_BQ_ENDPOINT '{typo}': "))
+                    && err.contains(says),
+                "{typo}: {err}"
+            );
+        }
     }
 
     #[test]

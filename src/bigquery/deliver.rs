@@ -24,7 +24,10 @@ const MAX_ROWS: usize = 500;
 const MAX_BYTES: usize = 5 << 20;
 /// A row this large can never be sent, so it is a dead letter from the start.
 const MAX_ROW_BYTES: usize = 9 << 20;
-/// The longest one request may take.
+/// How long a request that was sent gets to answer, whatever deadline the delivery has: a
+/// deadline stops *starting* requests, it never cuts one short (a request given up on may
+/// still be stored, and sending it again would store it twice where insertIds are not
+/// de-duplicated).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The first wait after a transient failure; it doubles (with jitter) up to [`MAX_PAUSE`].
 const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -45,7 +48,8 @@ pub struct Report {
 
 /// How long to try, and what first.
 pub struct Policy {
-    /// No request starts after this, and none runs past it.
+    /// No request starts after this (but one whose answer was lost is sent again at once);
+    /// a request in flight gets its whole [`REQUEST_TIMEOUT`].
     pub deadline: Instant,
     /// Events with a larger `seq` (this run's) go before older pending ones.
     pub prefer_after: i64,
@@ -79,12 +83,17 @@ impl Delivery<'_> {
         let mut report = Report::default();
         let mut failures = 0;
         let lock_path = self.home.join("locks").join("bigquery.lock");
+        // Set when the last request got no answer: its batch goes out again at once, even past
+        // the deadline, while BigQuery still drops repeated insertIds (about a minute).
+        let mut resend = false;
         loop {
             let now = Instant::now();
-            if now >= policy.deadline {
+            if now >= policy.deadline && !resend {
                 return Ok(report);
             }
-            let wait = policy.lock_wait.min(policy.deadline - now);
+            let wait = policy
+                .lock_wait
+                .min(policy.deadline.saturating_duration_since(now));
             let lock = match locks::acquire(&lock_path, "delivery", wait, &Signals::default())? {
                 Acquired::Held(lock) => lock,
                 Acquired::Busy(_) => {
@@ -98,10 +107,9 @@ impl Delivery<'_> {
                 report.stopped = None;
                 return Ok(report);
             };
-            let timeout =
-                REQUEST_TIMEOUT.min(policy.deadline.saturating_duration_since(Instant::now()));
+            self.store.note_sending(&seqs)?;
             report.requests += 1;
-            let failure = match self.client.insert(&table, rows, timeout) {
+            let failure = match self.client.insert(&table, rows, REQUEST_TIMEOUT) {
                 Ok(row_errors) => self.settle(&seqs, &row_errors, &mut report)?,
                 Err(failure) => {
                     self.store.note_failure(&seqs, failure.message())?;
@@ -110,10 +118,17 @@ impl Delivery<'_> {
             };
             let Some(failure) = failure else {
                 failures = 0;
+                resend = false;
                 continue;
             };
-            let transient = matches!(failure, Failure::Transient(_));
+            let lost = matches!(failure, Failure::Unanswered(_));
+            let transient = failure.is_transient();
             report.stopped = Some(failure);
+            // Once, promptly: a second lost answer is an outage, retried like any other.
+            resend = lost && !resend;
+            if resend {
+                continue;
+            }
             if !transient || !policy.retry {
                 return Ok(report);
             }
@@ -325,6 +340,12 @@ fn deliver_in_background(
             None => {
                 failures = 0;
                 POLL
+            }
+            // Refused credentials, a missing table, a 4xx: sending again changes nothing until
+            // someone fixes it, so this run sends no more and says why.
+            Some(failure) if !failure.is_transient() => {
+                let _ = stopped.recv();
+                return finished(&store, mark, Some(failure.message().to_owned()));
             }
             Some(_) => {
                 failures += 1;

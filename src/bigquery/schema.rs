@@ -1,4 +1,4 @@
-//! The `event_log` table (SPEC §5) and an event as one of its rows.
+//! The `event_log` table (docs/events.md, "BigQuery") and an event as one of its rows.
 
 use chrono::SecondsFormat;
 use gcp_bigquery_client::model::clustering::Clustering;
@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::config::Table;
 use crate::events::Event;
 
-/// `(column, type, required)`, in the order of SPEC §5.
+/// `(column, type, required)`, in the documented order.
 pub const COLUMNS: [(&str, &str, bool); 11] = [
     ("event_id", "STRING", true),
     ("event_type", "STRING", true),
@@ -52,6 +52,43 @@ pub fn definition(table: &Table) -> TableDefinition {
     .clustering(Clustering {
         fields: Some(vec!["event_type".to_owned(), "source_system".to_owned()]),
     })
+}
+
+/// How an existing table differs from what lorch writes, one sentence each: a column missing or
+/// of another type, a column lorch may leave empty that the table requires, a required column
+/// lorch does not write. Empty when every row lorch sends fits.
+pub fn differences(found: &TableSchema) -> Vec<String> {
+    let fields = found.fields.as_deref().unwrap_or_default();
+    let kind = |field: &TableFieldSchema| {
+        serde_json::to_value(&field.r#type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_ascii_uppercase))
+            .unwrap_or_default()
+    };
+    let required = |field: &TableFieldSchema| field.mode.as_deref() == Some("REQUIRED");
+    let mut differences = Vec::new();
+    for (name, expected, lorch_requires) in COLUMNS {
+        match fields.iter().find(|f| f.name == name) {
+            None => differences.push(format!("column {name} ({expected}) is missing")),
+            Some(field) if kind(field) != expected => differences.push(format!(
+                "column {name} is {}, lorch writes {expected}",
+                kind(field)
+            )),
+            Some(field) if required(field) && !lorch_requires => differences.push(format!(
+                "column {name} is REQUIRED, lorch leaves it empty when it has no value"
+            )),
+            Some(_) => {}
+        }
+    }
+    for field in fields {
+        if required(field) && !COLUMNS.iter().any(|(name, ..)| *name == field.name) {
+            differences.push(format!(
+                "column {} is REQUIRED and lorch does not write it",
+                field.name
+            ));
+        }
+    }
+    differences
 }
 
 /// The event as insertAll wants it: TIMESTAMP as RFC 3339 (microseconds, UTC), the JSON column

@@ -235,9 +235,13 @@ pub fn init(dry_run: bool, events_table: Option<&str>) -> Result<Exit> {
     }
     let client = bigquery::Client::connect(&config).map_err(|f| cannot_deliver(f.message()))?;
     let timeout = std::time::Duration::from_secs(60);
-    let said = |ensured| match ensured {
-        bigquery::Ensured::Created => "created",
-        bigquery::Ensured::Existed => "already exists",
+    let said = |ensured: &bigquery::Ensured| match ensured {
+        bigquery::Ensured::Created => "created".to_owned(),
+        bigquery::Ensured::Existed => "already exists".to_owned(),
+        bigquery::Ensured::Differs(how) => format!(
+            "exists, but rows lorch sends would not fit it: {}",
+            how.join("; ")
+        ),
     };
     let dataset = client
         .ensure_dataset(&table, timeout)
@@ -246,12 +250,18 @@ pub fn init(dry_run: bool, events_table: Option<&str>) -> Result<Exit> {
         "dataset {}.{}: {}\n",
         table.project,
         table.dataset,
-        said(dataset)
+        said(&dataset)
     ))?;
     let created = client
         .ensure_table(&table, timeout)
         .map_err(|f| cannot_deliver(f.message()))?;
-    output::print(&format!("table {table}: {}\n", said(created)))?;
+    if let bigquery::Ensured::Differs(_) = created {
+        return Err(cannot_deliver(format!(
+            "table {table} {}; fix or replace it (docs/events.md lists the columns), or send events elsewhere with BQ_EVENTS_TABLE",
+            said(&created)
+        )));
+    }
+    output::print(&format!("table {table}: {}\n", said(&created)))?;
     Ok(Exit::Success)
 }
 

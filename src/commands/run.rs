@@ -77,7 +77,7 @@ fn summarize(id: &str, report: &runner::RunReport) {
     };
     match &report.outcome {
         Outcome::Completed if lost.is_empty() => {
-            let took = format_duration(report.duration);
+            let took = output::round_duration(report.duration);
             let _ = output::print(&format!(
                 "✓ {id} completed in {took} (run {run}{attempt})
 "
@@ -275,28 +275,4 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
         },
         home,
     })
-}
-
-/// `850ms`, `2.41s`, `3m 12s`.
-fn format_duration(duration: std::time::Duration) -> String {
-    let ms = duration.as_millis();
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.2}s", duration.as_secs_f64()),
-        _ => humantime::format_duration(std::time::Duration::from_secs(duration.as_secs()))
-            .to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(Duration::from_micros(1500)), "1ms");
-        assert_eq!(format_duration(Duration::from_millis(2414)), "2.41s");
-        assert_eq!(format_duration(Duration::from_millis(192_700)), "3m 12s");
-    }
 }

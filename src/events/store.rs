@@ -73,7 +73,12 @@ CREATE TABLE IF NOT EXISTS runs (
     host          TEXT,
     error_message TEXT,
     first_seq     INTEGER,  -- the seq of its first event
-    last_seq      INTEGER   -- the seq of its last terminal event; NULL while an attempt runs
+    last_seq      INTEGER,  -- the seq of its last terminal event; NULL while an attempt runs
+    -- Whether the run's events go to BigQuery (1, to queue_target or, when NULL, the configured
+    -- table) or not (0), decided when it started: its terminal event follows, whoever records
+    -- it. NULL: a run from a lorch that did not record this.
+    queued        INTEGER,
+    queue_target  TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (package, job, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
@@ -336,7 +341,12 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         conn.prepare("SELECT 1 FROM sqlite_master WHERE name = 'outbox_by_state'")?
             .exists([])
     };
-    if !runs_outdated(conn)? && !outbox_outdated(conn)? {
+    let queueing_unknown = |conn: &Connection| {
+        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'queued'")?
+            .exists([])
+            .map(|current| !current)
+    };
+    if !runs_outdated(conn)? && !outbox_outdated(conn)? && !queueing_unknown(conn)? {
         return Ok(());
     }
     // Another lorch may be upgrading too: look again once holding the write lock.
@@ -350,6 +360,12 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
                  last_seq = CASE WHEN status = 'running' THEN NULL
                      ELSE (SELECT max(seq) FROM events WHERE correlation_id = run_id) END;
              DROP INDEX IF EXISTS events_by_run;",
+        )?;
+    }
+    if queueing_unknown(&tx)? {
+        tx.execute_batch(
+            "ALTER TABLE runs ADD COLUMN queued INTEGER;
+             ALTER TABLE runs ADD COLUMN queue_target TEXT;",
         )?;
     }
     if outbox_outdated(&tx)? {
@@ -444,14 +460,22 @@ impl LocalStore {
                 let seq = insert_event(&mut insert, event)?;
                 let (first, _) = seqs.unwrap_or((seq, seq));
                 seqs = Some((first, seq));
-                if event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run")
-                {
-                    update_run(&tx, event, seq)?;
+                if is_lifecycle(event) {
+                    update_run(&tx, event, seq, self.outbox.as_ref())?;
                 }
             }
-            if let (Some(outbox), Some((first, last))) = (&self.outbox, seqs) {
-                tx.prepare_cached(QUEUE_EVENTS)
-                    .and_then(|mut queue| queue.execute(params![first, last, outbox.table]))?;
+            // A run's lifecycle event goes where its run's events go, whichever lorch records
+            // it (the one that reaps an abandoned run may have other settings); job events
+            // come from the run's own lorch.
+            let queue = match events {
+                [event] if is_lifecycle(event) => {
+                    run_queue(&tx, &event.correlation_id)?.unwrap_or_else(|| self.outbox.clone())
+                }
+                _ => self.outbox.clone(),
+            };
+            if let (Some(outbox), Some((first, last))) = (queue, seqs) {
+                tx.prepare_cached(QUEUE_EVENTS)?
+                    .execute(params![first, last, outbox.table])?;
             }
         }
         Ok(tx.commit()?)
@@ -492,8 +516,33 @@ fn timestamp(at: &chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Keeps the run's row in step with one of its lifecycle events, the one numbered `seq`.
-fn update_run(tx: &Transaction<'_>, event: &Event, seq: i64) -> rusqlite::Result<()> {
+/// A lifecycle event of a run, written by lorch.
+fn is_lifecycle(event: &Event) -> bool {
+    event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run")
+}
+
+/// Where a run's events are queued for BigQuery, as recorded when it started: `Some(None)` not
+/// at all; `None` when the store does not know (no such run, or one from an earlier lorch).
+fn run_queue(tx: &Transaction<'_>, run: &str) -> rusqlite::Result<Option<Option<Outbox>>> {
+    let row: Option<(Option<bool>, Option<String>)> = tx
+        .prepare_cached("SELECT queued, queue_target FROM runs WHERE run_id = ?1")?
+        .query_row([run], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((Some(true), table)) => Some(Some(Outbox { table })),
+        Some((Some(false), _)) => Some(None),
+        _ => None,
+    })
+}
+
+/// Keeps the run's row in step with one of its lifecycle events, the one numbered `seq`; a run
+/// that starts takes `outbox` as where its events go.
+fn update_run(
+    tx: &Transaction<'_>,
+    event: &Event,
+    seq: i64,
+    outbox: Option<&Outbox>,
+) -> rusqlite::Result<()> {
     let payload = event.payload_value();
     let at = timestamp(&event.created_at);
     let run = &event.correlation_id;
@@ -505,8 +554,8 @@ fn update_run(tx: &Transaction<'_>, event: &Event, seq: i64) -> rusqlite::Result
             };
             tx.execute(
                 "INSERT INTO runs (run_id, package, job, account, status, reason, attempt, started_at,
-                     ended_at, pid, host, first_seq, last_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ended_at, pid, host, first_seq, last_seq, queued, queue_target)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
                      reason = NULL, ended_at = NULL, error_message = NULL, pid = excluded.pid,
                      last_seq = NULL",
@@ -524,6 +573,8 @@ fn update_run(tx: &Transaction<'_>, event: &Event, seq: i64) -> rusqlite::Result
                     payload["host"].as_str(),
                     seq,
                     last_seq,
+                    outbox.is_some(),
+                    outbox.and_then(|o| o.table.as_deref()),
                 ],
             )?;
         }

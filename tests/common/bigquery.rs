@@ -145,6 +145,17 @@ impl Emulator {
         }
     }
 
+    /// `COUNT(*)` and `COUNT(DISTINCT event_id)` of a table: equal when no row is there twice.
+    pub fn counts(&self, dataset: &str, table: &str) -> (u64, u64) {
+        let row = self
+            .query(&format!(
+                "SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM `{PROJECT}.{dataset}.{table}`"
+            ))
+            .remove(0);
+        let number = |v: &Value| v.as_str().unwrap().parse().unwrap();
+        (number(&row["n"]), number(&row["d"]))
+    }
+
     /// Stops the process (SIGTERM, then waits for it).
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
@@ -271,6 +282,11 @@ pub enum Fault {
     Drop,
     /// Answer with this status and body, then close.
     Respond(u16, String),
+    /// Answer with this status and an HTML page, as a proxy or a load balancer does.
+    Page(u16, String),
+    /// Pass it through, but hold the upstream's answer back this long: a slow server, whose
+    /// answer comes after a client that gave up early.
+    Slow(Duration),
 }
 
 impl Fault {
@@ -332,6 +348,11 @@ impl Proxy {
     pub fn received(&self) -> String {
         String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
     }
+
+    /// How many `insertAll` requests clients sent.
+    pub fn inserts(&self) -> usize {
+        self.received().matches("/insertAll HTTP/1.1").count()
+    }
 }
 
 fn serve(
@@ -341,7 +362,7 @@ fn serve(
     received: Arc<Mutex<Vec<u8>>>,
 ) {
     match fault {
-        Fault::Forward => {
+        Fault::Forward | Fault::Slow(_) => {
             let Ok(mut server) = TcpStream::connect(upstream.unwrap()) else {
                 return;
             };
@@ -357,6 +378,13 @@ fn serve(
                 }
                 let _ = server_out.shutdown(Shutdown::Write);
             });
+            if let Fault::Slow(delay) = fault {
+                let mut first = [0u8; 1];
+                if let Ok(1) = server.read(&mut first) {
+                    std::thread::sleep(delay);
+                    let _ = client.write_all(&first);
+                }
+            }
             let _ = std::io::copy(&mut server, &mut client);
             let _ = client.shutdown(Shutdown::Both);
             let _ = upload.join();
@@ -366,15 +394,21 @@ fn serve(
             let _ = client.shutdown(Shutdown::Both);
         }
         Fault::Respond(code, body) => {
-            read_request(&mut client, &received);
-            let _ = write!(
-                client,
-                "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.shutdown(Shutdown::Both);
+            answer(&mut client, &received, code, "application/json", &body)
         }
+        Fault::Page(code, page) => answer(&mut client, &received, code, "text/html", &page),
     }
+}
+
+/// Reads the request, answers with `code` and `body`, and closes.
+fn answer(client: &mut TcpStream, received: &Mutex<Vec<u8>>, code: u16, kind: &str, body: &str) {
+    read_request(client, received);
+    let _ = write!(
+        client,
+        "HTTP/1.1 {code} Injected\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// Reads one HTTP request (head and `Content-Length` body).

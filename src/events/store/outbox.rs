@@ -68,19 +68,35 @@ impl LocalStore {
         Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
     }
 
+    /// Counts a try for events about to be sent. Written before the request, so that a store
+    /// that cannot record anything (a full disk) stops delivery before BigQuery accepts rows
+    /// whose acceptance could not be recorded, which would send them again, and again.
+    pub fn note_sending(&self, seqs: &[i64]) -> Result<()> {
+        self.outbox_write(|tx, now| {
+            let mut note = tx.prepare_cached(
+                "UPDATE outbox SET tries = tries + 1, updated_at = ?2
+                 WHERE state = 'pending' AND seq = ?1",
+            )?;
+            for seq in seqs {
+                note.execute(params![seq, now])?;
+            }
+            Ok(())
+        })
+    }
+
     /// Marks pending events delivered (BigQuery accepted them) and others dead (BigQuery
     /// refused them, with its reason), in one transaction.
     pub fn settle(&self, delivered: &[i64], dead: &[(i64, String)]) -> Result<()> {
         self.outbox_write(|tx, now| {
             let mut ok = tx.prepare_cached(
-                "UPDATE outbox SET state = 'delivered', error = NULL, tries = tries + 1, updated_at = ?2
+                "UPDATE outbox SET state = 'delivered', error = NULL, updated_at = ?2
                  WHERE state = 'pending' AND seq = ?1",
             )?;
             for seq in delivered {
                 ok.execute(params![seq, now])?;
             }
             let mut refused = tx.prepare_cached(
-                "UPDATE outbox SET state = 'dead', error = ?2, tries = tries + 1, updated_at = ?3
+                "UPDATE outbox SET state = 'dead', error = ?2, updated_at = ?3
                  WHERE state = 'pending' AND seq = ?1",
             )?;
             for (seq, reason) in dead {
@@ -94,7 +110,7 @@ impl LocalStore {
     pub fn note_failure(&self, seqs: &[i64], error: &str) -> Result<()> {
         self.outbox_write(|tx, now| {
             let mut note = tx.prepare_cached(
-                "UPDATE outbox SET error = ?2, tries = tries + 1, updated_at = ?3
+                "UPDATE outbox SET error = ?2, updated_at = ?3
                  WHERE state = 'pending' AND seq = ?1",
             )?;
             for seq in seqs {
