@@ -898,3 +898,59 @@ fn events_init_names_how_an_existing_table_differs() {
     let again = bigquery::run(&env, &vars, &["events", "init"]);
     assert!(again.stdout.contains("already exists"), "{again:?}");
 }
+
+#[test]
+fn a_full_disk_stops_delivery_before_rows_it_could_not_mark_delivered_are_sent() {
+    let Some(emulator) = Emulator::shared() else {
+        return;
+    };
+    // A small disk of its own for LORCH_HOME: a tmpfs in a private mount namespace.
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI runs as root: `unshare -m` and a tmpfs mount must work there");
+        }
+        eprintln!("\n!!! SKIPPING the full-disk test: it needs root for a private tmpfs !!!\n");
+        return;
+    }
+    let (env, _plugins) = env();
+    let dataset = emulator.dataset("full");
+    let vars = bigquery::vars(&emulator.url, &dataset);
+    assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
+    let while_full = emulator.proxy(Fault::Forward);
+    let home = env.home.path().join("lorch");
+    std::fs::create_dir_all(&home).unwrap();
+    // 2,000 events recorded while BigQuery is unreachable; then the disk fills up to 4 MiB
+    // short; then it is freed.
+    let script = r#"
+        mount -t tmpfs -o size=48m tmpfs "$LORCH_HOME" || exit 99
+        LORCH_BQ_ENDPOINT=http://127.0.0.1:1 LORCH_BQ_FLUSH_TIMEOUT=1s \
+            "$LORCH" "$@" run-job testkit emit_many --param count=2000 >/dev/null 2>&1
+        echo "run:$?"
+        dd if=/dev/zero of="$LORCH_HOME/fill" bs=1M 2>/dev/null
+        truncate -s -4M "$LORCH_HOME/fill"
+        LORCH_BQ_ENDPOINT="$WHILE_FULL" "$LORCH" "$@" events flush --timeout 20s
+        echo "full:$?"
+        rm "$LORCH_HOME/fill"
+        "$LORCH" "$@" events flush
+        echo "freed:$?"
+    "#;
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.args(["-m", "sh", "-c", script, "sh"]);
+    let mut cmd = env.cmd_in(unshare, &[]);
+    cmd.env("LORCH", env!("CARGO_BIN_EXE_lorch"))
+        .env("WHILE_FULL", &while_full.url)
+        .envs(vars.iter().map(|(k, v)| (k, v)));
+    let out = common::Run::from(cmd.output().unwrap());
+    assert!(
+        out.stdout.contains("run:0\n")
+            && out.stdout.contains("full:3\n")
+            && out.stdout.contains("freed:0\n"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("KiB free"), "{out:?}");
+    assert_eq!(while_full.inserts(), 0, "rows were sent with the disk full");
+    assert_eq!(emulator.counts(&dataset, "event_log"), (2002, 2002));
+}

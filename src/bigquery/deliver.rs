@@ -29,6 +29,9 @@ const MAX_ROW_BYTES: usize = 9 << 20;
 /// still be stored, and sending it again would store it twice where insertIds are not
 /// de-duplicated).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The free disk space delivery keeps, for recording what BigQuery accepted: settling a batch of
+/// 500 rows writes well under 1 MiB.
+const HEADROOM: u64 = 8 << 20;
 /// The first wait after a transient failure; it doubles (with jitter) up to [`MAX_PAUSE`].
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
@@ -107,6 +110,10 @@ impl Delivery<'_> {
                 report.stopped = None;
                 return Ok(report);
             };
+            if let Some(full) = self.disk_full() {
+                report.stopped = Some(full);
+                return Ok(report);
+            }
             self.store.note_sending(&seqs)?;
             report.requests += 1;
             let failure = match self.client.insert(&table, rows, REQUEST_TIMEOUT) {
@@ -139,6 +146,22 @@ impl Delivery<'_> {
                 pause.min(policy.deadline.saturating_duration_since(Instant::now())),
             );
         }
+    }
+
+    /// Why nothing should be sent now: the disk holding the store has less than [`HEADROOM`]
+    /// free, so the store might not record that BigQuery accepted a batch, and the next
+    /// delivery would send it again (and again, each time).
+    fn disk_full(&self) -> Option<Failure> {
+        let dir = self.store.path().parent()?;
+        let free = crate::sys::free_space(dir).ok()?;
+        (free < HEADROOM).then(|| {
+            Failure::Fatal(format!(
+                "the disk holding {} has {} KiB free: lorch sends nothing while it might not be able to record it as delivered (it keeps {} MiB free for that)",
+                dir.display(),
+                free / 1024,
+                HEADROOM >> 20
+            ))
+        })
     }
 
     /// Records BigQuery's answer to a request: rows it did not name are delivered, rows it

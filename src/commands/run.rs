@@ -79,8 +79,7 @@ fn summarize(id: &str, report: &runner::RunReport) {
         Outcome::Completed if lost.is_empty() => {
             let took = output::round_duration(report.duration);
             let _ = output::print(&format!(
-                "✓ {id} completed in {took} (run {run}{attempt})
-"
+                "✓ {id} completed in {took} (run {run}{attempt})\n"
             ));
         }
         Outcome::Completed => stderr!("✗ {id} completed{lost} (run {run}{attempt})"),
