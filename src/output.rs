@@ -5,8 +5,8 @@
 //!   head -1`), a full disk or a closed stderr (`2>&-`, `2>/dev/full`) only lose the text;
 //! - text that came from a plugin or a job (metadata, error messages, event types) cannot drive
 //!   the terminal: control characters other than newline and tab, and the invisible characters
-//!   that reorder text, are printed escaped (`\u{1b}`), as lorch's log lines already are. JSON
-//!   output is escaped by the JSON writer itself.
+//!   that reorder text, are printed escaped (`\u{1b}`), as lorch's log lines already are. In
+//!   JSON output they are JSON escapes (`\u001b`), so the document stays valid JSON.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,9 +14,18 @@ use std::io::{self, Write};
 
 /// Writes `text` to stdout. A closed pipe is not an error: the reader has what it wanted.
 pub fn print(text: &str) -> anyhow::Result<()> {
+    write_stdout(&clean(text, Style::Text))
+}
+
+/// Writes one JSON document and a newline.
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    write_stdout(&clean(&format!("{value:#}\n"), Style::Json))
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     match stdout
-        .write_all(clean(text).as_bytes())
+        .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
@@ -26,22 +35,20 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Writes one JSON document and a newline.
-pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    print(&format!("{value:#}\n"))
-}
-
 /// Output written piece by piece (a million events): buffered, cleaned, in constant memory,
 /// and ended early without an error when the reader closes the pipe (`| head -1`).
 pub struct Stream {
     out: io::BufWriter<io::StdoutLock<'static>>,
+    style: Style,
     closed: bool,
 }
 
 impl Stream {
-    pub fn new() -> Stream {
+    /// A stream of text, or (`json`) of one JSON document.
+    pub fn new(json: bool) -> Stream {
         Stream {
             out: io::BufWriter::with_capacity(64 << 10, io::stdout().lock()),
+            style: if json { Style::Json } else { Style::Text },
             closed: false,
         }
     }
@@ -49,7 +56,8 @@ impl Stream {
     /// Writes `text`; `false` once the reader has gone, so the caller stops producing more.
     pub fn write(&mut self, text: &str) -> anyhow::Result<bool> {
         if !self.closed {
-            self.closed = gone(self.out.write_all(clean(text).as_bytes()))?;
+            let text = clean(text, self.style);
+            self.closed = gone(self.out.write_all(text.as_bytes()))?;
         }
         Ok(!self.closed)
     }
@@ -74,7 +82,7 @@ fn gone(written: io::Result<()>) -> anyhow::Result<bool> {
 /// One line on stderr, cleaned; whatever stderr is, this neither fails nor panics.
 pub fn stderr_line(args: fmt::Arguments<'_>) {
     let line = args.to_string();
-    let _ = writeln!(io::stderr().lock(), "{}", clean(&line));
+    let _ = writeln!(io::stderr().lock(), "{}", clean(&line, Style::Text));
 }
 
 /// `eprintln!` that never panics and escapes control characters: see [`stderr_line`].
@@ -94,18 +102,29 @@ pub fn round_duration(duration: std::time::Duration) -> String {
     }
 }
 
+/// How an unsafe character is written.
+#[derive(Debug, Clone, Copy)]
+pub enum Style {
+    /// `\u{1b}`, as Rust and lorch's logs write it.
+    Text,
+    /// `\u001b`: JSON text only has such characters inside strings (its own syntax is ASCII),
+    /// where this is the standard escape.
+    Json,
+}
+
 /// `text` with every character that could drive a terminal escaped. Borrowed when there is
 /// none, which is almost always.
-pub fn clean(text: &str) -> Cow<'_, str> {
+pub fn clean(text: &str, style: Style) -> Cow<'_, str> {
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if unsafe_char(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
+        match (unsafe_char(c), style) {
+            (false, _) => out.push(c),
+            (true, Style::Text) => out.extend(c.escape_unicode()),
+            // Every unsafe character is in the Basic Multilingual Plane: four hex digits.
+            (true, Style::Json) => out.push_str(&format!("\\u{:04x}", c as u32)),
         }
     }
     Cow::Owned(out)
@@ -120,7 +139,7 @@ fn unsafe_char(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{clean, round_duration};
+    use super::{Style, clean, round_duration};
     use std::time::Duration;
 
     #[test]
@@ -133,18 +152,31 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_plain_text_is_borrowed() {
+        let text = |s| clean(s, Style::Text);
         assert!(matches!(
-            clean("ok: 3 lines\n\tindented"),
+            text("ok: 3 lines\n\tindented"),
             std::borrow::Cow::Borrowed(_)
         ));
         assert_eq!(
-            clean("\u{1b}[2J\u{1b}]0;pwned\u{7}done\r"),
+            text("\u{1b}[2J\u{1b}]0;pwned\u{7}done\r"),
             "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}done\\u{d}"
         );
         assert_eq!(
-            clean("a\u{202e}b\u{9b}c\u{7f}"),
+            text("a\u{202e}b\u{9b}c\u{7f}"),
             "a\\u{202e}b\\u{9b}c\\u{7f}"
         );
-        assert_eq!(clean("naïve 日本"), "naïve 日本");
+        assert_eq!(text("naïve 日本"), "naïve 日本");
+    }
+
+    #[test]
+    fn json_keeps_being_json() {
+        // serde_json leaves DEL, C1 controls and the bidi overrides as they are.
+        let value = serde_json::json!({"t": "a\u{7f}b\u{9b}c\u{202e}d\u{1b}e"});
+        let printed = value.to_string();
+        let cleaned = clean(&printed, Style::Json);
+        assert!(!cleaned.chars().any(super::unsafe_char), "{cleaned}");
+        assert!(cleaned.contains("a\\u007fb\\u009bc\\u202ed"), "{cleaned}");
+        let back: serde_json::Value = serde_json::from_str(&cleaned).unwrap();
+        assert_eq!(back, value);
     }
 }

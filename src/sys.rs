@@ -57,6 +57,23 @@ pub fn keep_starting_files_limit(cmd: &mut Command) {
     }
 }
 
+/// Waits up to `timeout_ms` for `fd` to be readable (or closed at the other end).
+pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll reads and writes the one struct it is given.
+        match unsafe { libc::poll(&mut poll, 1, timeout_ms) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            ready => return Ok(ready > 0),
+        }
+    }
+}
+
 /// Bytes an unprivileged user can still write on the file system holding `path`.
 pub fn free_space(path: &std::path::Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -103,7 +120,9 @@ pub fn die_with_parent(cmd: &mut Command) {
                 }
                 // Armed; but if lorch died before that, nobody will send it: check.
                 if libc::getppid() != parent {
-                    return Err(io::Error::other("lorch exited before its worker started"));
+                    // lorch exited before its worker started. (No allocation here, between
+                    // fork and exec: an errno only.)
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
@@ -235,6 +254,19 @@ pub fn signal_name(signal: i32) -> String {
     name.to_owned()
 }
 
+/// 512, or half the open files limit when that is lower (a descriptor number must be below it).
+fn high_fd() -> RawFd {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 3;
+    }
+    (limit.rlim_cur / 2).clamp(3, 512) as RawFd
+}
+
 /// Takes ownership of file descriptor `fd`, inherited from the parent process: moved to a
 /// high number (a job that closes descriptors and opens files gets the low ones, so lorch never
 /// writes into a file of the job's), close-on-exec so it goes no further.
@@ -242,7 +274,7 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     // SAFETY: fcntl duplicates an open descriptor (or fails with EBADF); close releases the
     // inherited number, which nothing else in this process uses.
-    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 512) };
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd()) };
     if moved == -1 {
         return Err(io::Error::last_os_error());
     }

@@ -223,10 +223,26 @@ fn escape_codes_from_plugins_and_jobs_are_printed_escaped() {
         );
     }
     assert!(shown[0].1.stderr.contains(escaped), "{:?}", shown[0].1);
-    assert!(shown[1].1.stdout.contains("testkit.\\u{1b}[31mred"));
+    // JSON stays JSON: the same characters as JSON escapes.
+    for out in [&shown[2].1, &env.run(&["runs", "show", &run_id, "--json"])] {
+        out.json();
+        assert!(
+            out.stdout.contains("testkit.\\u001b[31mred\\u007f\\u202e"),
+            "{out:?}"
+        );
+    }
+    assert!(
+        shown[1]
+            .1
+            .stdout
+            .contains("testkit.\\u{1b}[31mred\\u{7f}\\u{202e}")
+    );
     assert!(shown[5].1.stdout.contains(escaped), "{:?}", shown[5].1);
     // What was stored is what the job said.
-    assert_eq!(events[1]["event_type"], "testkit.\u{1b}[31mred");
+    assert_eq!(
+        events[1]["event_type"],
+        "testkit.\u{1b}[31mred\u{7f}\u{202e}"
+    );
 }
 
 // Nothing lost behind an exit 0 ---------------------------------------------------------------
@@ -234,24 +250,38 @@ fn escape_codes_from_plugins_and_jobs_are_printed_escaped() {
 #[test]
 fn a_run_waits_for_a_store_another_process_holds_longer_than_the_busy_timeout() {
     let (_p, env) = env();
-    assert_eq!(env.run(&["run-job", "testkit", "echo"]).code, 0);
+    let go = env.home.path().join("go");
+    let go_param = format!("go={}", go.display());
+    let busy = [("LORCH_STORE_BUSY_TIMEOUT", "200ms".to_owned())];
+    let child = common::start_with(
+        &env,
+        &busy,
+        &["emit_when", "--param", &go_param, "--param", "count=3000"],
+        "testkit.waiting",
+    );
+    // Another process takes the store; the job then emits everything and returns, while lorch
+    // holds its events (and, once the worker is gone, still waits to store them) for several
+    // busy time-outs: with the time-out alone, the run would give up and drop them.
     let conn = rusqlite::Connection::open(store(&env)).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let child = env
-        .cmd(&["run-job", "testkit", "emit_many", "--param", "count=100"])
-        .env("LORCH_STORE_BUSY_TIMEOUT", "200ms")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Several busy time-outs long: with the time-out alone, the run would give up.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&go, "").unwrap();
+    while !common::with_suffix(&go, ".refused").exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
     conn.execute_batch("COMMIT").unwrap();
     let out = Run::from(child.wait_with_output().unwrap());
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("is busy"), "{out:?}");
+    let refused = std::fs::read_to_string(common::with_suffix(&go, ".refused")).unwrap();
+    assert_eq!(
+        refused, "0",
+        "the job's emit failed while the store was only busy"
+    );
     let events = env.events(&out.run_id());
-    assert_eq!(events.len(), 102, "{:?}", types(&events));
+    let types = types(&events);
+    assert_eq!(types.len(), 3003, "{types:?}");
+    assert_eq!(types[3002], "job.completed");
 }
 
 #[test]
@@ -276,7 +306,7 @@ fn events_lorch_cannot_store_fail_the_job_emit_and_the_run() {
     let go_param = format!("go={}", go.display());
     let child = start(
         &env,
-        &["emit_when", "--param", &go_param, "--param", "count=2000"],
+        &["emit_when", "--param", &go_param, "--param", "count=100000"],
         "testkit.waiting",
     );
     // Another program removes the store's shared memory: writing on would damage the store.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::client_builder::ClientBuilder;
-use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::error::{BQError, ResponseError};
 use gcp_bigquery_client::model::dataset::Dataset;
 use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertAllResponse;
 use gcp_bigquery_client::yup_oauth2;
@@ -137,23 +137,30 @@ impl Client {
     pub fn insert(
         &self,
         table: &Table,
-        rows: Vec<(String, Value)>,
+        rows: &[(String, Value)],
         timeout: Duration,
     ) -> Result<Vec<RowError>, Failure> {
-        let rows: Vec<Value> = rows
-            .into_iter()
-            .map(|(insert_id, json)| serde_json::json!({ "insertId": insert_id, "json": json }))
-            .collect();
-        let body = serde_json::json!({ "skipInvalidRows": true, "rows": rows });
+        let body = InsertAll {
+            skip_invalid_rows: true,
+            rows: rows
+                .iter()
+                .map(|(insert_id, json)| InsertRow { insert_id, json })
+                .collect(),
+        };
         let url = format!(
             "{}/projects/{}/datasets/{}/tables/{}/insertAll",
             self.base, table.project, table.dataset, table.table
         );
         let answer = self.runtime.block_on(async {
-            let token = self
-                .auth
-                .access_token()
+            // The token endpoint gets the same time as the request: it may hang just the same.
+            let token = tokio::time::timeout(timeout, self.auth.access_token())
                 .await
+                .map_err(|_| {
+                    Failure::Transient(format!(
+                        "the token endpoint did not answer within {}",
+                        crate::output::round_duration(timeout)
+                    ))
+                })?
                 .map_err(|e| classify(&e, table, &self.endpoint))?;
             let mut request = self.http.post(&url).json(&body).timeout(timeout);
             // An emulator takes no credentials: then no Authorization header at all.
@@ -333,41 +340,47 @@ impl Authenticator for OAuth {
     }
 }
 
-/// An error answer: retried only when the status says trying again may help (408, 429, 5xx);
-/// the message names the status and BigQuery's reason, or the start of a body that is not
+/// The body of `tabledata.insertAll`, serialized from the batch without copying its rows.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InsertAll<'a> {
+    skip_invalid_rows: bool,
+    rows: Vec<InsertRow<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InsertRow<'a> {
+    insert_id: &'a str,
+    json: &'a Value,
+}
+
+/// An error answer, with the status and BigQuery's reason, or the start of a body that is not
 /// BigQuery's (a proxy's error page).
 fn answered(status: reqwest::StatusCode, body: &[u8], table: &Table, endpoint: &str) -> Failure {
-    let error: Option<BigQueryError> = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| serde_json::from_value(v["error"].clone()).ok());
-    let message = match error {
-        Some(e) => format!(
-            "{endpoint} answered {status} {}: {}",
-            e.errors.first().map_or("", |r| r.reason.as_str()),
-            e.message
-        ),
-        None => format!("{endpoint} answered {status}: {}", first_bytes(body)),
+    let error: Option<ResponseError> = serde_json::from_slice(body).ok();
+    let Some(error) = error.map(|e| e.error) else {
+        let message = format!("{endpoint} answered {status}: {}", first_bytes(body));
+        return by_status(status.as_u16(), "", message, table);
     };
-    match status.as_u16() {
-        408 | 429 | 500..=599 => Failure::Transient(message),
-        404 => Failure::NotFound(format!("{message} (`lorch events init` creates {table})")),
+    let reason = error
+        .errors
+        .first()
+        .and_then(|e| e.get("reason"))
+        .map_or("", String::as_str);
+    let message = format!("{endpoint} answered {status} {reason}: {}", error.message);
+    by_status(status.as_u16(), reason, message, table)
+}
+
+/// Whether trying again may help, by HTTP status and BigQuery's reason: 408, 429, 5xx, and
+/// the 403s BigQuery gives for its rate limits and quotas; a 404 names `lorch events init`.
+fn by_status(code: u16, reason: &str, message: String, table: &Table) -> Failure {
+    match (code, reason) {
+        (408 | 429 | 500..=599, _) => Failure::Transient(message),
+        (403, "rateLimitExceeded" | "quotaExceeded") => Failure::Transient(message),
+        (404, _) => Failure::NotFound(format!("{message} (`lorch events init` creates {table})")),
         _ => Failure::Fatal(message),
     }
-}
-
-/// BigQuery's error document, the parts lorch shows.
-#[derive(serde::Deserialize)]
-struct BigQueryError {
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    errors: Vec<BigQueryReason>,
-}
-
-#[derive(serde::Deserialize)]
-struct BigQueryReason {
-    #[serde(default)]
-    reason: String,
 }
 
 /// The first 200 bytes of a body, as text on one line.
@@ -392,13 +405,7 @@ fn classify(error: &BQError, table: &Table, endpoint: &str) -> Failure {
                 .and_then(|e| e.get("reason"))
                 .map_or("", String::as_str);
             let message = format!("{endpoint} answered {} {reason}: {}", e.code, e.message);
-            match e.code {
-                408 | 429 | 500..=599 => Failure::Transient(message),
-                404 => {
-                    Failure::NotFound(format!("{message} (`lorch events init` creates {table})"))
-                }
-                _ => Failure::Fatal(message),
-            }
+            by_status(e.code as u16, reason, message, table)
         }
         // Connection refused or reset, or a timeout: the network's fault, worth another try.
         // An answer that is not BigQuery's JSON (a proxy's error page) is not.

@@ -86,12 +86,13 @@ impl Delivery<'_> {
         let mut report = Report::default();
         let mut failures = 0;
         let lock_path = self.home.join("locks").join("bigquery.lock");
-        // Set when the last request got no answer: its batch goes out again at once, even past
-        // the deadline, while BigQuery still drops repeated insertIds (about a minute).
-        let mut resend = false;
+        // The batch of a request that got no answer: sent again at once, exactly as it was, even
+        // past the deadline, while BigQuery still drops repeated insertIds (about a minute).
+        // Once in a row: a second lost answer is an outage, retried like any other.
+        let mut lost: Option<Batch> = None;
         loop {
             let now = Instant::now();
-            if now >= policy.deadline && !resend {
+            if now >= policy.deadline && lost.is_none() {
                 return Ok(report);
             }
             let wait = policy
@@ -104,36 +105,26 @@ impl Delivery<'_> {
                     return Ok(report);
                 }
             };
-            let Some(Batch { table, seqs, rows }) =
-                self.next_batch(policy.prefer_after, &mut report)?
-            else {
-                report.stopped = None;
-                return Ok(report);
+            let (batch, resent) = match lost.take() {
+                Some(batch) => (batch, true),
+                None => match self.next_batch(policy.prefer_after, &mut report)? {
+                    Some(batch) => (batch, false),
+                    None => {
+                        report.stopped = None;
+                        return Ok(report);
+                    }
+                },
             };
-            if let Some(full) = self.disk_full() {
-                report.stopped = Some(full);
-                return Ok(report);
-            }
-            self.store.note_sending(&seqs)?;
-            report.requests += 1;
-            let failure = match self.client.insert(&table, rows, REQUEST_TIMEOUT) {
-                Ok(row_errors) => self.settle(&seqs, &row_errors, &mut report)?,
-                Err(failure) => {
-                    self.store.note_failure(&seqs, failure.message())?;
-                    Some(failure)
-                }
-            };
-            let Some(failure) = failure else {
+            let Some(failure) = self.send(&batch, &mut report)? else {
                 failures = 0;
-                resend = false;
                 continue;
             };
-            let lost = matches!(failure, Failure::Unanswered(_));
             let transient = failure.is_transient();
+            if matches!(failure, Failure::Unanswered(_)) && !resent {
+                lost = Some(batch);
+            }
             report.stopped = Some(failure);
-            // Once, promptly: a second lost answer is an outage, retried like any other.
-            resend = lost && !resend;
-            if resend {
+            if lost.is_some() {
                 continue;
             }
             if !transient || !policy.retry {
@@ -145,6 +136,26 @@ impl Delivery<'_> {
             std::thread::sleep(
                 pause.min(policy.deadline.saturating_duration_since(Instant::now())),
             );
+        }
+    }
+
+    /// Sends one batch and records BigQuery's answer; `None` when it took every row. Nothing
+    /// is sent while the disk is too full to record the answer.
+    fn send(&self, batch: &Batch, report: &mut Report) -> Result<Option<Failure>> {
+        if let Some(full) = self.disk_full() {
+            return Ok(Some(full));
+        }
+        self.store.note_sending(&batch.seqs)?;
+        report.requests += 1;
+        match self
+            .client
+            .insert(&batch.table, &batch.rows, REQUEST_TIMEOUT)
+        {
+            Ok(row_errors) => self.settle(&batch.seqs, &row_errors, report),
+            Err(failure) => {
+                self.store.note_failure(&batch.seqs, failure.message())?;
+                Ok(Some(failure))
+            }
         }
     }
 

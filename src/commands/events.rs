@@ -26,7 +26,7 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
         run_id: run_id.clone(),
         limit,
     };
-    let mut out = output::Stream::new();
+    let mut out = output::Stream::new(json);
     let mut count = 0;
     let mut failed = None;
     let mut write = |out: &mut output::Stream, text: &str| match out.write(text) {

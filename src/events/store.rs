@@ -236,33 +236,49 @@ impl LocalStore {
         Ok(events)
     }
 
-    /// Passes the events of `filter` to `each` in the order they were recorded, one at a time
-    /// (a million events take no more memory than one), until `each` breaks.
+    /// Passes the events of `filter` to `each` in the order they were recorded, until `each`
+    /// breaks: read [`CHUNK`] at a time, each chunk its own short read, so a million events
+    /// take the memory of a thousand, and a slow reader (`| less`) never keeps the store from
+    /// checkpointing. Events recorded after the call began are not passed.
     pub fn for_each(
         &self,
         filter: &EventFilter,
         mut each: impl FnMut(Event) -> ControlFlow<()>,
     ) -> Result<()> {
         let read = || format!("cannot read the event store {}", self.path.display());
-        let conn = self.conn();
-        let (from, to) = span(&conn, filter).with_context(read)?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT seq, event_id, event_type, source_system, created_at, status, correlation_id,
-                        trace_id, object_type, idem_key, error_message, payload
-                 FROM events WHERE seq BETWEEN ?2 AND ?3 AND (?1 IS NULL OR correlation_id = ?1)
-                 ORDER BY seq",
-            )
-            .with_context(read)?;
-        let mut rows = stmt
-            .query(params![filter.run_id, from, to])
-            .with_context(read)?;
-        while let Some(row) = rows.next().with_context(read)? {
-            if each(event_from_row(row).with_context(read)?).is_break() {
-                break;
+        let (mut next, to) = span(&self.conn(), filter).with_context(read)?;
+        loop {
+            let chunk = self.chunk(filter, next, to).with_context(read)?;
+            let Some((last, _)) = chunk.last() else {
+                return Ok(());
+            };
+            next = last + 1;
+            for (_, event) in chunk {
+                if each(event).is_break() {
+                    return Ok(());
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Up to [`CHUNK`] events of `filter` with `seq` from `from` to `to`, and their seq.
+    fn chunk(
+        &self,
+        filter: &EventFilter,
+        from: i64,
+        to: i64,
+    ) -> rusqlite::Result<Vec<(i64, Event)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, event_id, event_type, source_system, created_at, status, correlation_id,
+                    trace_id, object_type, idem_key, error_message, payload
+             FROM events WHERE seq BETWEEN ?2 AND ?3 AND (?1 IS NULL OR correlation_id = ?1)
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![filter.run_id, from, to, CHUNK], |row| {
+            Ok((row.get(0)?, event_from_row(row)?))
+        })?;
+        rows.collect()
     }
 
     /// The length of the longest event type among the events of `filter`, in characters.
@@ -291,8 +307,12 @@ impl LocalStore {
     }
 }
 
-/// The range of `seq` that holds the events of `filter`: a run's events lie between its first
-/// and last seq, among other runs' events; with a limit, the range starts at the N-th newest.
+/// Events read at a time by [`LocalStore::for_each`].
+const CHUNK: i64 = 1000;
+
+/// The range of `seq` that holds the events of `filter`, as the store is now: a run's events lie
+/// between its first and last seq, among other runs' events; with a limit, the range starts at
+/// the N-th newest.
 fn span(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<(i64, i64)> {
     let (first, last) = match &filter.run_id {
         Some(run) => conn
@@ -305,7 +325,11 @@ fn span(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<(i64, i64)>
             .unwrap_or_default(),
         None => (None, None),
     };
-    let (from, to) = (first.unwrap_or(0), last.unwrap_or(i64::MAX));
+    let to = match last {
+        Some(last) => last,
+        None => conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?,
+    };
+    let from = first.unwrap_or(0);
     let from = match filter.limit {
         None => from,
         Some(0) => return Ok((1, 0)),

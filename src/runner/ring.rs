@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::io::{self, ErrorKind, PipeReader, PipeWriter, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -233,12 +233,12 @@ impl Producer {
 
 impl Consumer {
     /// Waits for messages and passes each complete one to `each`. Returns `false` once the
-    /// channel is closed (every process holding the worker's end is gone) and everything
-    /// published before has been passed on.
+    /// channel is closed (every process holding the worker's end is gone), or `stop` turned
+    /// true, and everything published before has been passed on.
     ///
     /// A ring whose counters or frames make no sense (a job wrote over it) is an
     /// [`ErrorKind::InvalidData`] error; the messages before the damage were passed on.
-    pub fn recv(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
+    pub fn recv(&mut self, mut each: impl FnMut(&[u8]), stop: &AtomicBool) -> io::Result<bool> {
         loop {
             if self.take(&mut each)? {
                 return Ok(true);
@@ -248,6 +248,14 @@ impl Consumer {
             if self.shared.counter(HEAD).load(Ordering::SeqCst) != self.tail {
                 asleep.store(0, Ordering::Relaxed);
                 continue;
+            }
+            // Woken by the worker, or every 100 ms to look at `stop`.
+            while !sys::wait_readable(&self.wake, 100)? {
+                if stop.load(Ordering::SeqCst) {
+                    asleep.store(0, Ordering::Relaxed);
+                    self.take(&mut each)?;
+                    return Ok(false);
+                }
             }
             let rung = wait_for_bell(&mut self.wake)?;
             asleep.store(0, Ordering::Relaxed);
@@ -382,7 +390,9 @@ mod tests {
 
     fn received(consumer: &mut Consumer) -> (Vec<Vec<u8>>, bool) {
         let mut messages = Vec::new();
-        let open = consumer.recv(|m| messages.push(m.to_vec())).unwrap();
+        let open = consumer
+            .recv(|m| messages.push(m.to_vec()), &AtomicBool::new(false))
+            .unwrap();
         (messages, open)
     }
 
@@ -443,7 +453,9 @@ mod tests {
             .counter(HEAD)
             .store(producer.head, Ordering::SeqCst);
         let mut messages = Vec::new();
-        let error = consumer.recv(|m| messages.push(m.to_vec())).unwrap_err();
+        let error = consumer
+            .recv(|m| messages.push(m.to_vec()), &AtomicBool::new(false))
+            .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidData);
         assert_eq!(messages, [b"fine".to_vec()]);
 
@@ -451,7 +463,7 @@ mod tests {
             .shared
             .counter(HEAD)
             .store(u64::MAX, Ordering::SeqCst);
-        let error = consumer.recv(|_| {}).unwrap_err();
+        let error = consumer.recv(|_| {}, &AtomicBool::new(false)).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidData);
     }
 }

@@ -187,14 +187,17 @@ fn supervise(
 
     let returned = AtomicBool::new(false);
     let exited = Arc::new(AtomicBool::new(false));
+    let give_up = AtomicBool::new(false);
     // Bounded: when the store falls behind, the reader stops reading, the ring fills and the
-    // job's `emit` waits, instead of events piling up in lorch's memory.
+    // job's `emit` waits, instead of events piling up in lorch's memory. The reader is the only
+    // sender, so everything it read reaches the storing thread before `ChannelClosed`.
     let (tx, rx) = mpsc::sync_channel(1);
     let (exit_tx, exit_rx) = mpsc::channel();
     let (stop, status, intake) = std::thread::scope(|scope| {
         let reader = {
-            let (tx, exited) = (tx.clone(), Arc::clone(&exited));
-            std::thread::spawn(move || forward(consumer, tx, &exited))
+            let exited = Arc::clone(&exited);
+            let give_up = &give_up;
+            scope.spawn(move || forward(consumer, tx, &exited, give_up))
         };
         std::thread::spawn(move || {
             let status = child.wait().ok();
@@ -211,7 +214,7 @@ fn supervise(
         };
         let stored = scope.spawn(move || storing.run(&rx));
         let (stop, status) = escalate(spec, pgid, started, &returned, &exit_rx);
-        drain(pgid, &reader, &tx);
+        drain(pgid, &reader, &give_up);
         let intake = stored.join().unwrap_or_default();
         (stop, status, intake)
     });
@@ -296,7 +299,7 @@ fn escalate(
         }
         let next_check = match (stop, deadline) {
             (Some((_, kill_at)), _) if !killed => kill_at,
-            (None, Some(deadline)) => deadline,
+            (None, Some(deadline)) if !returned.load(Ordering::SeqCst) => deadline,
             _ => now + Duration::from_secs(3600),
         };
         // Signals are polled: wake at least every 50 ms to notice one.
@@ -314,16 +317,16 @@ fn escalate(
 /// After the worker exited: whatever the job left in its process group goes with it, then the
 /// reader passes on what is still in the ring. The channel closes once the worker and anything
 /// that inherited it are gone; a process that escaped the group cannot hold lorch forever, so
-/// after 2 s the storing thread is told to stop (everything published was read by then).
-fn drain(pgid: u32, reader: &std::thread::JoinHandle<()>, tx: &mpsc::SyncSender<Heard>) {
+/// after 2 s without the channel closing the reader is told to stop waiting for more: it passes
+/// on what was published, then closes (its batches may still be waiting for a busy store,
+/// which they do, however long: nothing it read is dropped).
+fn drain(pgid: u32, reader: &std::thread::ScopedJoinHandle<'_, ()>, give_up: &AtomicBool) {
     let _ = sys::kill_group(pgid, libc::SIGKILL);
-    let give_up = Instant::now() + Duration::from_secs(2);
-    while !reader.is_finished() && Instant::now() < give_up {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !reader.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    if !reader.is_finished() {
-        let _ = tx.send(Heard::ChannelClosed);
-    }
+    give_up.store(true, Ordering::SeqCst);
 }
 
 /// The attempt's outcome: why lorch stopped it, else what the job returned, else how its
@@ -359,14 +362,19 @@ fn outcome(
 /// Passes on what the worker sends, in batches, until the channel closes. When the wake-up pipe
 /// closes while the worker still runs (a job that closed every descriptor it inherited), the
 /// ring is read by polling until the worker exits: its events and result are still published.
-fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>, exited: &AtomicBool) {
+fn forward(
+    mut consumer: ring::Consumer,
+    tx: mpsc::SyncSender<Heard>,
+    exited: &AtomicBool,
+    give_up: &AtomicBool,
+) {
     let mut out = Forwarded {
         tx,
         messages: Vec::new(),
         listening: true,
     };
     let damage = loop {
-        let received = consumer.recv(|bytes| out.take(bytes));
+        let received = consumer.recv(|bytes| out.take(bytes), give_up);
         out.flush();
         if !out.listening {
             return;
@@ -384,6 +392,8 @@ fn forward(mut consumer: ring::Consumer, tx: mpsc::SyncSender<Heard>, exited: &A
             Err(e) => break Some(e.to_string()),
         }
     };
+    // What was read before any damage goes on first.
+    out.flush();
     // Closes the worker's wake-up pipe, so a worker waiting for room in a ring nobody reads any
     // more fails its `emit` instead of hanging.
     drop(consumer);

@@ -336,6 +336,6 @@ lorch_plugin_api::job! {
 }
 
 fn ansi(ctx: &Context, _: &Args) -> JobResult {
-    ctx.emit("testkit.\u{1b}[31mred", json!({}))?;
+    ctx.emit("testkit.\u{1b}[31mred\u{7f}\u{202e}", json!({}))?;
     Err(JobError::new("\u{1b}[2J\u{1b}]0;pwned\u{7}screen cleared"))
 }
