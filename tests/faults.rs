@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, gone, lib_name, plugin_dir, signal, start, types};
+use common::{Env, Run, gone, lib_name, plugin_dir, run_testkit as run, signal, start, types};
 
 fn env() -> (tempfile::TempDir, Env) {
     let plugins = plugin_dir(&["testkit"]);
@@ -33,15 +33,6 @@ fn stored_events(env: &Env) -> i64 {
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// `lorch run-job testkit ARGS`, and the run's events.
-fn run(env: &Env, args: &[&str]) -> (Run, Vec<serde_json::Value>) {
-    let mut full = vec!["run-job", "testkit"];
-    full.extend_from_slice(args);
-    let out = env.run(&full);
-    let events = env.events(&out.run_id());
-    (out, events)
 }
 
 // Other users' code ---------------------------------------------------------------------------
@@ -373,26 +364,6 @@ fn a_store_lorch_cannot_use_is_refused_with_the_way_out_never_replaced() {
     let out = env.run(&["run-job", "testkit", "echo"]);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("is not a directory"), "{out:?}");
-}
-
-#[test]
-fn lorch_processes_racing_to_create_the_store_never_see_it_half_made() {
-    for _ in 0..5 {
-        let (_p, env) = env();
-        let children: Vec<_> = (0..6)
-            .map(|_| {
-                env.cmd(&["events", "list"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for child in children {
-            let out = Run::from(child.wait_with_output().unwrap());
-            assert_eq!(out.code, 0, "{out:?}");
-        }
-    }
 }
 
 // Absurd values and closed outputs ------------------------------------------------------------

@@ -5,22 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, gone, plugin_dir, signal, start, types};
+use common::{Env, Run, gone, plugin_dir, run_testkit as run, signal, start, types};
 use serde_json::{Value, json};
 
 fn env() -> (tempfile::TempDir, Env) {
     let plugins = plugin_dir(&["testkit"]);
     let env = Env::new(&[plugins.path()]);
     (plugins, env)
-}
-
-/// Runs a testkit job and returns the run and its events.
-fn run(env: &Env, args: &[&str]) -> (Run, Vec<Value>) {
-    let mut full = vec!["run-job", "testkit"];
-    full.extend_from_slice(args);
-    let out = env.run(&full);
-    let events = env.events(&out.run_id());
-    (out, events)
 }
 
 #[test]

@@ -139,6 +139,15 @@ impl Env {
     }
 }
 
+/// `lorch run-job testkit ARGS`, and the run's events.
+pub fn run_testkit(env: &Env, args: &[&str]) -> (Run, Vec<Value>) {
+    let mut full = vec!["run-job", "testkit"];
+    full.extend_from_slice(args);
+    let out = env.run(&full);
+    let events = env.events(&out.run_id());
+    (out, events)
+}
+
 /// The `event_type` of each event, in order.
 pub fn types(events: &[Value]) -> Vec<&str> {
     events
