@@ -48,17 +48,27 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs (lorch's and the jobs') go to stderr; `LORCH_LOG` sets the level (error, warn, info,
-/// debug, trace, off; default info).
+/// debug, trace, off; default info). Colours only on a terminal, and not with `NO_COLOR` set
+/// (no-color.org) or `TERM=dumb`.
 fn init_logging() {
     use tracing_subscriber::filter::LevelFilter;
-    let level = std::env::var("LORCH_LOG")
-        .ok()
-        .and_then(|v| v.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
+    let given = std::env::var("LORCH_LOG").ok().filter(|v| !v.is_empty());
+    let level = given.as_deref().map(str::parse::<LevelFilter>);
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .with_target(false)
-        .with_max_level(level)
+        .with_max_level(match level {
+            Some(Ok(level)) => level,
+            _ => LevelFilter::INFO,
+        })
         .init();
+    if let (Some(given), Some(Err(_))) = (given, level) {
+        stderr!(
+            "warning: invalid LORCH_LOG '{given}': expected error, warn, info, debug, trace or off; logging at info"
+        );
+    }
 }

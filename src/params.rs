@@ -10,7 +10,23 @@ use crate::suggest;
 pub fn parse_value(kind: ParamKind, text: &str) -> Result<Value, String> {
     let parsed = match kind {
         ParamKind::String => Some(Value::from(text)),
-        ParamKind::Int => text.trim().parse::<i64>().ok().map(Value::from),
+        ParamKind::Int => match text.trim().parse::<i64>() {
+            Ok(n) => Some(Value::from(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+                ) =>
+            {
+                return Err(format!(
+                    "{} is out of range for an integer (from {} to {})",
+                    text.trim(),
+                    i64::MIN,
+                    i64::MAX
+                ));
+            }
+            Err(_) => None,
+        },
         ParamKind::Float => text
             .trim()
             .parse::<f64>()

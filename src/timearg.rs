@@ -57,6 +57,19 @@ pub fn resolve(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String>
         "yesterday" => return Ok(midnight - Days::new(1)),
         _ => {}
     }
+    // A date is four digits of year, two of month, two of day: chrono alone would also take
+    // `24-01-01` as the year 24.
+    let shaped_like_a_date = value.len() >= 10
+        && value.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !shaped_like_a_date && value.as_bytes().get(2) == Some(&b'-') {
+        return Err("a date needs a four-digit year (2024-01-01)".to_owned());
+    }
     if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
         return Ok(date.and_time(NaiveTime::MIN).and_utc());
     }
@@ -86,6 +99,12 @@ pub fn resolve(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String>
         .find_map(|f| NaiveDateTime::parse_from_str(value, f).ok())
     {
         return Ok(naive.and_utc());
+    }
+    if shaped_like_a_date {
+        return Err(format!(
+            "it is not a valid date or date-time ({} does not exist, or the time is malformed)",
+            &value[..10]
+        ));
     }
     relative(value, now)
 }
@@ -211,6 +230,8 @@ mod tests {
             "d7",
             "2024-13-01",
             "2024-02-30",
+            "24-01-01",
+            "0024-01-01x",
             "2024-01-01T25:00:00Z",
             "01/02/2024",
             "10000000000y",
@@ -232,5 +253,14 @@ mod tests {
                 .contains("too far")
         );
         assert!(resolve("soon", now()).unwrap_err().contains("not a time"));
+        assert!(
+            resolve("24-01-01", now())
+                .unwrap_err()
+                .contains("four-digit year")
+        );
+        for bad in ["2024-02-30", "2024-13-01", "2024-01-01T25:00:00Z"] {
+            let err = resolve(bad, now()).unwrap_err();
+            assert!(err.contains("not a valid date"), "{bad}: {err}");
+        }
     }
 }

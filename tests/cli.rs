@@ -493,3 +493,57 @@ fn a_usage_error_does_not_even_create_the_event_store() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(!env.home.path().join("lorch/events.db").exists());
 }
+
+#[test]
+fn first_day_edges_get_a_clear_answer() {
+    let (_p, env) = env();
+    // A two-digit year is not the year 24; a day that does not exist is an invalid date.
+    for (value, says) in [
+        ("24-01-01", "a date needs a four-digit year"),
+        ("2024-02-30", "not a valid date"),
+        ("2024-13-01", "not a valid date"),
+    ] {
+        let out = env.run(&["run-job", "testkit", "echo", "--since", value]);
+        assert_eq!(out.code, 2, "{value}: {out:?}");
+        assert!(out.stderr.contains(says), "{value}: {out:?}");
+    }
+    // A number too large for an integer parameter says so.
+    let out = env.run(&[
+        "run-job",
+        "testkit",
+        "echo",
+        "--param",
+        "n=99999999999999999999",
+    ]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("out of range for an integer"),
+        "{out:?}"
+    );
+    // An invalid LORCH_LOG is reported, and the run goes on.
+    let out = common::Run::from(
+        env.cmd(&["run-job", "testkit", "echo"])
+            .env("LORCH_LOG", "verbose")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("invalid LORCH_LOG 'verbose'"),
+        "{out:?}"
+    );
+    // Empty results do not claim the store is empty.
+    let out = env.run(&["events", "list", "--limit", "0"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "", "")
+    );
+    let out = env.run(&["runs", "list", "--status", "running"]);
+    assert!(out.stderr.contains("no runs match"), "{out:?}");
+    let out = env.run(&["runs", "list", "--job", "testkit/ecko"]);
+    assert!(
+        out.stderr.contains("no runs of testkit/ecko in ")
+            && out.stderr.contains("(did you mean `testkit/echo`?)"),
+        "{out:?}"
+    );
+}

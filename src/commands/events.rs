@@ -59,9 +59,13 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
     }
     out.finish()?;
     if count == 0 && !json {
-        match &run_id {
-            Some(run_id) => stderr!("no events for run {run_id} in {}", store.path().display()),
-            None => stderr!("no events yet in {}", store.path().display()),
+        match (&run_id, limit) {
+            (Some(run_id), _) => {
+                stderr!("no events for run {run_id} in {}", store.path().display())
+            }
+            // Zero asked, zero given: nothing to say.
+            (None, Some(0)) => {}
+            (None, _) => stderr!("no events yet in {}", store.path().display()),
         }
     }
     Ok(Exit::Success)

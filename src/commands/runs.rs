@@ -65,7 +65,7 @@ pub fn list(
         return Ok(Exit::Success);
     }
     if runs.is_empty() {
-        stderr!("no runs recorded in {}", store.path().display());
+        say_why_none(&store, &filter)?;
         return Ok(Exit::Success);
     }
     let rows: Vec<[String; 6]> = runs
@@ -106,6 +106,33 @@ pub fn list(
     }
     output::print(&text)?;
     Ok(Exit::Success)
+}
+
+/// Why `runs list` printed nothing, without claiming the store is empty when only the filters
+/// matched nothing: with a hint when `--job` names a job that never ran.
+fn say_why_none(store: &LocalStore, filter: &RunFilter) -> Result<()> {
+    let path = store.path().display();
+    let recorded = store.recorded_jobs()?;
+    if recorded.is_empty() {
+        stderr!("no runs recorded in {path}");
+        return Ok(());
+    }
+    match &filter.job {
+        Some((package, job)) if !recorded.contains(&format!("{package}/{job}")) => {
+            let id = format!("{package}/{job}");
+            let hint = crate::suggest::hint(&id, recorded.iter().map(String::as_str));
+            stderr!(
+                "no runs of {id} in {path}{hint}; jobs with runs: {}",
+                recorded.join(", ")
+            );
+        }
+        _ => stderr!(
+            "no runs match in {path} ({} runs of {} jobs recorded)",
+            store.count_runs()?,
+            recorded.len()
+        ),
+    }
+    Ok(())
 }
 
 /// `completed`, `failed (timeout)`, `skipped (locked)`, `running`.

@@ -665,6 +665,21 @@ impl LocalStore {
             .with_context(|| format!("cannot read the event store {}", self.path.display()))
     }
 
+    /// `PACKAGE/JOB` of every job with a recorded run, sorted.
+    pub fn recorded_jobs(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT DISTINCT package || '/' || job FROM runs ORDER BY 1")?;
+        let jobs = stmt.query_map([], |r| r.get(0))?;
+        Ok(jobs.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// How many runs are recorded.
+    pub fn count_runs(&self) -> Result<i64> {
+        let conn = self.conn();
+        Ok(conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?)
+    }
+
     /// One run.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRow>> {
         let filter = RunFilter {
