@@ -532,6 +532,23 @@ fn first_day_edges_get_a_clear_answer() {
         out.stderr.contains("invalid LORCH_LOG 'verbose'"),
         "{out:?}"
     );
+    // No HOME (a bare cron environment): the missing plugin directory is the problem, exit 3.
+    let home = tempfile::tempdir().unwrap();
+    let out = common::Run::from(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lorch"))
+            .args(["run-job", "ingester", "extract_gmail"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LORCH_HOME", home.path())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("lorch had no plugin directory to look in"),
+        "{out:?}"
+    );
     // Empty results do not claim the store is empty.
     let out = env.run(&["events", "list", "--limit", "0"]);
     assert_eq!(

@@ -7,7 +7,7 @@ mod run;
 mod runs;
 
 use crate::cli::{Cli, Command, EventsCommand, JobsCommand, PluginsCommand, RunsCommand};
-use crate::error::{Exit, Result};
+use crate::error::{Error, Exit, Result};
 use crate::plugins::{Catalog, SearchPath};
 
 pub fn dispatch(cli: Cli) -> Result<Exit> {
@@ -28,16 +28,19 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         } => {
             let catalog = discover();
             catalog.report_problems();
-            run::run(catalog.find(&package, &job)?, &options)
+            let job = catalog
+                .find(&package, &job)
+                .map_err(|e| nowhere(&search_path, e))?;
+            run::run(job, &options)
         }
         Command::Run { job, options } => {
             let catalog = discover();
             catalog.report_problems();
             let job = match job.split_once('/') {
-                Some((package, name)) => catalog.find(package, name)?,
-                None => catalog.find_unique(&job)?,
+                Some((package, name)) => catalog.find(package, name),
+                None => catalog.find_unique(&job),
             };
-            run::run(job, &options)
+            run::run(job.map_err(|e| nowhere(&search_path, e))?, &options)
         }
         Command::Plugins(PluginsCommand::List { json }) => {
             plugins::list(&search_path, &discover(), json)
@@ -61,6 +64,19 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
         Command::Runs(RunsCommand::Reap) => runs::reap(),
         Command::Worker => unreachable!("the worker is dispatched before logging starts"),
+    }
+}
+
+/// An unknown job when lorch had nowhere to look (no `HOME`, no plugin path): the environment is
+/// the problem, not the name.
+fn nowhere(search_path: &SearchPath, error: Error) -> Error {
+    match error {
+        Error::Usage(why) if search_path.dirs().next().is_none() => {
+            Error::Environment(anyhow::anyhow!(
+                "{why}: lorch had no plugin directory to look in (HOME is not set, nor XDG_DATA_HOME, LORCH_PLUGIN_PATH or --plugin-path); set HOME, or name the directory with --plugin-path or LORCH_PLUGIN_PATH"
+            ))
+        }
+        error => error,
     }
 }
 

@@ -41,6 +41,15 @@ pub fn create_if_missing(path: &Path, init: impl Fn(&Connection) -> Result<()>) 
     }
     let tmp = temporary_name(path);
     let made = (|| {
+        // The plain file first, for the operating system's own words when the directory
+        // cannot be written (SQLite's are "unable to open database file").
+        std::fs::File::create_new(&tmp).map_err(|e| {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            anyhow!(
+                "cannot create a new event store in {}: {e}; lorch needs to write that directory (check its owner and permissions, or set LORCH_HOME to a directory you can write)",
+                dir.display()
+            )
+        })?;
         let conn = Connection::open(&tmp)?;
         init(&conn)?;
         // Closing the only connection checkpoints and removes the temporary WAL files; the
