@@ -157,6 +157,7 @@ pub enum RunsCommand {
     },
     /// Show a run and its events in order
     Show {
+        /// The run id, or `last` for the newest run
         run_id: String,
         /// One JSON document on stdout
         #[arg(long)]

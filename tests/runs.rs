@@ -177,7 +177,7 @@ fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
     assert_eq!(out.code, 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{out:?}");
-    assert!(lines[0].starts_with("STARTED") && lines[0].contains("STATUS"));
+    assert!(lines[0].starts_with("STARTED") && lines[0].contains("ACCOUNT  STATUS"));
     assert!(
         lines[1].contains(&ok.run_id())
             && lines[1].contains("testkit/echo")
@@ -192,6 +192,13 @@ fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
     assert_eq!(
         runs[0]["error_message"],
         "fetching page 3: connection reset"
+    );
+    // `last` is the newest run.
+    let last = env.run(&["runs", "show", "last"]);
+    assert!(
+        last.stdout
+            .starts_with(&format!("run {}\n", failed.run_id())),
+        "{last:?}"
     );
     let out = env.run(&["runs", "list", "--job", "testkit/echo", "--json"]);
     assert_eq!(out.json()["runs"].as_array().unwrap().len(), 1);

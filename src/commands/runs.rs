@@ -68,7 +68,7 @@ pub fn list(
         say_why_none(&store, &filter)?;
         return Ok(Exit::Success);
     }
-    let rows: Vec<[String; 6]> = runs
+    let rows: Vec<[String; 7]> = runs
         .iter()
         .map(|run| {
             [
@@ -79,14 +79,18 @@ pub fn list(
                     + "Z",
                 run.run_id.clone(),
                 format!("{}/{}", run.package, run.job),
+                run.account.clone().unwrap_or_else(|| "-".to_owned()),
                 status_text(run),
                 run.attempt.to_string(),
                 duration(run),
             ]
         })
         .collect();
-    let header = ["STARTED", "RUN", "JOB", "STATUS", "ATTEMPTS", "DURATION"].map(str::to_owned);
-    let widths: Vec<usize> = (0..6)
+    let header = [
+        "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION",
+    ]
+    .map(str::to_owned);
+    let widths: Vec<usize> = (0..7)
         .map(|i| {
             rows.iter()
                 .chain([&header])
@@ -156,6 +160,20 @@ fn duration(run: &RunRow) -> String {
 
 pub fn show(run_id: &str, json: bool) -> Result<Exit> {
     let store = open_reaped()?;
+    // `last`: the newest run, as `events list --run last` has it.
+    let newest;
+    let run_id = match run_id {
+        "last" => {
+            newest = store.last_run_id()?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "no runs recorded in {} yet",
+                    store.path().display()
+                ))
+            })?;
+            newest.as_str()
+        }
+        id => id,
+    };
     let Some(run) = store.run(run_id)? else {
         return Err(Error::Usage(format!(
             "no run {run_id} in {}; `lorch runs list` shows the recorded runs",
