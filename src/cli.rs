@@ -96,6 +96,16 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check plugin files and install them: atomically (safe while jobs run from the old
+    /// version), with permissions lorch accepts, into ~/.local/share/lorch/plugins
+    Install {
+        /// The plugin files (lib*.so; lib*.dylib on macOS)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Install into DIR instead of $XDG_DATA_HOME/lorch/plugins
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

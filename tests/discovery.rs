@@ -404,3 +404,61 @@ fn the_metadata_cache_never_shows_stale_jobs() {
     std::fs::remove_file(&plugin).unwrap();
     assert_eq!(env.run(&["jobs", "list"]).stdout, "");
 }
+
+#[test]
+fn plugins_install_checks_replaces_atomically_and_is_safe_under_any_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let built = plugin_dir(&["testkit"]);
+    let library = built.path().join(common::lib_name("testkit"));
+    let env = Env::new(&[]);
+    let install = |files: &[&std::path::Path]| {
+        // A umask that makes every new file group-writable, as on many workstations.
+        let mut sh = std::process::Command::new("sh");
+        sh.args([
+            "-c",
+            "umask 002; exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_lorch"),
+        ]);
+        let mut args = vec!["plugins", "install"];
+        args.extend(files.iter().map(|f| f.to_str().unwrap()));
+        common::Run::from(env.cmd_in(sh, &args).output().unwrap())
+    };
+    let out = install(&[&library]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let dir = env.home.path().join("data/lorch/plugins");
+    let installed = dir.join(common::lib_name("testkit"));
+    assert!(
+        out.stdout.starts_with(&format!(
+            "installed {} (ABI 1): testkit/",
+            installed.display()
+        )),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stderr, "",
+        "lorch would refuse what it installed: {out:?}"
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&dir), mode(&installed)), (0o755, 0o644));
+
+    // Installing again while a job runs from the file leaves the running job alone.
+    let running = common::start(&env, &["sleep", "--param", "seconds=2"], "testkit.sleeping");
+    assert_eq!(install(&[&library]).code, 0);
+    let out = common::Run::from(running.wait_with_output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A file that is not a plugin: nothing is installed, every problem named.
+    let junk = built.path().join(common::lib_name("junk"));
+    std::fs::write(&junk, "not a library").unwrap();
+    let out = install(&[&junk, &library]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("nothing was installed")
+            && out.stderr.contains(&format!(
+                "{} is not a plugin lorch can load",
+                junk.display()
+            )),
+        "{out:?}"
+    );
+    assert!(!dir.join(common::lib_name("junk")).exists());
+}

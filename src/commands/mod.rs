@@ -45,6 +45,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Plugins(PluginsCommand::List { json }) => {
             plugins::list(&search_path, &discover(), json)
         }
+        Command::Plugins(PluginsCommand::Install { files, to }) => plugins::install(&files, to),
         Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
         Command::Events(EventsCommand::Status { json }) => events::status(json),
         Command::Events(EventsCommand::Flush {

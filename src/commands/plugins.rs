@@ -1,10 +1,11 @@
-//! `lorch plugins list`: the search path, each plugin file, its ABI and jobs or its error.
+//! `lorch plugins list`: the search path, each plugin file, its ABI and jobs or its error;
+//! `lorch plugins install`: plugin files checked and put where lorch looks.
 
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::error::{Exit, Result};
+use crate::error::{Error, Exit, Result};
 use crate::output;
 use crate::output::stderr;
 use crate::plugins::{Catalog, Location, SearchPath};
@@ -101,5 +102,57 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
         .iter()
         .filter(|p| !shown(&p.location))
         .for_each(|p| stderr!("warning: {p}"));
+    Ok(Exit::Success)
+}
+
+/// Checks every file first (nothing is installed when one is not a plugin), then installs each
+/// and says what it installed, and whether lorch would still refuse it.
+pub fn install(files: &[std::path::PathBuf], to: Option<std::path::PathBuf>) -> Result<Exit> {
+    use crate::plugins::install;
+    let dir = to
+        .or_else(crate::paths::default_plugin_dir)
+        .ok_or_else(|| {
+            Error::Environment(anyhow::anyhow!(
+                "no plugin directory: HOME is not set; set HOME or XDG_DATA_HOME, or pass --to DIR"
+            ))
+        })?;
+    let (checked, problems): (Vec<_>, Vec<_>) = files
+        .iter()
+        .map(|f| install::check(f))
+        .partition(|r| r.is_ok());
+    if !problems.is_empty() {
+        let problems: Vec<String> = problems.into_iter().filter_map(|r| r.err()).collect();
+        return Err(Error::Usage(format!(
+            "nothing was installed: {}",
+            problems.join("; ")
+        )));
+    }
+    let mut text = String::new();
+    for plugin in checked.into_iter().flatten() {
+        let target = install::install(&plugin, &dir).map_err(|e| {
+            Error::Environment(anyhow::anyhow!(
+                "cannot install {} into {}: {e}",
+                plugin.source.display(),
+                dir.display()
+            ))
+        })?;
+        let ids: Vec<String> = plugin
+            .jobs
+            .iter()
+            .map(|j| format!("{}/{}", j.package, j.name))
+            .collect();
+        writeln!(
+            text,
+            "installed {} (ABI {}): {}",
+            target.display(),
+            plugin.abi,
+            ids.join(", ")
+        )
+        .unwrap();
+        if let Some(why) = install::refused(&target) {
+            stderr!("warning: {}: {why}", target.display());
+        }
+    }
+    output::print(&text)?;
     Ok(Exit::Success)
 }

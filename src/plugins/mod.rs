@@ -3,6 +3,7 @@
 
 mod cache;
 mod catalog;
+pub mod install;
 mod library;
 mod metadata;
 mod safety;
