@@ -24,15 +24,12 @@ pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("cannot write to stdout"))
-        }
-        _ => Ok(()),
-    }
+    gone(
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush()),
+    )
+    .map(drop)
 }
 
 /// Output written piece by piece (a million events): buffered, cleaned, in constant memory,

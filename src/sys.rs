@@ -24,8 +24,13 @@ static STARTING_FILES_LIMIT: std::sync::OnceLock<libc::rlimit> = std::sync::Once
 
 /// Raises the soft limit on open files to the hard limit (the soft one is often 1,024), for
 /// lorch only: [`keep_starting_files_limit`] gives a worker the limit lorch started with, as a
-/// job written for the usual limit expects (`select` breaks above 1,024).
+/// job written for the usual limit expects (`select` breaks above 1,024). Once per process.
 pub fn raise_open_files_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(raise_to_hard_limit);
+}
+
+fn raise_to_hard_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -307,6 +307,11 @@ impl LocalStore {
     }
 }
 
+/// The newest `seq` in the store (0 when empty): events recorded later have a larger one.
+fn max_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+}
+
 /// Events read at a time by [`LocalStore::for_each`].
 const CHUNK: i64 = 1000;
 
@@ -327,7 +332,7 @@ fn span(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<(i64, i64)>
     };
     let to = match last {
         Some(last) => last,
-        None => conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?,
+        None => max_seq(conn)?,
     };
     let from = first.unwrap_or(0);
     let from = match filter.limit {

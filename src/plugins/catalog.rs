@@ -168,6 +168,9 @@ fn plugin_metadata(
     if let Some(jobs) = cache.get(path, &stamp) {
         return Ok((jobs.to_vec(), Entry::NotLoaded, vetted));
     }
+    // Each plugin loaded keeps a descriptor (see `library::load`): allow as many as may be. Only
+    // here, on a cache miss: a warm listing loads nothing.
+    sys::raise_open_files_limit();
     let library = library::load(checked.file, path).map_err(|e| e.to_string())?;
     let mut jobs: Vec<Arc<JobMetadata>> = library.metadata.jobs.into_iter().map(Arc::new).collect();
     // Registration order is the linker's; `plugins list` shows them sorted.
@@ -244,8 +247,6 @@ impl Catalog {
             )),
         }
 
-        // Each plugin loaded keeps a descriptor (see `library::load`): allow as many as may be.
-        sys::raise_open_files_limit();
         let mut cache = MetadataCache::open();
         let mut dir_checks = DirChecks::default();
         for path in search_path.plugin_files(&mut problems) {

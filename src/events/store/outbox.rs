@@ -64,8 +64,7 @@ impl LocalStore {
 
     /// The newest `seq` in the store: events recorded later have a larger one.
     pub fn last_seq(&self) -> Result<i64> {
-        let conn = self.conn();
-        Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
+        Ok(super::max_seq(&self.conn())?)
     }
 
     /// Counts a try for events about to be sent. Written before the request, so that a store
