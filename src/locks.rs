@@ -15,6 +15,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::paths;
 use crate::runner::Signals;
 
 /// A lock this process holds until it is dropped.
@@ -84,20 +85,12 @@ pub fn job_lock_path(home: &Path, package: &str, job: &str, account: Option<&str
                 while escaped.as_bytes()[cut - 1] == b'%' || escaped.as_bytes()[cut - 2] == b'%' {
                     cut -= 1;
                 }
-                format!("{}~{:016x}", &escaped[..cut], fnv1a(account.as_bytes()))
+                format!("{}~{:016x}", &escaped[..cut], paths::fnv1a(account.as_bytes()))
             }
         }
     };
     home.join("locks")
         .join(format!("{package}.{job}.{account}.lock"))
-}
-
-/// FNV-1a, 64 bits: a hash that is the same in every lorch build (std's hasher promises no
-/// such thing), for lock file names only.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn not_a_file() -> io::Error {

@@ -29,3 +29,11 @@ pub fn default_plugin_dir() -> Option<PathBuf> {
 pub fn cache_dir() -> Option<PathBuf> {
     xdg("CACHE", ".cache").map(|d| d.join("lorch"))
 }
+
+/// FNV-1a, 64 bits: a hash that is the same in every lorch build (std's hasher promises no
+/// such thing), for file names made from names of any length (lock files, cache files).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

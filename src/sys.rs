@@ -288,3 +288,26 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<std::fs::File> {
     // SAFETY: the descriptor was just made and nothing else owns it.
     Ok(unsafe { std::fs::File::from_raw_fd(moved) })
 }
+
+/// `lstat` of `name` in the open directory `dir`: one path component for the kernel to look
+/// up instead of the whole path (a directory of 1,000 plugins is 1,000 of these).
+pub fn lstat_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> io::Result<libc::stat> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is NUL-terminated and `stat` is written by the call when it succeeds.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            stat.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        // SAFETY: fstatat succeeded, so it filled `stat`.
+        Ok(unsafe { stat.assume_init() })
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -4,6 +4,7 @@ mod common;
 
 use common::{Env, c_compiler, c_plugin, compile_c, plugin_dir};
 use serde_json::json;
+use std::path::Path;
 
 #[test]
 fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
@@ -378,9 +379,10 @@ fn the_metadata_cache_never_shows_stale_jobs() {
     std::fs::copy(&one, &plugin).unwrap();
     assert_eq!(list(), "Jobs in alpha:\n  one\n");
     assert_eq!(list(), "Jobs in alpha:\n  one\n", "served from the cache");
-    let cache = env.home.path().join(".cache/lorch/plugin-metadata.json");
+    let cache = cache_files(&env);
+    assert_eq!(cache.len(), 1, "one cache file per directory: {cache:?}");
     assert!(
-        std::fs::read_to_string(&cache).unwrap().contains("\"one\""),
+        contains(&std::fs::read(&cache[0]).unwrap(), b"one"),
         "the cache was written"
     );
 
@@ -461,4 +463,82 @@ fn plugins_install_checks_replaces_atomically_and_is_safe_under_any_umask() {
         "{out:?}"
     );
     assert!(!dir.join(common::lib_name("junk")).exists());
+}
+
+/// The plugin metadata cache's files (README, "Files").
+fn cache_files(env: &Env) -> Vec<std::path::PathBuf> {
+    let dir = env.home.path().join(".cache/lorch/plugins");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_command_reads_the_metadata_cache_of_its_own_search_path_only() {
+    let Some(strace) = common::strace() else {
+        return;
+    };
+    let big = plugin_dir(&["testkit", "ingester"]);
+    let small = plugin_dir(&["canonizer"]);
+    let env = Env::new(&[]);
+    let list = |dir: &Path| env.run(&["--plugin-path", dir.to_str().unwrap(), "jobs", "list"]);
+    assert_eq!(list(big.path()).code, 0);
+    let big_cache = cache_files(&env);
+    assert_eq!(big_cache.len(), 1, "{big_cache:?}");
+    assert_eq!(list(small.path()).code, 0);
+    assert_eq!(cache_files(&env).len(), 2);
+
+    let trace = env.home.path().join("trace.txt");
+    let mut traced = std::process::Command::new(strace);
+    traced
+        .args(["-e", "trace=openat", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_lorch"));
+    let args = ["--plugin-path", small.path().to_str().unwrap(), "jobs", "list"];
+    let out = common::Run::from(env.cmd_in(traced, &args).output().unwrap());
+    assert_eq!(out.stdout, "canonizer:\n  canonicalize_email\n", "{out:?}");
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let cache_opens: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.contains(".cache/lorch/plugins/"))
+        .collect();
+    assert_eq!(cache_opens.len(), 1, "{calls}");
+    assert!(!cache_opens[0].contains(big_cache[0].to_str().unwrap()), "{calls}");
+    assert!(
+        !calls.contains(&big.path().display().to_string()),
+        "nothing of the other directory is touched: {calls}"
+    );
+}
+
+#[test]
+fn a_damaged_metadata_cache_is_ignored_and_rewritten() {
+    let dir = plugin_dir(&["ingester"]);
+    let env = Env::new(&[dir.path()]);
+    let expected = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
+    assert_eq!(expected.code, 0, "{expected:?}");
+    let cache = cache_files(&env).pop().unwrap();
+    let good = std::fs::read(&cache).unwrap();
+    let mut huge_header = good.clone();
+    huge_header[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut torn_metadata = good.clone();
+    torn_metadata.truncate(good.len() - 10);
+    for damaged in [
+        Vec::new(),
+        b"garbage".to_vec(),
+        good[..good.len() / 2].to_vec(),
+        huge_header,
+        torn_metadata,
+    ] {
+        std::fs::write(&cache, &damaged).unwrap();
+        let out = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.stdout, expected.stdout, "{damaged:?}");
+        assert_eq!(env.run(&["jobs", "show", "ingester", "extract_gmail"]).stdout, expected.stdout);
+    }
 }

@@ -27,10 +27,10 @@ pub fn list(catalog: &Catalog, package: Option<&str>, json: bool) -> Result<Exit
             .map(|job| {
                 json!({
                     "id": job.id(),
-                    "package": job.meta.package,
-                    "job": job.meta.name,
+                    "package": job.package(),
+                    "job": job.name(),
                     "summary": job.summary(),
-                    "location": job.location.to_string(),
+                    "location": job.location().to_string(),
                 })
             })
             .collect();
@@ -42,17 +42,17 @@ pub fn list(catalog: &Catalog, package: Option<&str>, json: bool) -> Result<Exit
         Some(package) => {
             writeln!(text, "Jobs in {package}:").unwrap();
             jobs.iter()
-                .for_each(|job| writeln!(text, "  {}", job.meta.name).unwrap());
+                .for_each(|job| writeln!(text, "  {}", job.name()).unwrap());
         }
         None => {
             // Jobs come sorted by package: a header each time the package changes.
             let mut current = None;
             for job in &jobs {
-                if current != Some(&job.meta.package) {
-                    writeln!(text, "{}:", job.meta.package).unwrap();
-                    current = Some(&job.meta.package);
+                if current != Some(job.package()) {
+                    writeln!(text, "{}:", job.package()).unwrap();
+                    current = Some(job.package());
                 }
-                writeln!(text, "  {}", job.meta.name).unwrap();
+                writeln!(text, "  {}", job.name()).unwrap();
             }
             if jobs.is_empty() {
                 stderr!("no jobs found; `lorch plugins list` shows where lorch looked");
@@ -69,7 +69,7 @@ pub fn show(catalog: &Catalog, package: &str, name: &str, json: bool) -> Result<
     let job = catalog.find(package, name)?;
     if json {
         let params: Vec<Value> = job
-            .meta
+            .meta()
             .params
             .iter()
             .map(|p| {
@@ -84,23 +84,23 @@ pub fn show(catalog: &Catalog, package: &str, name: &str, json: bool) -> Result<
             .collect();
         output::print_json(&json!({
             "id": job.id(),
-            "package": job.meta.package,
-            "job": job.meta.name,
-            "location": job.location.to_string(),
-            "description": job.meta.description,
+            "package": job.package(),
+            "job": job.name(),
+            "location": job.location().to_string(),
+            "description": job.meta().description,
             "params": params,
         }))?;
         return Ok(Exit::Success);
     }
 
-    let mut text = format!("{}\nLocation: {}\n", job.id(), job.location);
-    if job.meta.params.is_empty() {
+    let mut text = format!("{}\nLocation: {}\n", job.id(), job.location());
+    if job.meta().params.is_empty() {
         text.push_str("Parameters: none besides --account, --since and --until\n");
     } else {
         text.push_str("Parameters (--param KEY=VALUE, besides --account, --since and --until):\n");
-        let signatures: Vec<String> = job.meta.params.iter().map(params::signature).collect();
+        let signatures: Vec<String> = job.meta().params.iter().map(params::signature).collect();
         let width = signatures.iter().map(String::len).max().unwrap_or(0);
-        for (param, signature) in job.meta.params.iter().zip(&signatures) {
+        for (param, signature) in job.meta().params.iter().zip(&signatures) {
             let mut notes = Vec::new();
             if param.required {
                 notes.push("required".to_owned());
@@ -117,9 +117,9 @@ pub fn show(catalog: &Catalog, package: &str, name: &str, json: bool) -> Result<
             writeln!(text, "{}", line.trim_end()).unwrap();
         }
     }
-    if !job.meta.description.is_empty() {
+    if !job.meta().description.is_empty() {
         text.push_str("Description:\n");
-        for line in job.meta.description.lines() {
+        for line in job.meta().description.lines() {
             let line = format!("  {line}");
             writeln!(text, "{}", line.trim_end()).unwrap();
         }

@@ -13,10 +13,10 @@ use crate::plugins::{Catalog, Location, SearchPath};
 pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<Exit> {
     // Where a job id ended up, to mark the copies that were ignored as duplicates.
     let provider =
-        |package: &str, name: &str| catalog.find(package, name).ok().map(|j| j.location.clone());
+        |package: &str, name: &str| catalog.find(package, name).ok().map(|j| j.location());
     let builtin: Vec<String> = catalog
         .jobs()
-        .filter(|j| j.location == Location::BuiltIn)
+        .filter(|j| *j.location() == Location::BuiltIn)
         .map(|j| j.id())
         .collect();
 
@@ -29,8 +29,9 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
             .files
             .iter()
             .map(|file| match &file.status {
-                Ok((abi, jobs)) => {
-                    let ids: Vec<String> = jobs
+                Ok((abi, declared)) => {
+                    let ids: Vec<String> = declared
+                        .heads()
                         .iter()
                         .map(|j| format!("{}/{}", j.package, j.name))
                         .collect();
@@ -68,12 +69,12 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
     }
     for file in &catalog.files {
         match &file.status {
-            Ok((abi, jobs)) => {
+            Ok((abi, declared)) => {
                 writeln!(text, "{} (ABI {abi})", file.path.display()).unwrap();
-                for job in jobs {
+                for job in declared.heads() {
                     let id = format!("{}/{}", job.package, job.name);
                     match provider(&job.package, &job.name) {
-                        Some(Location::File(path)) if path == file.path => {
+                        Some(Location::File(path)) if *path == file.path => {
                             writeln!(text, "  {id}").unwrap()
                         }
                         Some(other) => {

@@ -30,7 +30,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     super::runs::report_reaped(history::reap(
         &store,
         &plan.home,
-        Some((job.meta.package.clone(), job.meta.name.clone())),
+        Some((job.package().to_owned(), job.name().to_owned())),
     )?);
     let background = route.start(&plan.home, &store)?;
     let report = runner::run(&plan, &store, &signals)?;
@@ -250,7 +250,7 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
             until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )));
     }
-    let params = params::resolve(&job.meta, &options.params).map_err(Error::Usage)?;
+    let params = params::resolve(&job.meta(), &options.params).map_err(Error::Usage)?;
     Ok(RunPlan {
         job,
         account: options.account.clone(),

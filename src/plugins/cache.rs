@@ -2,122 +2,270 @@
 //! `jobs list`, `jobs show` and the supervisor need not `dlopen` every plugin on every run.
 //!
 //! A file is only trusted from the cache while its size, modification and change times (in
-//! nanoseconds), inode and device are all unchanged; replacing, rewriting, touching or chmod-ing
-//! it invalidates the entry. Only plugins that loaded and validated are cached, so a broken file
-//! is retried (and reported) every time. The cache is derived data in `$XDG_CACHE_HOME/lorch`
-//! (`~/.cache/lorch`): deleting it is always safe.
+//! nanoseconds), inode and device are all unchanged ([`Stamp`]); replacing, rewriting, touching
+//! or chmod-ing it invalidates the entry. Only plugins that loaded and validated are cached, so a
+//! broken file is retried (and reported) every time. The cache is derived data in
+//! `$XDG_CACHE_HOME/lorch/plugins` (`~/.cache/lorch/plugins`): deleting it is always safe.
+//!
+//! One file per plugin directory, named after the directory's real path, so a command reads
+//! the entries of its own search path and nothing else: with one shared file, listing a
+//! 1-plugin directory after 1,611 other plugins had been listed took 23.9 ms instead of 2.7 ms.
+//! Each file holds only what its directory held when last listed. The encoding is postcard (a
+//! compact binary serde format). Each file holds first every job's id and summary, which is all
+//! a listing reads, then the full metadata, read only for the job shown or run ([`Declared`]).
 
-use std::collections::BTreeMap;
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lorch_plugin_api::abi::JobMetadata;
 use serde::{Deserialize, Serialize};
 
+use super::declared::{Declared, Head, Stored};
+use super::safety::Stamp;
 use crate::paths;
 
 /// Bumped when the file format or what lorch validates changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
-/// What identifies one version of a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    ino: u64,
-    dev: u64,
-}
-
-impl Stamp {
-    pub fn of(meta: &Metadata) -> Stamp {
-        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-        Stamp {
-            size: meta.size(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            ino: meta.ino(),
-            dev: meta.dev(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Cached {
-    stamp: Stamp,
-    jobs: Vec<Arc<JobMetadata>>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
+/// A cache file is a little-endian `u64` (the header's length), the header (postcard), then
+/// each plugin's full metadata (postcard) at the offset its entry names, counted from the end
+/// of the header. Listing reads the header alone.
+#[derive(Serialize)]
+struct Header<'a> {
     format: u32,
-    lorch_version: String,
-    plugins: BTreeMap<PathBuf, Cached>,
+    lorch_version: &'a str,
+    /// The directory's real path: a check against the (unlikely) collision of two names.
+    dir: &'a [u8],
+    plugins: Vec<Entry<'a>>,
+}
+
+/// Names as bytes: a path need not be UTF-8.
+#[derive(Serialize)]
+struct Entry<'a> {
+    name: &'a [u8],
+    stamp: &'a Stamp,
+    heads: &'a [Head],
+    offset: u64,
+    len: u32,
+}
+
+/// [`Header`] as read back, its text borrowed from the header's bytes.
+#[derive(Deserialize)]
+struct HeaderIn<'a> {
+    format: u32,
+    lorch_version: &'a str,
+    dir: &'a [u8],
+    #[serde(borrow)]
+    plugins: Vec<EntryIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EntryIn<'a> {
+    name: &'a [u8],
+    stamp: Stamp,
+    #[serde(borrow)]
+    heads: Vec<HeadIn<'a>>,
+    offset: u64,
+    len: u32,
+}
+
+#[derive(Deserialize)]
+struct HeadIn<'a> {
+    package: &'a str,
+    name: &'a str,
+    summary: &'a str,
+}
+
+/// One directory: its cache file as read, and what this command found in it.
+#[derive(Default)]
+struct Dir {
+    /// Entries of the file not asked for yet.
+    unseen: HashMap<&'static OsStr, EntryIn<'static>>,
+    file: Option<CacheFile>,
+    /// Every plugin found this time: what the file is rewritten with.
+    seen: Vec<(OsString, Stamp, Arc<Declared>)>,
+    changed: bool,
+}
+
+/// A cache file as read: the full metadata is read from it when needed.
+#[derive(Clone)]
+struct CacheFile {
+    file: Arc<File>,
+    /// Where the full metadata starts: the end of the header.
+    base: u64,
+    len: u64,
 }
 
 pub struct MetadataCache {
-    path: Option<PathBuf>,
-    file: CacheFile,
-    dirty: bool,
+    root: Option<PathBuf>,
+    dirs: HashMap<PathBuf, Dir>,
 }
 
 impl MetadataCache {
-    /// The user's cache; an unreadable or outdated one is treated as empty.
+    /// The user's cache; nothing is read until a directory is asked for.
     pub fn open() -> MetadataCache {
-        let path = paths::cache_dir().map(|d| d.join("plugin-metadata.json"));
-        let file = path
-            .as_deref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).ok())
-            .filter(|f| f.format == FORMAT && f.lorch_version == env!("CARGO_PKG_VERSION"))
-            .unwrap_or_default();
         MetadataCache {
-            path,
-            file,
-            dirty: false,
+            root: paths::cache_dir().map(|d| d.join("plugins")),
+            dirs: HashMap::new(),
         }
     }
 
-    /// The jobs `path` declared, if that exact version of the file was seen before.
-    pub fn get(&self, path: &Path, stamp: &Stamp) -> Option<&[Arc<JobMetadata>]> {
-        self.file
-            .plugins
-            .get(path)
-            .filter(|c| c.stamp == *stamp)
-            .map(|c| c.jobs.as_slice())
+    /// The jobs of plugin `name` in directory `dir` (a real path), if that exact version of the
+    /// file was seen before.
+    pub fn get(&mut self, dir: &Path, name: &OsStr, stamp: &Stamp) -> Option<Arc<Declared>> {
+        let root = self.root.as_deref()?;
+        let dir = self
+            .dirs
+            .entry(dir.to_owned())
+            .or_insert_with(|| Dir::read(root, dir));
+        let entry = dir.unseen.remove(name).filter(|e| e.stamp == *stamp)?;
+        let cache = dir.file.as_ref()?;
+        let offset = cache.base.checked_add(entry.offset)?;
+        // A file cut short (by hand: lorch writes it whole) is a miss, not jobs without metadata.
+        if offset.checked_add(u64::from(entry.len))? > cache.len {
+            return None;
+        }
+        let stored = Stored {
+            file: Arc::clone(&cache.file),
+            offset,
+            len: entry.len,
+        };
+        let heads = entry.heads.iter().map(|head| Head {
+            package: head.package,
+            name: head.name,
+            summary: head.summary,
+        });
+        let declared = Arc::new(Declared::cached(heads.collect(), stored));
+        dir.seen.push((name.to_owned(), entry.stamp, Arc::clone(&declared)));
+        Some(declared)
     }
 
-    pub fn insert(&mut self, path: &Path, stamp: Stamp, jobs: Vec<Arc<JobMetadata>>) {
-        self.file
-            .plugins
-            .insert(path.to_owned(), Cached { stamp, jobs });
-        self.dirty = true;
+    pub fn insert(&mut self, dir: &Path, name: &OsStr, stamp: Stamp, declared: Arc<Declared>) {
+        let dir = self.dirs.entry(dir.to_owned()).or_default();
+        dir.seen.push((name.to_owned(), stamp, declared));
+        dir.changed = true;
     }
 
-    /// Writes the cache back if it changed, dropping files that no longer exist. Failing to
-    /// write only costs speed next time, so it is logged, not reported.
-    pub fn save(mut self) {
-        let Some(path) = self.path.as_deref().filter(|_| self.dirty) else {
+    /// Rewrites each directory's file whose plugins changed (new, changed, removed or broken
+    /// ones) with what it holds now. Failing to write only costs speed next time, so it is
+    /// logged, not reported.
+    pub fn save(self) {
+        let Some(root) = self.root.as_deref() else {
             return;
         };
-        self.file.plugins.retain(|plugin, _| plugin.exists());
-        self.file.format = FORMAT;
-        self.file.lorch_version = env!("CARGO_PKG_VERSION").to_owned();
-        // Write a private temporary file, then rename: readers never see half a cache.
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(&self.file).unwrap_or_default()))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::debug!(
-                "cannot write the plugin metadata cache {}: {e}",
-                path.display()
-            );
+        for (dir, entry) in &self.dirs {
+            if entry.changed || !entry.unseen.is_empty() {
+                let path = file_name(root, dir);
+                if let Err(e) = write(&path, dir, &entry.seen) {
+                    tracing::debug!(
+                        "cannot write the plugin metadata cache {}: {e}",
+                        path.display()
+                    );
+                }
+            }
         }
     }
+}
+
+impl Dir {
+    /// A directory's cache file; an unreadable or outdated one is treated as empty.
+    fn read(root: &Path, dir: &Path) -> Dir {
+        let read = || -> std::io::Result<(HeaderIn<'static>, CacheFile)> {
+            let mut file = File::open(file_name(root, dir))?;
+            let file_len = file.metadata()?.len();
+            let mut len = [0; 8];
+            file.read_exact(&mut len)?;
+            let len = u64::from_le_bytes(len);
+            // A damaged length must not become an absurd allocation.
+            if len > file_len {
+                return Err(std::io::Error::other("truncated"));
+            }
+            let mut header = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+            file.read_exact(&mut header)?;
+            // Kept for the rest of the process: the jobs' ids and summaries point into it.
+            let header: &'static [u8] = header.leak();
+            let header = postcard::from_bytes(header).map_err(std::io::Error::other)?;
+            let file = CacheFile {
+                file: Arc::new(file),
+                base: 8 + len,
+                len: file_len,
+            };
+            Ok((header, file))
+        };
+        match read() {
+            Ok((header, file))
+                if header.format == FORMAT
+                    && header.lorch_version == env!("CARGO_PKG_VERSION")
+                    && header.dir == dir.as_os_str().as_bytes() =>
+            {
+                Dir {
+                    unseen: header
+                        .plugins
+                        .into_iter()
+                        .map(|e| (OsStr::from_bytes(e.name), e))
+                        .collect(),
+                    file: Some(file),
+                    ..Dir::default()
+                }
+            }
+            _ => Dir::default(),
+        }
+    }
+}
+
+/// `ROOT/<last component>-<hash of the real path>`: readable, and distinct for distinct
+/// directories.
+fn file_name(root: &Path, dir: &Path) -> PathBuf {
+    let hash = paths::fnv1a(dir.as_os_str().as_bytes());
+    let last: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(40)
+        .collect();
+    root.join(format!("{last}-{hash:016x}.postcard"))
+}
+
+/// Writes a private temporary file, then renames it: readers never see half a cache.
+fn write(path: &Path, dir: &Path, plugins: &[(OsString, Stamp, Arc<Declared>)]) -> std::io::Result<()> {
+    let mut blobs = Vec::new();
+    let mut entries = Vec::with_capacity(plugins.len());
+    for (name, stamp, declared) in plugins {
+        let blob = declared.encoded()?;
+        entries.push(Entry {
+            name: name.as_bytes(),
+            stamp,
+            heads: declared.heads(),
+            offset: blobs.len() as u64,
+            len: u32::try_from(blob.len()).map_err(std::io::Error::other)?,
+        });
+        blobs.extend_from_slice(&blob);
+    }
+    let header = Header {
+        format: FORMAT,
+        lorch_version: env!("CARGO_PKG_VERSION"),
+        dir: dir.as_os_str().as_bytes(),
+        plugins: entries,
+    };
+    let header = postcard::to_stdvec(&header).map_err(std::io::Error::other)?;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&blobs);
+
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use lorch_plugin_api::abi::{self, Host, JobMetadata, PluginHeader, Str};
 
-use super::cache::{MetadataCache, Stamp};
-use super::safety::DirChecks;
+use super::cache::MetadataCache;
+use super::declared::{Declared, Head};
+use super::safety::{DirChecks, Stamp};
 use super::{SearchPath, library, metadata, safety};
 use crate::error::{Error, Result};
 use crate::output::stderr;
@@ -33,13 +34,30 @@ impl fmt::Display for Location {
     }
 }
 
-/// One runnable job.
+/// One runnable job: which of its source's jobs it is. Two words, so that sorting 10,000 of
+/// them moves little memory.
 pub struct Job {
-    pub meta: Arc<JobMetadata>,
-    pub location: Location,
+    source: Arc<Source>,
+    index: usize,
+}
+
+/// A plugin file (or this binary) and what it declared: shared by its jobs.
+struct Source {
+    declared: Arc<Declared>,
+    location: Location,
     entry: Entry,
-    /// For a plugin job: the file as it was checked when discovered.
-    vetted: Option<Arc<Vetted>>,
+    /// For a plugin file: the file as it was checked when discovered.
+    vetted: Option<Vetted>,
+}
+
+impl Source {
+    fn jobs(self) -> impl Iterator<Item = Job> {
+        let source = Arc::new(self);
+        (0..source.declared.heads().len()).map(move |index| Job {
+            source: Arc::clone(&source),
+            index,
+        })
+    }
 }
 
 /// What discovery checked of a plugin file, so that running one of its jobs opens exactly that
@@ -63,7 +81,7 @@ impl Job {
     /// (`None`: built into this binary). This is what a worker process does with the file the
     /// supervisor checked and handed it.
     pub fn load(plugin: Option<(File, &Path)>, package: &str, name: &str) -> Result<Job, String> {
-        let (jobs, location, entry): (Vec<JobMetadata>, _, _) = match plugin {
+        let (jobs, location, entry) = match plugin {
             None => (
                 abi::registered_jobs().map(|spec| spec.metadata()).collect(),
                 Location::BuiltIn,
@@ -79,26 +97,33 @@ impl Job {
                 )
             }
         };
-        let meta = jobs
-            .into_iter()
-            .find(|m| m.package == package && m.name == name)
+        let declared = Declared::new(jobs);
+        let index = declared
+            .heads()
+            .iter()
+            .position(|head| head.package == package && head.name == name)
             .ok_or_else(|| format!("{location} has no job {package}/{name}"))?;
-        Ok(Job {
-            meta: Arc::new(meta),
+        let source = Source {
+            declared: Arc::new(declared),
             location,
             entry,
             vetted: None,
+        };
+        Ok(Job {
+            source: Arc::new(source),
+            index,
         })
     }
 
     /// Opens the job's plugin file again, checked as when it was discovered, and only if it is
     /// still that very file; `None` for a built-in job.
     pub fn open_plugin(&self) -> Result<Option<File>, String> {
-        let (Location::File(path), Some(vetted)) = (&self.location, &self.vetted) else {
+        let (Location::File(path), Some(vetted)) = (&self.source.location, &self.source.vetted)
+        else {
             return Ok(None);
         };
         let checked = safety::open(path, vetted.allow_insecure, &mut DirChecks::default())?;
-        if Stamp::of(&checked.meta) != vetted.stamp {
+        if checked.stamp != vetted.stamp {
             return Err(format!(
                 "{} changed since lorch read it (a new version being installed?); run the job again",
                 path.display()
@@ -109,27 +134,49 @@ impl Job {
 
     /// The plugin file, or `None` for a built-in job.
     pub fn plugin_file(&self) -> Option<&Path> {
-        match &self.location {
+        match &self.source.location {
             Location::BuiltIn => None,
             Location::File(path) => Some(path),
         }
     }
 
+    /// Where the job comes from.
+    pub fn location(&self) -> &Location {
+        &self.source.location
+    }
+
+    fn head(&self) -> &Head {
+        &self.source.declared.heads()[self.index]
+    }
+
+    pub fn package(&self) -> &str {
+        &self.head().package
+    }
+
+    pub fn name(&self) -> &str {
+        &self.head().name
+    }
+
     /// `PACKAGE/JOB`.
     pub fn id(&self) -> String {
-        format!("{}/{}", self.meta.package, self.meta.name)
+        format!("{}/{}", self.package(), self.name())
     }
 
     /// The first line of the description.
     pub fn summary(&self) -> &str {
-        self.meta.description.lines().next().unwrap_or("")
+        &self.head().summary
+    }
+
+    /// Everything the job declared: description, parameters.
+    pub fn meta(&self) -> &JobMetadata {
+        self.source.declared.job(self.index)
     }
 
     /// Runs the job through the plugin ABI with a `RunRequest` JSON; returns an `abi::RUN_*`
     /// code, or why the plugin could not be loaded. Built-in and plugin jobs take the same path.
     pub fn call(&self, host: &Host, request: &str) -> Result<i32, String> {
         let id = self.id();
-        let header = match (self.entry, &self.location) {
+        let header = match (self.source.entry, &self.source.location) {
             (Entry::BuiltIn, _) => {
                 return Ok(abi::run_registered(host, id.as_bytes(), request.as_bytes()));
             }
@@ -158,32 +205,32 @@ fn plugin_metadata(
     allow_insecure: bool,
     dir_checks: &mut DirChecks,
     cache: &mut MetadataCache,
-) -> Result<(Vec<Arc<JobMetadata>>, Entry, Vetted), String> {
-    let checked = safety::open(path, allow_insecure, dir_checks)?;
-    let stamp = Stamp::of(&checked.meta);
+) -> Result<(Arc<Declared>, Entry, Vetted), String> {
+    let inspected = safety::inspect(path, allow_insecure, dir_checks)?;
+    let name = path.file_name().unwrap_or_default();
     let vetted = Vetted {
-        stamp: stamp.clone(),
+        stamp: inspected.stamp.clone(),
         allow_insecure,
     };
-    if let Some(jobs) = cache.get(path, &stamp) {
-        return Ok((jobs.to_vec(), Entry::NotLoaded, vetted));
+    if let Some(declared) = cache.get(&inspected.dir, name, &vetted.stamp) {
+        return Ok((declared, Entry::NotLoaded, vetted));
     }
+    let dir = inspected.dir.clone();
+    let checked = inspected.open()?;
     // Each plugin loaded keeps a descriptor (see `library::load`): allow as many as may be. Only
     // here, on a cache miss: a warm listing loads nothing.
     sys::raise_open_files_limit();
     let library = library::load(checked.file, path).map_err(|e| e.to_string())?;
-    let mut jobs: Vec<Arc<JobMetadata>> = library.metadata.jobs.into_iter().map(Arc::new).collect();
-    // Registration order is the linker's; `plugins list` shows them sorted.
-    jobs.sort_by(|a, b| (&a.package, &a.name).cmp(&(&b.package, &b.name)));
-    cache.insert(path, stamp, jobs.clone());
-    Ok((jobs, Entry::Plugin(library.header), vetted))
+    let declared = Arc::new(Declared::new(library.metadata.jobs));
+    cache.insert(&dir, name, checked.stamp, Arc::clone(&declared));
+    Ok((declared, Entry::Plugin(library.header), vetted))
 }
 
 /// A plugin file and what loading it gave.
 pub struct PluginFile {
     pub path: PathBuf,
     /// The ABI version and the jobs it provides, or why it is unusable.
-    pub status: Result<(u32, Vec<Arc<JobMetadata>>), String>,
+    pub status: Result<(u32, Arc<Declared>), String>,
 }
 
 /// Something the user should know about: a broken plugin file, a duplicate job, an unreadable
@@ -218,7 +265,7 @@ pub struct Catalog {
 }
 
 fn key(job: &Job) -> (&str, &str) {
-    (&job.meta.package, &job.meta.name)
+    (job.package(), job.name())
 }
 
 impl Catalog {
@@ -235,12 +282,15 @@ impl Catalog {
             jobs: abi::registered_jobs().map(|spec| spec.metadata()).collect(),
         };
         match metadata::check(&builtin) {
-            Ok(()) => jobs.extend(builtin.jobs.into_iter().map(|meta| Job {
-                meta: Arc::new(meta),
-                location: Location::BuiltIn,
-                entry: Entry::BuiltIn,
-                vetted: None,
-            })),
+            Ok(()) => {
+                let source = Source {
+                    declared: Arc::new(Declared::new(builtin.jobs)),
+                    location: Location::BuiltIn,
+                    entry: Entry::BuiltIn,
+                    vetted: None,
+                };
+                jobs.extend(source.jobs());
+            }
             Err(why) => problems.push(Problem::new(
                 "built-in jobs",
                 format!("invalid metadata: {why}"),
@@ -251,15 +301,15 @@ impl Catalog {
         let mut dir_checks = DirChecks::default();
         for path in search_path.plugin_files(&mut problems) {
             let status = match plugin_metadata(&path, allow_insecure, &mut dir_checks, &mut cache) {
-                Ok((plugin_jobs, entry, vetted)) => {
-                    let vetted = Arc::new(vetted);
-                    jobs.extend(plugin_jobs.iter().map(|meta| Job {
-                        meta: Arc::clone(meta),
+                Ok((declared, entry, vetted)) => {
+                    let source = Source {
+                        declared: Arc::clone(&declared),
                         location: Location::File(path.clone()),
                         entry,
-                        vetted: Some(Arc::clone(&vetted)),
-                    }));
-                    Ok((abi::ABI_VERSION, plugin_jobs))
+                        vetted: Some(vetted),
+                    };
+                    jobs.extend(source.jobs());
+                    Ok((abi::ABI_VERSION, declared))
                 }
                 Err(error) => {
                     problems.push(Problem::new(&path, error.clone()));
@@ -280,9 +330,9 @@ impl Catalog {
                     let message = format!(
                         "duplicate job {}: ignored here, already provided by {}",
                         job.id(),
-                        first.location
+                        first.location()
                     );
-                    problems.push(Problem::new(job.location.to_string(), message));
+                    problems.push(Problem::new(job.location().to_string(), message));
                 }
                 _ => kept.push(job),
             }
@@ -304,7 +354,7 @@ impl Catalog {
         let mut packages: Vec<&str> = self
             .jobs
             .iter()
-            .map(|job| job.meta.package.as_str())
+            .map(|job| job.package())
             .collect();
         packages.dedup();
         packages
@@ -314,10 +364,10 @@ impl Catalog {
     pub fn package_jobs<'a>(&'a self, package: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
         let start = self
             .jobs
-            .partition_point(|job| job.meta.package.as_str() < package);
+            .partition_point(|job| job.package() < package);
         self.jobs[start..]
             .iter()
-            .take_while(move |job| job.meta.package == package)
+            .take_while(move |job| job.package() == package)
     }
 
     /// Writes each problem to stderr, once.
@@ -367,7 +417,7 @@ impl Catalog {
         }
         let names: Vec<&str> = self
             .package_jobs(package)
-            .map(|j| j.meta.name.as_str())
+            .map(|j| j.name())
             .collect();
         let hint = suggest::hint(name, names.iter().copied());
         Err(Error::Usage(format!(
@@ -378,11 +428,11 @@ impl Catalog {
 
     /// `lorch run JOB`: the one job of that name in any package.
     pub fn find_unique(&self, name: &str) -> Result<&Job> {
-        let matches: Vec<&Job> = self.jobs().filter(|job| job.meta.name == name).collect();
+        let matches: Vec<&Job> = self.jobs().filter(|job| job.name() == name).collect();
         match matches.as_slice() {
             [job] => Ok(job),
             [] => {
-                let hint = suggest::hint(name, self.jobs().map(|j| j.meta.name.as_str()));
+                let hint = suggest::hint(name, self.jobs().map(|j| j.name()));
                 Err(Error::Usage(format!(
                     "no job named `{name}` in any package{hint}; use PACKAGE/JOB, see `lorch jobs list`"
                 )))

@@ -3,6 +3,7 @@
 
 mod cache;
 mod catalog;
+mod declared;
 pub mod install;
 mod library;
 mod metadata;
@@ -10,4 +11,5 @@ mod safety;
 mod search_path;
 
 pub use catalog::{Catalog, Job, Location, PluginFile, Problem};
+pub use declared::Declared;
 pub use search_path::SearchPath;

@@ -12,67 +12,214 @@
 //! user swaps files on the path in between.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::sys;
 
-/// A plugin file, open, with what was checked.
-pub struct Checked {
-    pub file: File,
-    pub meta: Metadata,
+/// What identifies one version of a file: replacing, rewriting, touching or chmod-ing it
+/// changes at least one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
 }
 
-/// Remembers the verdict on each directory, so a thousand plugins in one directory cost one
-/// walk up to `/`.
-#[derive(Default)]
-pub struct DirChecks(HashMap<PathBuf, Result<(), String>>);
+impl Stamp {
+    pub fn of(meta: &Metadata) -> Stamp {
+        Facts::from(meta).stamp
+    }
+}
 
-/// Opens the plugin at `path` and, unless `allow_insecure`, checks it and the directories that
+/// What lorch checks of a file or directory, from `std`'s metadata or from a `stat` of its own.
+struct Facts {
+    mode: u32,
+    uid: u32,
+    stamp: Stamp,
+}
+
+fn nanos(secs: i64, nanos: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nanos)
+}
+
+impl From<&Metadata> for Facts {
+    fn from(meta: &Metadata) -> Facts {
+        Facts {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            stamp: Stamp {
+                size: meta.size(),
+                mtime_ns: nanos(meta.mtime(), meta.mtime_nsec()),
+                ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
+                ino: meta.ino(),
+                dev: meta.dev(),
+            },
+        }
+    }
+}
+
+impl From<&libc::stat> for Facts {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn from(st: &libc::stat) -> Facts {
+        Facts {
+            mode: st.st_mode as u32,
+            uid: st.st_uid as u32,
+            stamp: Stamp {
+                size: st.st_size as u64,
+                mtime_ns: nanos(st.st_mtime as i64, st.st_mtime_nsec as i64),
+                ctime_ns: nanos(st.st_ctime as i64, st.st_ctime_nsec as i64),
+                ino: st.st_ino as u64,
+                dev: st.st_dev as u64,
+            },
+        }
+    }
+}
+
+impl Facts {
+    fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT as u32
+    }
+}
+
+/// A plugin file, found and checked but not opened: enough to serve its jobs from the metadata
+/// cache, which costs one `stat` per file (a directory of 1,000 plugins lists in a few
+/// milliseconds, see docs/performance.md).
+pub struct Inspected {
+    /// The real path of the directory the file was listed in (the metadata cache's key).
+    pub dir: PathBuf,
+    /// The file's real path: no symbolic link left in it.
+    pub real: PathBuf,
+    pub stamp: Stamp,
+}
+
+/// A plugin file, open, and still the file that was inspected.
+pub struct Checked {
+    pub file: File,
+    pub stamp: Stamp,
+}
+
+/// Remembers each directory's real path (and keeps it open), and the verdict on the directories
+/// from each plugin directory up to `/`, so a thousand plugins in one directory cost one walk.
+#[derive(Default)]
+pub struct DirChecks {
+    chains: HashMap<PathBuf, Result<(), String>>,
+    verdicts: HashMap<(PathBuf, bool), Result<(), String>>,
+    real: HashMap<PathBuf, (PathBuf, File)>,
+}
+
+/// Finds the plugin at `path` and, unless `allow_insecure`, checks it and the directories that
 /// lead to it.
-pub fn open(path: &Path, allow_insecure: bool, dirs: &mut DirChecks) -> Result<Checked, String> {
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
-    // The real path has no link left; O_NOFOLLOW refuses one swapped in since.
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&real)
-        .map_err(|e| format!("cannot open {}: {e}", real.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot inspect {}: {e}", real.display()))?;
-    if !meta.is_file() {
+pub fn inspect(path: &Path, allow_insecure: bool, dirs: &mut DirChecks) -> Result<Inspected, String> {
+    let cannot_resolve = |e: std::io::Error| format!("cannot resolve {}: {e}", path.display());
+    let (Some(listed_in), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(format!("{} is not a file", path.display()));
+    };
+    let (dir, facts) = dirs.lstat_in(listed_in, name).map_err(cannot_resolve)?;
+    let (real, facts) = if facts.kind() == libc::S_IFLNK as u32 {
+        let real = path.canonicalize().map_err(cannot_resolve)?;
+        let meta = real.symlink_metadata().map_err(cannot_resolve)?;
+        (real, Facts::from(&meta))
+    } else {
+        (dir.join(name), facts)
+    };
+    if facts.kind() != libc::S_IFREG as u32 {
         return Err(format!("{} is not a regular file", real.display()));
     }
     if !allow_insecure {
-        check(&real, "plugin file", &meta, false)?;
+        check(&real, "plugin file", &facts, false)?;
         dirs.check_chain(real.parent())?;
-        if let Some(link_dir) = path.parent().and_then(|d| d.canonicalize().ok())
-            && Some(link_dir.as_path()) != real.parent()
-        {
-            dirs.check_chain(Some(&link_dir))?;
+        if Some(dir.as_path()) != real.parent() {
+            // Reached through a link: whoever can replace the link chooses the file.
+            dirs.check_chain(Some(&dir))?;
         }
     }
-    Ok(Checked { file, meta })
+    Ok(Inspected {
+        dir,
+        real,
+        stamp: facts.stamp,
+    })
+}
+
+/// [`inspect`], then [`Inspected::open`].
+pub fn open(path: &Path, allow_insecure: bool, dirs: &mut DirChecks) -> Result<Checked, String> {
+    inspect(path, allow_insecure, dirs)?.open()
+}
+
+impl Inspected {
+    /// Opens the file that was checked: by its real path, refusing a link swapped in since
+    /// (`O_NOFOLLOW`), and only if it is still that very version of the file.
+    pub fn open(self) -> Result<Checked, String> {
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.real)
+            .map_err(|e| format!("cannot open {}: {e}", self.real.display()))?;
+        let stamp = file
+            .metadata()
+            .map(|meta| Stamp::of(&meta))
+            .map_err(|e| format!("cannot inspect {}: {e}", self.real.display()))?;
+        if stamp != self.stamp {
+            return Err(format!(
+                "{} changed since lorch checked it (a new version being installed?); try again",
+                self.real.display()
+            ));
+        }
+        Ok(Checked { file, stamp })
+    }
 }
 
 impl DirChecks {
-    /// Checks `dir` (strictly: it holds the plugin) and every directory above it.
+    /// The real path of directory `dir` (resolved and opened once), and what `lstat` says of
+    /// `name` in it.
+    fn lstat_in(&mut self, dir: &Path, name: &OsStr) -> std::io::Result<(PathBuf, Facts)> {
+        if !self.real.contains_key(dir) {
+            let shown = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let real = shown.canonicalize()?;
+            let handle = File::options()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&real)?;
+            self.real.insert(dir.to_owned(), (real, handle));
+        }
+        let (real, handle) = &self.real[dir];
+        Ok((real.clone(), Facts::from(&sys::lstat_at(handle, name)?)))
+    }
+
+    /// Checks `dir` (strictly: it holds the plugin) and every directory above it, once.
     fn check_chain(&mut self, dir: Option<&Path>) -> Result<(), String> {
+        let Some(dir) = dir else { return Ok(()) };
+        if let Some(verdict) = self.chains.get(dir) {
+            return verdict.clone();
+        }
+        let verdict = self.walk_chain(dir);
+        self.chains.insert(dir.to_owned(), verdict.clone());
+        verdict
+    }
+
+    fn walk_chain(&mut self, dir: &Path) -> Result<(), String> {
         let mut strict = true;
-        let mut next = dir;
+        let mut next = Some(dir);
         while let Some(dir) = next {
-            let verdict =
-                self.0
-                    .entry(dir.to_owned())
-                    .or_insert_with(|| match std::fs::metadata(dir) {
-                        Ok(meta) if strict => check(dir, "plugin directory", &meta, false),
-                        Ok(meta) => check(dir, "directory", &meta, true),
+            // Keyed by strictness too: `/tmp` passes as a parent (sticky), not as the plugin's own.
+            let key = (dir.to_owned(), strict);
+            let verdict = match self.verdicts.get(&key) {
+                Some(verdict) => verdict,
+                None => {
+                    let verdict = match std::fs::metadata(dir).map(|meta| Facts::from(&meta)) {
+                        Ok(facts) if strict => check(dir, "plugin directory", &facts, false),
+                        Ok(facts) => check(dir, "directory", &facts, true),
                         Err(e) => Err(format!("cannot inspect directory {}: {e}", dir.display())),
-                    });
+                    };
+                    self.verdicts.entry(key).or_insert(verdict)
+                }
+            };
             verdict.clone()?;
             strict = false;
             next = dir.parent();
@@ -84,7 +231,7 @@ impl DirChecks {
 /// Checks one file or directory (`what` it is to the plugin): owned by root or by the user
 /// running lorch, neither group- nor world-writable (unless `sticky_ok` and its sticky bit is
 /// set).
-fn check(path: &Path, what: &str, meta: &Metadata, sticky_ok: bool) -> Result<(), String> {
+fn check(path: &Path, what: &str, facts: &Facts, sticky_ok: bool) -> Result<(), String> {
     let fix = |how: String| {
         format!(
             "refusing to load it: the {what} {} {how}, so another user could change the code lorch runs; \
@@ -92,8 +239,8 @@ fn check(path: &Path, what: &str, meta: &Metadata, sticky_ok: bool) -> Result<()
             path.display()
         )
     };
-    let sticky = meta.mode() & 0o1000 != 0;
-    let writable = match meta.mode() & 0o022 {
+    let sticky = facts.mode & 0o1000 != 0;
+    let writable = match facts.mode & 0o022 {
         _ if sticky_ok && sticky => None,
         0 => None,
         0o002 => Some("world"),
@@ -106,10 +253,10 @@ fn check(path: &Path, what: &str, meta: &Metadata, sticky_ok: bool) -> Result<()
             path.display()
         )));
     }
-    if meta.uid() != 0 && meta.uid() != sys::euid() {
+    if facts.uid != 0 && facts.uid != sys::euid() {
         return Err(fix(format!(
             "is owned by another user (uid {}; fix: chown it to yourself or root)",
-            meta.uid()
+            facts.uid
         )));
     }
     Ok(())
@@ -194,6 +341,27 @@ mod tests {
         // Like /tmp: nobody may rename what is not theirs.
         chmod(&parent, 0o1777);
         assert!(open_plugin(&file).is_ok());
+    }
+
+    #[test]
+    fn a_sticky_directory_passes_as_a_parent_only_even_when_checked_first_as_one() {
+        let top = tempfile::tempdir().unwrap();
+        chmod(top.path(), 0o755);
+        let shared = top.path().join("shared");
+        let own = shared.join("own");
+        std::fs::create_dir_all(&own).unwrap();
+        chmod(&own, 0o755);
+        chmod(&shared, 0o1777);
+        for file in [own.join("liba.so"), shared.join("libb.so")] {
+            std::fs::write(&file, "").unwrap();
+            chmod(&file, 0o644);
+        }
+        // One DirChecks for both, as in a listing: `shared` is first judged as a parent (fine),
+        // then as the directory holding libb.so itself (refused: anyone can add files there).
+        let mut dirs = DirChecks::default();
+        assert!(open(&own.join("liba.so"), false, &mut dirs).is_ok());
+        let err = open(&shared.join("libb.so"), false, &mut dirs).err().unwrap();
+        assert!(err.contains("plugin directory"), "{err}");
     }
 
     #[test]

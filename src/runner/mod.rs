@@ -174,8 +174,8 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
         Some(wait) => {
             let path = locks::job_lock_path(
                 &plan.home,
-                &plan.job.meta.package,
-                &plan.job.meta.name,
+                &plan.job.package(),
+                &plan.job.name(),
                 plan.account.as_deref(),
             );
             match locks::acquire(&path, &run_id, wait, signals)
@@ -283,8 +283,8 @@ fn execute(
 ) -> (Attempt, usize) {
     let request = RunRequest {
         run_id: run_id.to_owned(),
-        package: plan.job.meta.package.clone(),
-        job: plan.job.meta.name.clone(),
+        package: plan.job.package().to_owned(),
+        job: plan.job.name().to_owned(),
         attempt,
         account: plan.account.clone(),
         since: plan.since.clone(),
@@ -359,8 +359,8 @@ fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Value {
     };
     let raw = |t: &Option<TimeArg>| t.as_ref().map(|t| t.raw.clone());
     json!({
-        "package": plan.job.meta.package,
-        "job": plan.job.meta.name,
+        "package": plan.job.package(),
+        "job": plan.job.name(),
         "parameters": {
             "account": plan.account,
             "since": instant(&plan.since),
@@ -373,7 +373,7 @@ fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Value {
         "host": gethostname::gethostname().to_string_lossy(),
         "pid": std::process::id(),
         "lorch_version": env!("CARGO_PKG_VERSION"),
-        "plugin": plan.job.location.to_string(),
+        "plugin": plan.job.location().to_string(),
     })
 }
 
