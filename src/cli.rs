@@ -158,6 +158,15 @@ pub enum RunsCommand {
         /// Only runs with this status
         #[arg(long, value_enum)]
         status: Option<RunStatus>,
+        /// Only runs for this account
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+        /// Only runs started at or after this time: -7d, today, 2024-01-01, ... (as run-job's)
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        since: Option<String>,
+        /// Only runs started before this time, same forms
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        until: Option<String>,
         /// At most this many of the newest runs
         #[arg(long, value_name = "N", default_value_t = 50)]
         limit: usize,
@@ -244,4 +253,12 @@ pub struct RunOptions {
     /// PROJECT.DATASET.TABLE), e.g. a test table
     #[arg(long, value_name = "TABLE")]
     pub events_table: Option<String>,
+    /// Print nothing when the run completes (for cron: mail only on failure); failures, skips
+    /// and warnings still go to stderr. Logs at `warn` unless LORCH_LOG says otherwise
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the run's summary (run id, status, reason, attempts, duration, exit code) as one
+    /// JSON document on stdout, whatever the outcome
+    #[arg(long, conflicts_with = "dry_run")]
+    pub json: bool,
 }

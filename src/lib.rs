@@ -34,6 +34,14 @@ use clap::Parser;
 /// Runs the lorch command line with this process's arguments and environment.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let cli::Command::RunJob { options, .. } | cli::Command::Run { options, .. } = &cli.command
+        && options.quiet
+        && std::env::var_os("LORCH_LOG").is_none()
+    {
+        // SAFETY: no other thread exists yet. Set in the environment so that the job's worker
+        // process logs at `warn` too.
+        unsafe { std::env::set_var("LORCH_LOG", "warn") };
+    }
     init_logging();
     if let cli::Command::Worker = cli.command {
         return runner::worker::main();

@@ -85,7 +85,11 @@ pub fn job_lock_path(home: &Path, package: &str, job: &str, account: Option<&str
                 while escaped.as_bytes()[cut - 1] == b'%' || escaped.as_bytes()[cut - 2] == b'%' {
                     cut -= 1;
                 }
-                format!("{}~{:016x}", &escaped[..cut], paths::fnv1a(account.as_bytes()))
+                format!(
+                    "{}~{:016x}",
+                    &escaped[..cut],
+                    paths::fnv1a(account.as_bytes())
+                )
             }
         }
     };

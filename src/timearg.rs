@@ -45,8 +45,15 @@ pub const ACCEPTED: &str = "accepted: a duration in the past such as -7d, 7d, -3
 such as 2024-01-01 (00:00 UTC), or an RFC 3339 date-time such as 2024-01-01T06:00:00Z \
 (no offset means UTC)";
 
+/// Resolves the value of a time flag (`--since`) against `now`; the error names the flag, the
+/// value, what is wrong with it and every accepted form.
+pub fn resolve_flag(flag: &str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    resolve(value, now)
+        .map_err(|why| format!("invalid value '{value}' for {flag}: {why}; {ACCEPTED}"))
+}
+
 /// Resolves `value` against `now`. The error says what is wrong with the value, without the
-/// list of accepted forms (the caller adds the flag name and [`ACCEPTED`]).
+/// list of accepted forms (see [`resolve_flag`]).
 pub fn resolve(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let value = value.trim();
     let midnight = now.date_naive().and_time(NaiveTime::MIN).and_utc();

@@ -500,7 +500,12 @@ fn a_command_reads_the_metadata_cache_of_its_own_search_path_only() {
         .args(["-e", "trace=openat", "-o"])
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_lorch"));
-    let args = ["--plugin-path", small.path().to_str().unwrap(), "jobs", "list"];
+    let args = [
+        "--plugin-path",
+        small.path().to_str().unwrap(),
+        "jobs",
+        "list",
+    ];
     let out = common::Run::from(env.cmd_in(traced, &args).output().unwrap());
     assert_eq!(out.stdout, "canonizer:\n  canonicalize_email\n", "{out:?}");
     let calls = std::fs::read_to_string(&trace).unwrap();
@@ -509,7 +514,10 @@ fn a_command_reads_the_metadata_cache_of_its_own_search_path_only() {
         .filter(|l| l.contains(".cache/lorch/plugins/"))
         .collect();
     assert_eq!(cache_opens.len(), 1, "{calls}");
-    assert!(!cache_opens[0].contains(big_cache[0].to_str().unwrap()), "{calls}");
+    assert!(
+        !cache_opens[0].contains(big_cache[0].to_str().unwrap()),
+        "{calls}"
+    );
     assert!(
         !calls.contains(&big.path().display().to_string()),
         "nothing of the other directory is touched: {calls}"
@@ -539,6 +547,10 @@ fn a_damaged_metadata_cache_is_ignored_and_rewritten() {
         let out = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
         assert_eq!(out.code, 0, "{out:?}");
         assert_eq!(out.stdout, expected.stdout, "{damaged:?}");
-        assert_eq!(env.run(&["jobs", "show", "ingester", "extract_gmail"]).stdout, expected.stdout);
+        assert_eq!(
+            env.run(&["jobs", "show", "ingester", "extract_gmail"])
+                .stdout,
+            expected.stdout
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! docs/jobs.md is a working tutorial: its `file=` code blocks, written into a new crate
-//! outside the workspace, build a plugin that lorch lists, shows and runs.
+//! The docs work as written: docs/jobs.md is a working tutorial (its `file=` code blocks,
+//! written into a new crate outside the workspace, build a plugin that lorch lists, shows and
+//! runs), and the README's Install and cron sections work under a umask of 002 and cron's
+//! environment.
 
 mod common;
 
@@ -132,5 +134,86 @@ fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
     assert!(
         out.stderr
             .contains("notes/count_lines requires --param file=<string> (The notes file to read)")
+    );
+}
+
+/// The lines of the first code block of `language` after `heading` in `markdown`.
+fn block_after<'a>(markdown: &'a str, heading: &str, language: &str) -> Vec<&'a str> {
+    let section = &markdown[markdown.find(heading).expect(heading)..];
+    let fence = format!("```{language}\n");
+    let start = section.find(&fence).expect("no such block") + fence.len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].lines().collect()
+}
+
+#[test]
+fn the_readme_install_and_cron_lines_work_under_umask_002_and_crons_environment() {
+    let readme = std::fs::read_to_string(Path::new(common::REPO).join("README.md")).unwrap();
+    let install = block_after(&readme, "## Install", "sh");
+    let cron = block_after(&readme, "## Running from cron", "cron");
+    let home = tempfile::TempDir::new().unwrap();
+    // `cargo install --locked --path .` (too slow for a test): the binary where it puts it.
+    let bin = home.path().join(".cargo/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_lorch"), bin.join("lorch")).unwrap();
+    // Nothing of this machine's environment: only what a login shell or cron would set.
+    let sh = |path: &str, line: &str| {
+        let out = Command::new("/bin/sh")
+            .args(["-c", &format!("umask 002; {line}")])
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", home.path())
+            .env("SHELL", "/bin/sh")
+            .current_dir(home.path())
+            .output()
+            .unwrap();
+        common::Run::from(out)
+    };
+    // Your shell after `cargo install`: ~/.cargo/bin on the PATH. The plugins were built by
+    // the test harness, not into target/release.
+    let shell_path = format!("{}:/usr/bin:/bin", bin.display());
+    let built = format!("{}/", common::built().display());
+    for line in install.iter().filter(|l| l.starts_with("lorch ")) {
+        let line = line
+            .split('#')
+            .next()
+            .unwrap()
+            .replace("target/release/", &built);
+        let out = sh(&shell_path, &line);
+        assert_eq!(out.code, 0, "{line}: {out:?}");
+        assert_eq!(out.stderr, "", "{line}: {out:?}");
+    }
+    let listed = sh(&shell_path, "lorch jobs list");
+    assert!(
+        listed.stdout.contains("ingester:\n  extract_gmail"),
+        "{listed:?}"
+    );
+
+    // cron: its PATH, the line as written after the five time fields.
+    let line = cron.iter().find(|l| !l.starts_with('#')).unwrap();
+    let command = line
+        .split_whitespace()
+        .skip(5)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = sh("/usr/bin:/bin", &command);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "", ""),
+        "a run that completes mails nothing: {out:?}"
+    );
+    let runs = sh(&shell_path, "lorch runs list --json");
+    let runs = runs.json();
+    let run = &runs["runs"][0];
+    assert_eq!(run["status"], "completed", "{runs}");
+    assert_eq!(run["account"], "acct1-personal", "{runs}");
+
+    // A failing run from the same line does mail: a mailbox that is not there.
+    let failing = format!("{command} --param mailbox=/nonexistent.jsonl");
+    let out = sh("/usr/bin:/bin", &failing);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("✗ ingester/extract_gmail failed"),
+        "{out:?}"
     );
 }

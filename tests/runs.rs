@@ -231,3 +231,100 @@ fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("no run no-such-run"), "{out:?}");
 }
+
+#[test]
+fn runs_list_filters_by_account_and_start_time() {
+    let (_p, env) = env();
+    let one = env.run(&["run-job", "testkit", "echo", "--account", "one"]);
+    let two = env.run(&["run-job", "testkit", "echo", "--account", "two"]);
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["runs", "list", "--json"];
+        all.extend_from_slice(args);
+        let out = env.run(&all);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&["--account", "one"]), [one.run_id()]);
+    assert_eq!(ids(&["--account", "two"]), [two.run_id()]);
+    assert!(ids(&["--account", "three"]).is_empty());
+    assert_eq!(ids(&["--since", "-1h"]), [one.run_id(), two.run_id()]);
+    assert_eq!(
+        ids(&["--since", "today", "--account", "two"]),
+        [two.run_id()]
+    );
+    assert!(ids(&["--until", "2000-01-01"]).is_empty());
+    assert!(ids(&["--since", "2999-01-01"]).is_empty());
+
+    let none = env.run(&["runs", "list", "--account", "three"]);
+    assert!(none.stderr.contains("no runs match"), "{none:?}");
+    let bad = env.run(&["runs", "list", "--since", "24-01-01"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("invalid value '24-01-01' for --since"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn run_job_json_prints_the_run_as_one_document_whatever_the_outcome() {
+    let (_p, env) = env();
+    let out = env.run(&["run-job", "testkit", "echo", "--json", "--account", "a"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let summary = out.json();
+    let run_id = summary["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(env.events(&run_id).len(), 3, "the id is the run's");
+    assert_eq!(summary["package"], "testkit");
+    assert_eq!(summary["job"], "echo");
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["reason"], serde_json::Value::Null);
+    assert_eq!(summary["attempts"], 1);
+    assert_eq!(summary["exit_code"], 0);
+    assert!(summary["duration_ms"].as_u64().is_some(), "{summary}");
+
+    let out = env.run(&[
+        "run-job",
+        "testkit",
+        "fail",
+        "--json",
+        "--retries",
+        "1",
+        "--retry-backoff",
+        "1ms",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let summary = out.json();
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(summary["reason"], "error");
+    assert_eq!(summary["attempts"], 2);
+    assert_eq!(summary["exit_code"], 1);
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection reset"),
+        "{summary}"
+    );
+    assert!(out.stderr.contains("✗ testkit/fail failed"), "{out:?}");
+
+    let usage = env.run(&["run-job", "testkit", "echo", "--json", "--dry-run"]);
+    assert_eq!(usage.code, 2, "{usage:?}");
+}
+
+#[test]
+fn quiet_prints_nothing_on_success_and_everything_on_failure() {
+    let (_p, env) = env();
+    let out = env.run(&["run-job", "testkit", "echo", "--quiet"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "", ""),
+        "{out:?}"
+    );
+    let out = env.run(&["run-job", "testkit", "fail", "--quiet"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("✗ testkit/fail failed"), "{out:?}");
+}

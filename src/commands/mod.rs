@@ -65,9 +65,22 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Runs(RunsCommand::List {
             job,
             status,
+            account,
+            since,
+            until,
             limit,
             json,
-        }) => runs::list(job, status, limit, json),
+        }) => {
+            let query = runs::Query {
+                job,
+                status,
+                account,
+                since,
+                until,
+                limit,
+            };
+            runs::list(query, json)
+        }
         Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
         Command::Runs(RunsCommand::Reap) => runs::reap(),
         Command::Worker => unreachable!("the worker is dispatched before logging starts"),

@@ -34,7 +34,14 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     )?);
     let background = route.start(&plan.home, &store)?;
     let report = runner::run(&plan, &store, &signals)?;
-    summarize(&job.id(), &report);
+    let exit = match report.record_error {
+        Some(_) => Exit::Environment,
+        None => exit_code(&report, signals.received()),
+    };
+    if options.json {
+        print_summary_json(job, &report, exit);
+    }
+    summarize(&job.id(), &report, options.quiet || options.json);
 
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {
@@ -52,20 +59,51 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     if let Some(error) = report.record_error {
         return Err(Error::Environment(error));
     }
-    Ok(match (signals.received(), report.outcome) {
+    Ok(exit)
+}
+
+fn exit_code(report: &runner::RunReport, signal: Option<i32>) -> Exit {
+    match (signal, &report.outcome) {
         (Some(signal), _) => Exit::cancelled_by(signal),
         // The job did its work, but lorch could not keep all it reported: not a success.
         (None, Outcome::Completed) if report.events_not_recorded > 0 => Exit::Environment,
         (None, Outcome::Completed) => Exit::Success,
         (None, Outcome::Failed(_)) => Exit::JobFailed,
         (None, Outcome::Skipped(_)) => Exit::Skipped,
-    })
+    }
 }
 
-/// The one line a run prints: `✓` on stdout, `✗` or `-` on stderr, naming the run id and any
-/// events that could not be recorded. Printing cannot change the exit code, so a closed or full
-/// stdout is ignored here.
-fn summarize(id: &str, report: &runner::RunReport) {
+/// `--json`: the run as one document on stdout (README, "Options of run-job").
+fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
+    let (status, reason, message) = match &report.outcome {
+        Outcome::Completed => ("completed", None, None),
+        Outcome::Failed(failed) => (
+            "failed",
+            Some(failed.reason.as_str()),
+            Some(&failed.message),
+        ),
+        Outcome::Skipped(_) => ("skipped", None, None),
+    };
+    let summary = serde_json::json!({
+        "run_id": report.run_id,
+        "package": job.package(),
+        "job": job.name(),
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "attempts": report.attempts,
+        "duration_ms": u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+        "events_not_recorded": report.events_not_recorded,
+        "exit_code": exit as u8,
+    });
+    // Printing cannot change the exit code, so a closed or full stdout is ignored here.
+    let _ = output::print_json(&summary);
+}
+
+/// The one line a run prints: `✓` on stdout (unless `quiet`), `✗` or `-` on stderr, naming the
+/// run id and any events that could not be recorded. Printing cannot change the exit code, so a
+/// closed or full stdout is ignored here.
+fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
     let attempt = match report.attempts {
         1 => String::new(),
         n => format!(", attempt {n}"),
@@ -76,6 +114,7 @@ fn summarize(id: &str, report: &runner::RunReport) {
         n => format!(", but {n} of its events were not recorded (see the errors above)"),
     };
     match &report.outcome {
+        Outcome::Completed if lost.is_empty() && quiet => {}
         Outcome::Completed if lost.is_empty() => {
             let took = output::round_duration(report.duration);
             let _ = output::print(&format!(
@@ -226,12 +265,7 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
     let now = Utc::now();
     let time = |flag: &str, value: &Option<String>| -> Result<Option<TimeArg>> {
         let Some(raw) = value else { return Ok(None) };
-        let utc = timearg::resolve(raw, now).map_err(|why| {
-            Error::Usage(format!(
-                "invalid value '{raw}' for {flag}: {why}; {}",
-                timearg::ACCEPTED
-            ))
-        })?;
+        let utc = timearg::resolve_flag(flag, raw, now).map_err(Error::Usage)?;
         Ok(Some(TimeArg {
             raw: raw.clone(),
             utc,

@@ -33,13 +33,18 @@ pub fn report_reaped(runs: Vec<RunRow>) {
     }
 }
 
-pub fn list(
-    job: Option<String>,
-    status: Option<RunStatus>,
-    limit: usize,
-    json: bool,
-) -> Result<Exit> {
-    let job = match job {
+/// What `runs list` was asked for.
+pub struct Query {
+    pub job: Option<String>,
+    pub status: Option<RunStatus>,
+    pub account: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: usize,
+}
+
+pub fn list(query: Query, json: bool) -> Result<Exit> {
+    let job = match query.job {
         None => None,
         Some(id) => match id.split_once('/') {
             Some((package, name)) if !package.is_empty() && !name.is_empty() => {
@@ -52,11 +57,22 @@ pub fn list(
             }
         },
     };
+    let now = Utc::now();
+    let time = |flag: &str, value: Option<String>| {
+        value
+            .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
+            .transpose()
+    };
+    let since = time("--since", query.since)?;
+    let until = time("--until", query.until)?;
     let store = open_reaped()?;
     let filter = RunFilter {
         job,
-        status: status.map(|s| s.as_str().to_owned()),
-        limit: Some(limit),
+        status: query.status.map(|s| s.as_str().to_owned()),
+        account: query.account,
+        since,
+        until,
+        limit: Some(query.limit),
         ..RunFilter::default()
     };
     let runs = store.runs(&filter)?;

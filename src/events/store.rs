@@ -140,6 +140,11 @@ pub struct RunFilter {
     /// `(package, job)`.
     pub job: Option<(String, String)>,
     pub status: Option<String>,
+    pub account: Option<String>,
+    /// Only runs started at or after this instant.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only runs started before this instant.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// Only the newest N (still returned oldest first).
     pub limit: Option<usize>,
 }
@@ -644,11 +649,25 @@ impl LocalStore {
              FROM (SELECT rowid AS seq, * FROM runs
                    WHERE (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR job = ?2)
                      AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR run_id = ?5)
+                     AND (?6 IS NULL OR account = ?6)
+                     AND (?7 IS NULL OR started_at >= ?7) AND (?8 IS NULL OR started_at < ?8)
                    ORDER BY started_at DESC, seq DESC LIMIT ?4)
              ORDER BY started_at, seq",
         )?;
+        // Timestamps are stored in one fixed form (`timestamp`), so text order is time order.
+        let since = filter.since.as_ref().map(timestamp);
+        let until = filter.until.as_ref().map(timestamp);
         let rows = stmt.query_map(
-            params![package, job, filter.status, limit, filter.run_id],
+            params![
+                package,
+                job,
+                filter.status,
+                limit,
+                filter.run_id,
+                filter.account,
+                since,
+                until
+            ],
             |row| {
                 Ok(RunRow {
                     run_id: row.get(0)?,

@@ -140,7 +140,8 @@ impl MetadataCache {
             summary: head.summary,
         });
         let declared = Arc::new(Declared::cached(heads.collect(), stored));
-        dir.seen.push((name.to_owned(), entry.stamp, Arc::clone(&declared)));
+        dir.seen
+            .push((name.to_owned(), entry.stamp, Arc::clone(&declared)));
         Some(declared)
     }
 
@@ -233,7 +234,11 @@ fn file_name(root: &Path, dir: &Path) -> PathBuf {
 }
 
 /// Writes a private temporary file, then renames it: readers never see half a cache.
-fn write(path: &Path, dir: &Path, plugins: &[(OsString, Stamp, Arc<Declared>)]) -> std::io::Result<()> {
+fn write(
+    path: &Path,
+    dir: &Path,
+    plugins: &[(OsString, Stamp, Arc<Declared>)],
+) -> std::io::Result<()> {
     let mut blobs = Vec::new();
     let mut entries = Vec::with_capacity(plugins.len());
     for (name, stamp, declared) in plugins {

@@ -351,20 +351,14 @@ impl Catalog {
 
     /// The package names, sorted.
     pub fn packages(&self) -> Vec<&str> {
-        let mut packages: Vec<&str> = self
-            .jobs
-            .iter()
-            .map(|job| job.package())
-            .collect();
+        let mut packages: Vec<&str> = self.jobs.iter().map(|job| job.package()).collect();
         packages.dedup();
         packages
     }
 
     /// The jobs of one package, sorted.
     pub fn package_jobs<'a>(&'a self, package: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
-        let start = self
-            .jobs
-            .partition_point(|job| job.package() < package);
+        let start = self.jobs.partition_point(|job| job.package() < package);
         self.jobs[start..]
             .iter()
             .take_while(move |job| job.package() == package)
@@ -415,10 +409,7 @@ impl Catalog {
         {
             return Ok(&self.jobs[index]);
         }
-        let names: Vec<&str> = self
-            .package_jobs(package)
-            .map(|j| j.name())
-            .collect();
+        let names: Vec<&str> = self.package_jobs(package).map(|j| j.name()).collect();
         let hint = suggest::hint(name, names.iter().copied());
         Err(Error::Usage(format!(
             "unknown job `{name}` in package `{package}`{hint}; jobs in {package}: {}",

@@ -101,10 +101,9 @@ impl Declared {
         match decoded {
             Ok(jobs)
                 if jobs.len() == self.heads.len()
-                    && jobs
-                        .iter()
-                        .zip(&self.heads)
-                        .all(|(job, head)| job.package == head.package && job.name == head.name) =>
+                    && jobs.iter().zip(&self.heads).all(|(job, head)| {
+                        job.package == head.package && job.name == head.name
+                    }) =>
             {
                 jobs
             }

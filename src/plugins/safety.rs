@@ -116,7 +116,11 @@ pub struct DirChecks {
 
 /// Finds the plugin at `path` and, unless `allow_insecure`, checks it and the directories that
 /// lead to it.
-pub fn inspect(path: &Path, allow_insecure: bool, dirs: &mut DirChecks) -> Result<Inspected, String> {
+pub fn inspect(
+    path: &Path,
+    allow_insecure: bool,
+    dirs: &mut DirChecks,
+) -> Result<Inspected, String> {
     let cannot_resolve = |e: std::io::Error| format!("cannot resolve {}: {e}", path.display());
     let (Some(listed_in), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(format!("{} is not a file", path.display()));
@@ -180,7 +184,11 @@ impl DirChecks {
     /// `name` in it.
     fn lstat_in(&mut self, dir: &Path, name: &OsStr) -> std::io::Result<(PathBuf, Facts)> {
         if !self.real.contains_key(dir) {
-            let shown = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let shown = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             let real = shown.canonicalize()?;
             let handle = File::options()
                 .read(true)
@@ -360,7 +368,9 @@ mod tests {
         // then as the directory holding libb.so itself (refused: anyone can add files there).
         let mut dirs = DirChecks::default();
         assert!(open(&own.join("liba.so"), false, &mut dirs).is_ok());
-        let err = open(&shared.join("libb.so"), false, &mut dirs).err().unwrap();
+        let err = open(&shared.join("libb.so"), false, &mut dirs)
+            .err()
+            .unwrap();
         assert!(err.contains("plugin directory"), "{err}");
     }
 
