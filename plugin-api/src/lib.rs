@@ -58,7 +58,7 @@ mod job;
 pub use args::{Args, Params, TimeArg};
 pub use context::{Context, Level};
 pub use error::{JobError, JobResult};
-pub use job::{JobFn, JobSpec, ParamKind, ParamSpec};
+pub use job::{__check_declaration, JobFn, JobSpec, ParamKind, ParamSpec};
 
 /// Re-exported so jobs can build event payloads without naming `serde_json` themselves.
 pub use serde_json::{Value, json};

@@ -14,57 +14,59 @@ fn valid_name(name: &str, hyphens: bool) -> bool {
         })
 }
 
-/// Checks names, parameters and defaults; the error names the first offending item.
+/// Checks names, parameters and defaults; the error names every offending item, so a plugin
+/// author fixes them in one go.
 pub fn check(metadata: &PluginMetadata) -> Result<(), String> {
+    let mut problems = Vec::new();
     let mut ids = HashSet::new();
     for job in &metadata.jobs {
         if !valid_name(&job.package, true) {
-            return Err(format!(
+            problems.push(format!(
                 "package name {:?} must match [a-z0-9_-]+",
                 job.package
             ));
         }
         if !valid_name(&job.name, false) {
-            return Err(format!(
+            problems.push(format!(
                 "job name {:?} in package {} must match [a-z0-9_]+",
                 job.name, job.package
             ));
         }
         let id = format!("{}/{}", job.package, job.name);
         if !ids.insert(id.clone()) {
-            return Err(format!("job {id} is registered twice"));
+            problems.push(format!("job {id} is registered twice"));
         }
         let mut names = HashSet::new();
         for param in &job.params {
-            if !valid_name(&param.name, false) {
-                return Err(format!(
-                    "parameter name {:?} of {id} must match [a-z0-9_]+",
-                    param.name
+            let name = &param.name;
+            if !valid_name(name, false) {
+                problems.push(format!(
+                    "parameter name {name:?} of {id} must match [a-z0-9_]+"
                 ));
             }
-            if !names.insert(&param.name) {
-                return Err(format!(
-                    "parameter {} of {id} is declared twice",
-                    param.name
+            if !names.insert(name) {
+                problems.push(format!("parameter {name} of {id} is declared twice"));
+            }
+            let Some(default) = &param.default else {
+                continue;
+            };
+            if param.required {
+                problems.push(format!(
+                    "parameter {name} of {id} is required and has a default"
                 ));
             }
-            if let Some(default) = &param.default {
-                if param.required {
-                    return Err(format!(
-                        "parameter {} of {id} is required and has a default",
-                        param.name
-                    ));
-                }
-                params::parse_value(param.kind, default).map_err(|why| {
-                    format!(
-                        "default {default:?} of parameter {} of {id}: {why}",
-                        param.name
-                    )
-                })?;
+            if let Err(why) = params::parse_value(param.kind, default) {
+                problems.push(format!(
+                    "default {default:?} of parameter {name} of {id}: {why}"
+                ));
             }
         }
     }
-    Ok(())
+    match problems.as_slice() {
+        [] => Ok(()),
+        [one] => Err(one.clone()),
+        all => Err(format!("{} problems: {}", all.len(), all.join("; "))),
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +121,23 @@ mod tests {
                 "required and has a default",
             ),
         ];
+        let every = json!({"jobs": [{"package": "Pkg", "name": "my-job", "params": [
+            {"name": "a", "type": "int", "default": "x"},
+            {"name": "a", "type": "bool", "required": true, "default": "1"}]}]});
+        let err = check_json(every).unwrap_err();
+        for expected in [
+            "5 problems: ",
+            "package name \"Pkg\"",
+            "job name \"my-job\"",
+            "default \"x\"",
+            "declared twice",
+            "required and has a default",
+        ] {
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
         for (metadata, expected) in cases {
             let err = check_json(metadata).unwrap_err();
             assert!(
