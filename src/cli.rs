@@ -1,10 +1,11 @@
-//! The command line, all in one place (SPEC §4).
+//! The command line, all in one place (README, "Commands").
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
+use crate::lifecycle::RunStatus;
 use crate::timearg;
 
 #[derive(Debug, Parser)]
@@ -186,26 +187,7 @@ pub enum RunsCommand {
     Reap,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RunStatus {
-    Running,
-    Completed,
-    Failed,
-    Skipped,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-            RunStatus::Skipped => "skipped",
-        }
-    }
-}
-
-/// The arguments common to every job (SPEC §4).
+/// The arguments common to every job (README, "Options of run-job and run").
 #[derive(Debug, Args)]
 pub struct RunOptions {
     /// The account the job works on

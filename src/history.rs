@@ -7,19 +7,18 @@
 
 use std::path::Path;
 
+use crate::events::{Event, EventFilter, EventSink, LocalStore, RunFilter, RunRow};
+use crate::lifecycle::{self, EventType, Payload, Reason, RunStatus};
+use crate::locks;
 use anyhow::Result;
 use chrono::Utc;
-use serde_json::{Value, json};
-
-use crate::events::{Event, EventFilter, EventSink, LocalStore, RunFilter, RunRow};
-use crate::locks;
 
 /// Closes the abandoned runs (of one `(package, job)`, or all) and returns them.
 pub fn reap(store: &LocalStore, home: &Path, job: Option<(String, String)>) -> Result<Vec<RunRow>> {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let running = RunFilter {
         job,
-        status: Some("running".to_owned()),
+        status: Some(RunStatus::Running),
         ..RunFilter::default()
     };
     let mut reaped = Vec::new();
@@ -43,7 +42,7 @@ pub fn reap(store: &LocalStore, home: &Path, job: Option<(String, String)>) -> R
         // Under the lock, so two reapers cannot both close it.
         if store
             .run(&run.run_id)?
-            .is_none_or(|r| r.status != "running")
+            .is_none_or(|r| r.status != RunStatus::Running)
         {
             continue;
         }
@@ -64,7 +63,10 @@ fn remove_stale_run_locks(store: &LocalStore, home: &Path) -> Result<()> {
             continue;
         };
         // A run with a row is reaped above, by the rules for its job; keep its file for that.
-        if store.run(&run_id)?.is_some_and(|r| r.status == "running") {
+        if store
+            .run(&run_id)?
+            .is_some_and(|r| r.status == RunStatus::Running)
+        {
             lock.keep_file();
         }
     }
@@ -77,23 +79,28 @@ fn abandoned(store: &LocalStore, run: &RunRow) -> Result<Event> {
         run_id: Some(run.run_id.clone()),
         limit: None,
     })?;
-    let started = events.iter().rev().find(|e| e.event_type == "job.started");
-    let mut event = Event::new("job.failed", "lorch", &run.run_id);
-    event.status = "failed".to_owned();
-    event.object_type = Some("job_run".to_owned());
+    let started = events
+        .iter()
+        .rev()
+        .find(|e| e.event_type == EventType::Started.as_str());
+    let kind = EventType::Failed;
+    let mut event = Event::new(kind.as_str(), lifecycle::SOURCE, &run.run_id);
+    event.status = kind.event_status().to_owned();
+    event.object_type = Some(lifecycle::OBJECT_TYPE.to_owned());
     event.trace_id = started.and_then(|e| e.trace_id.clone());
     let pid = run.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
     event.error_message = Some(format!(
         "abandoned: the lorch process{pid} running it ended without recording an outcome"
     ));
-    let mut payload = started
-        .map(Event::payload_value)
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
-    payload["reason"] = json!("abandoned");
-    if let Some(started) = started {
-        payload["duration_seconds"] = json!((Utc::now() - started.created_at).as_seconds_f64());
-    }
-    event.set_payload(&payload);
+    // The attempt's own payload, closed: what the job was asked to do stays on record.
+    let payload = Payload {
+        reason: Some(Reason::Abandoned),
+        duration_seconds: started.map(|started| (Utc::now() - started.created_at).as_seconds_f64()),
+        failure: None,
+        ..started
+            .and_then(|e| Payload::read(&e.payload_value()))
+            .unwrap_or_default()
+    };
+    event.set_payload(&payload.to_value());
     Ok(event)
 }

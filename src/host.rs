@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::events::{Event, EventSink};
+use crate::lifecycle;
 use crate::plugins::Job;
 
 /// `abi::EmittedEvent` as the host reads it: the payload stays JSON text, borrowed.
@@ -127,7 +128,9 @@ impl<'a> JobCall<'a> {
                 return abi::EMIT_INVALID;
             }
         };
-        if emitted.event_type.trim().is_empty() || emitted.event_type.starts_with("job.") {
+        if emitted.event_type.trim().is_empty()
+            || emitted.event_type.starts_with(lifecycle::RESERVED_PREFIX)
+        {
             tracing::error!(
                 "{} emitted event type {:?}: event types must be non-empty and `job.*` is reserved for lorch",
                 self.source_system,

@@ -4,6 +4,7 @@
 //! that depends on this crate and on its job crates, and calls [`main`] too (see
 //! `examples/custom-lorch`).
 
+mod backoff;
 mod bigquery;
 mod cli;
 mod commands;
@@ -11,12 +12,14 @@ mod error;
 pub mod events;
 mod history;
 mod host;
+mod lifecycle;
 mod locks;
 mod output;
 mod params;
 mod paths;
 pub mod plugins;
 mod runner;
+mod signals;
 mod suggest;
 mod sys;
 pub mod timearg;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::paths;
-use crate::runner::Signals;
+use crate::signals::Signals;
 
 /// A lock this process holds until it is dropped.
 #[derive(Debug)]

@@ -54,6 +54,7 @@ mod args;
 mod context;
 mod error;
 mod job;
+pub mod testing;
 
 pub use args::{Args, Params, TimeArg};
 pub use context::{Context, Level};

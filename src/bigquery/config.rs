@@ -1,4 +1,5 @@
-//! Where events go in BigQuery and with which credentials, from the environment (SPEC §5).
+//! Where events go in BigQuery and with which credentials, from the environment
+//! (docs/events.md, "BigQuery").
 //!
 //! Reading the configuration touches no network: it reads environment variables and at most
 //! one credentials file, so a bad configuration is reported before anything is sent.

@@ -15,9 +15,10 @@ use anyhow::Result;
 use super::client::{Client, Failure, RowError};
 use super::config::{Config, Problem, Table};
 use super::schema;
+use crate::backoff;
 use crate::events::{DeadLetter, LocalStore, Pending};
 use crate::locks::{self, Acquired};
-use crate::runner::{Signals, backoff};
+use crate::signals::Signals;
 
 /// insertAll takes at most 500 rows per request as recommended, and 10 MB: stay well under.
 const MAX_ROWS: usize = 500;
@@ -132,7 +133,7 @@ impl Delivery<'_> {
             }
             failures += 1;
             drop(lock);
-            let pause = backoff(RETRY_BASE, failures).min(MAX_PAUSE);
+            let pause = backoff::delay(RETRY_BASE, failures).min(MAX_PAUSE);
             std::thread::sleep(
                 pause.min(policy.deadline.saturating_duration_since(Instant::now())),
             );
@@ -383,7 +384,7 @@ fn deliver_in_background(
             }
             Some(_) => {
                 failures += 1;
-                backoff(RETRY_BASE, failures).min(MAX_PAUSE)
+                backoff::delay(RETRY_BASE, failures).min(MAX_PAUSE)
             }
         };
         if stopped.recv_timeout(pause) != Err(mpsc::RecvTimeoutError::Timeout) {

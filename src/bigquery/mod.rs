@@ -1,4 +1,4 @@
-//! The BigQuery sink (SPEC §5): events are committed to the local store first, queued in its
+//! The BigQuery sink (docs/events.md, "BigQuery"): events are committed to the local store first, queued in its
 //! outbox, and delivered from there; an outage delays events, it never loses them or changes a
 //! job's outcome.
 //!

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::bigquery;
 use crate::error::{Error, Exit, Result};
-use crate::events::{Event, EventFilter};
+use crate::events::EventFilter;
 use crate::output;
 use crate::output::stderr;
 
@@ -51,7 +51,7 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
         let width = store.widest_event_type(&filter)?;
         store.for_each(&filter, |event| {
             count += 1;
-            write(&mut out, &format_event(&event, width))
+            write(&mut out, &super::format_event(&event, width))
         })?;
     }
     if let Some(error) = failed {
@@ -69,32 +69,6 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
         }
     }
     Ok(Exit::Success)
-}
-
-/// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.
-pub fn format_events(events: &[Event]) -> String {
-    let width = events
-        .iter()
-        .map(|e| e.event_type.chars().count())
-        .max()
-        .unwrap_or(0);
-    events.iter().map(|e| format_event(e, width)).collect()
-}
-
-/// One event's line, its type padded to `type_width` characters.
-fn format_event(event: &Event, type_width: usize) -> String {
-    let created = event
-        .created_at
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut text = format!(
-        "{created}  {}  {:type_width$}  {:6}  {}",
-        event.correlation_id, event.event_type, event.status, event.source_system
-    );
-    if let Some(error) = &event.error_message {
-        write!(text, "  {error}").unwrap();
-    }
-    text.push('\n');
-    text
 }
 
 /// `lorch events status`: the outbox's counts, read locally (no network).
@@ -219,7 +193,7 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
     )))
 }
 
-/// `lorch events init`: the dataset and the table of SPEC §5, created when missing.
+/// `lorch events init`: the dataset and the table of docs/events.md, created when missing.
 pub fn init(dry_run: bool, events_table: Option<&str>) -> Result<Exit> {
     let config = bigquery::Config::from_env().map_err(cannot_deliver)?;
     let table = config

@@ -6,9 +6,13 @@ mod plugins;
 mod run;
 mod runs;
 
+use std::fmt::Write as _;
+
 use crate::cli::{Cli, Command, EventsCommand, JobsCommand, PluginsCommand, RunsCommand};
 use crate::error::{Error, Exit, Result};
-use crate::plugins::{Catalog, SearchPath};
+use crate::events::{Event, RunRow};
+use crate::output::stderr;
+use crate::plugins::{Catalog, Lookup, SearchPath};
 
 pub fn dispatch(cli: Cli) -> Result<Exit> {
     let search_path = SearchPath::from_env(&cli.plugin_path);
@@ -49,7 +53,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             run::run(job.map_err(|e| nowhere(&search_path, e))?, &options)
         }
         Command::Plugins(PluginsCommand::List { json }) => {
-            plugins::list(&search_path, &discover(), json)
+            plugins::list(&search_path, discover(), json)
         }
         Command::Plugins(PluginsCommand::Install { files, to }) => plugins::install(&files, to),
         Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
@@ -83,20 +87,31 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
         Command::Runs(RunsCommand::Reap) => runs::reap(),
-        Command::Worker => unreachable!("the worker is dispatched before logging starts"),
+        Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
+    }
+}
+
+/// A name that is not there is the user's mistake; a plugin that failed to load is the
+/// environment's (README, "Exit codes").
+impl From<Lookup> for Error {
+    fn from(lookup: Lookup) -> Error {
+        match lookup {
+            Lookup::Unknown(why) => Error::Usage(why),
+            Lookup::Unavailable(why) => Error::Environment(anyhow::anyhow!(why)),
+        }
     }
 }
 
 /// An unknown job when lorch had nowhere to look (no `HOME`, no plugin path): the environment is
 /// the problem, not the name.
-fn nowhere(search_path: &SearchPath, error: Error) -> Error {
-    match error {
-        Error::Usage(why) if search_path.dirs().next().is_none() => {
+fn nowhere(search_path: &SearchPath, lookup: Lookup) -> Error {
+    match lookup {
+        Lookup::Unknown(why) if search_path.dirs().next().is_none() => {
             Error::Environment(anyhow::anyhow!(
                 "{why}: lorch had no plugin directory to look in (HOME is not set, nor XDG_DATA_HOME, LORCH_PLUGIN_PATH or --plugin-path); set HOME, or name the directory with --plugin-path or LORCH_PLUGIN_PATH"
             ))
         }
-        error => error,
+        lookup => lookup.into(),
     }
 }
 
@@ -116,4 +131,45 @@ fn open_home() -> anyhow::Result<(std::path::PathBuf, crate::events::LocalStore)
         store = store.queue_for_delivery(Outbox::default());
     }
     Ok((home, store))
+}
+
+// What several commands print.
+
+/// One warning per run the reaper closed.
+fn report_reaped(runs: Vec<RunRow>) {
+    for run in runs {
+        stderr!(
+            "warning: run {} of {}/{} (started {}) was abandoned: its lorch process is gone; recorded job.failed, reason abandoned",
+            run.run_id,
+            run.package,
+            run.job,
+            run.started_at
+        );
+    }
+}
+
+/// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.
+fn format_events(events: &[Event]) -> String {
+    let width = events
+        .iter()
+        .map(|e| e.event_type.chars().count())
+        .max()
+        .unwrap_or(0);
+    events.iter().map(|e| format_event(e, width)).collect()
+}
+
+/// One event's line, its type padded to `type_width` characters.
+fn format_event(event: &Event, type_width: usize) -> String {
+    let created = event
+        .created_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut text = format!(
+        "{created}  {}  {:type_width$}  {:6}  {}",
+        event.correlation_id, event.event_type, event.status, event.source_system
+    );
+    if let Some(error) = &event.error_message {
+        write!(text, "  {error}").unwrap();
+    }
+    text.push('\n');
+    text
 }

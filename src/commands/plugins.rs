@@ -73,7 +73,7 @@ pub fn list(search_path: &SearchPath, catalog: &Catalog, json: bool) -> Result<E
                 writeln!(text, "{} (ABI {abi})", file.path.display()).unwrap();
                 for job in declared.heads() {
                     let id = format!("{}/{}", job.package, job.name);
-                    match provider(&job.package, &job.name) {
+                    match provider(job.package, job.name) {
                         Some(Location::File(path)) if *path == file.path => {
                             writeln!(text, "  {id}").unwrap()
                         }

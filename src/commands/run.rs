@@ -12,7 +12,8 @@ use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
 use crate::output::stderr;
 use crate::plugins::Job;
-use crate::runner::{self, Limits, Mode, Outcome, RunPlan, Signals};
+use crate::runner::{self, Limits, Mode, Outcome, RunPlan};
+use crate::signals::Signals;
 use crate::{history, output, params, timearg};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
@@ -27,7 +28,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     if let Route::Queue { outbox, .. } = &route {
         store = store.queue_for_delivery(outbox.clone());
     }
-    super::runs::report_reaped(history::reap(
+    super::report_reaped(history::reap(
         &store,
         &plan.home,
         Some((job.package().to_owned(), job.name().to_owned())),
@@ -284,7 +285,7 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
             until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )));
     }
-    let params = params::resolve(&job.meta(), &options.params).map_err(Error::Usage)?;
+    let params = params::resolve(job.meta(), &options.params).map_err(Error::Usage)?;
     Ok(RunPlan {
         job,
         account: options.account.clone(),

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::events::format_events;
-use crate::cli::RunStatus;
+use super::{format_events, report_reaped};
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, RunFilter, RunRow};
+use crate::lifecycle::RunStatus;
 use crate::output::stderr;
 use crate::{history, output};
 
@@ -18,19 +18,6 @@ fn open_reaped() -> Result<LocalStore> {
     let (home, store) = super::open_home()?;
     report_reaped(history::reap(&store, &home, None)?);
     Ok(store)
-}
-
-/// One warning per run the reaper closed.
-pub fn report_reaped(runs: Vec<RunRow>) {
-    for run in runs {
-        stderr!(
-            "warning: run {} of {}/{} (started {}) was abandoned: its lorch process is gone; recorded job.failed, reason abandoned",
-            run.run_id,
-            run.package,
-            run.job,
-            run.started_at
-        );
-    }
 }
 
 /// What `runs list` was asked for.
@@ -68,7 +55,7 @@ pub fn list(query: Query, json: bool) -> Result<Exit> {
     let store = open_reaped()?;
     let filter = RunFilter {
         job,
-        status: query.status.map(|s| s.as_str().to_owned()),
+        status: query.status,
         account: query.account,
         since,
         until,
@@ -158,8 +145,8 @@ fn say_why_none(store: &LocalStore, filter: &RunFilter) -> Result<()> {
 /// `completed`, `failed (timeout)`, `skipped (locked)`, `running`.
 fn status_text(run: &RunRow) -> String {
     match &run.reason {
-        Some(reason) => format!("{} ({reason})", run.status),
-        None => run.status.clone(),
+        Some(reason) => format!("{} ({reason})", run.status.as_str()),
+        None => run.status.as_str().to_owned(),
     }
 }
 

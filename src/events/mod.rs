@@ -1,4 +1,4 @@
-//! Events: the rows of lorchestra's `event_log` (SPEC §5), and where they are recorded.
+//! Events: the rows of lorchestra's `event_log` (docs/events.md), and where they are recorded.
 
 mod store;
 

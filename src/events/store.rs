@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Event, EventSink};
+use crate::lifecycle::{EventType, Payload, Reason, RunStatus};
 
 mod file;
 mod outbox;
@@ -121,8 +122,7 @@ pub struct RunRow {
     pub package: String,
     pub job: String,
     pub account: Option<String>,
-    /// `running`, `completed`, `failed` or `skipped`.
-    pub status: String,
+    pub status: RunStatus,
     pub reason: Option<String>,
     /// The number of the latest attempt.
     pub attempt: u32,
@@ -139,7 +139,7 @@ pub struct RunFilter {
     pub run_id: Option<String>,
     /// `(package, job)`.
     pub job: Option<(String, String)>,
-    pub status: Option<String>,
+    pub status: Option<RunStatus>,
     pub account: Option<String>,
     /// Only runs started at or after this instant.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -577,14 +577,19 @@ fn update_run(
     seq: i64,
     outbox: Option<&Outbox>,
 ) -> rusqlite::Result<()> {
-    let payload = event.payload_value();
+    let Some(kind) = EventType::parse(&event.event_type) else {
+        return Ok(());
+    };
+    let payload = Payload::read(&event.payload_value()).unwrap_or_default();
     let at = timestamp(&event.created_at);
     let run = &event.correlation_id;
-    match event.event_type.as_str() {
-        "job.started" | "job.skipped" => {
-            let (status, ended_at, last_seq) = match event.event_type.as_str() {
-                "job.started" => ("running", None, None),
-                _ => ("skipped", Some(&at), Some(seq)),
+    let status = kind.run_status().as_str();
+    let reason = payload.reason.map(Reason::as_str);
+    match kind {
+        EventType::Started | EventType::Skipped => {
+            let (ended_at, last_seq) = match kind {
+                EventType::Started => (None, None),
+                _ => (Some(&at), Some(seq)),
             };
             tx.execute(
                 "INSERT INTO runs (run_id, package, job, account, status, reason, attempt, started_at,
@@ -595,16 +600,16 @@ fn update_run(
                      last_seq = NULL",
                 params![
                     run,
-                    payload["package"].as_str().unwrap_or_default(),
-                    payload["job"].as_str().unwrap_or_default(),
-                    payload["parameters"]["account"].as_str(),
+                    payload.package,
+                    payload.job,
+                    payload.parameters.account,
                     status,
-                    payload["reason"].as_str(),
-                    payload["attempt"].as_i64().unwrap_or(1),
+                    reason,
+                    payload.attempt.max(1),
                     at,
                     ended_at,
-                    payload["pid"].as_i64(),
-                    payload["host"].as_str(),
+                    (payload.pid != 0).then_some(payload.pid),
+                    (!payload.host.is_empty()).then_some(&payload.host),
                     seq,
                     last_seq,
                     outbox.is_some(),
@@ -612,27 +617,14 @@ fn update_run(
                 ],
             )?;
         }
-        "job.completed" | "job.failed" => {
-            let status = if event.event_type == "job.completed" {
-                "completed"
-            } else {
-                "failed"
-            };
+        EventType::Completed | EventType::Failed => {
             tx.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, ended_at = ?4, error_message = ?5,
                      last_seq = ?6
                  WHERE run_id = ?1",
-                params![
-                    run,
-                    status,
-                    payload["reason"].as_str(),
-                    at,
-                    event.error_message,
-                    seq
-                ],
+                params![run, status, reason, at, event.error_message, seq],
             )?;
         }
-        _ => {}
     }
     Ok(())
 }
@@ -661,7 +653,7 @@ impl LocalStore {
             params![
                 package,
                 job,
-                filter.status,
+                filter.status.map(RunStatus::as_str),
                 limit,
                 filter.run_id,
                 filter.account,
@@ -730,6 +722,16 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         error_message: row.get("error_message")?,
         payload: payload.and_then(|p| RawValue::from_string(p).ok()),
     })
+}
+
+/// A run's status as the `runs` table keeps it (its wire name).
+impl rusqlite::types::FromSql for RunStatus {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        RunStatus::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown run status {text:?}").into())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -5,14 +5,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::anyhow;
 use lorch_plugin_api::abi::{self, Host, JobMetadata, PluginHeader, Str};
 
 use super::cache::MetadataCache;
 use super::declared::{Declared, Head};
 use super::safety::{DirChecks, Stamp};
 use super::{SearchPath, library, metadata, safety};
-use crate::error::{Error, Result};
 use crate::output::stderr;
 use crate::{suggest, sys};
 
@@ -150,11 +148,11 @@ impl Job {
     }
 
     pub fn package(&self) -> &str {
-        &self.head().package
+        self.head().package
     }
 
     pub fn name(&self) -> &str {
-        &self.head().name
+        self.head().name
     }
 
     /// `PACKAGE/JOB`.
@@ -164,7 +162,7 @@ impl Job {
 
     /// The first line of the description.
     pub fn summary(&self) -> &str {
-        &self.head().summary
+        self.head().summary
     }
 
     /// Everything the job declared: description, parameters.
@@ -254,6 +252,15 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.location, self.message)
     }
+}
+
+/// Why a package or job the user named cannot be had.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// No such package or job (a typo?); the message names the closest and the known ones.
+    Unknown(String),
+    /// The plugin file that provides the package failed to load, or was refused.
+    Unavailable(String),
 }
 
 /// Every job found, by package then name.
@@ -372,7 +379,7 @@ impl Catalog {
     }
 
     /// A package the user named, or a usage error with the closest name.
-    pub fn check_package(&self, package: &str) -> Result<()> {
+    pub fn check_package(&self, package: &str) -> Result<(), Lookup> {
         if self.package_jobs(package).next().is_some() {
             return Ok(());
         }
@@ -383,7 +390,7 @@ impl Catalog {
                 .err()
                 .map(String::as_str)
                 .unwrap_or_default();
-            return Err(Error::Environment(anyhow!(
+            return Err(Lookup::Unavailable(format!(
                 "package `{package}` is not available: its plugin {} failed to load: {why}",
                 file.path.display()
             )));
@@ -395,13 +402,13 @@ impl Catalog {
         } else {
             format!("; known packages: {}", packages.join(", "))
         };
-        Err(Error::Usage(format!(
+        Err(Lookup::Unknown(format!(
             "unknown package `{package}`{hint}{known}"
         )))
     }
 
     /// `PACKAGE/JOB`, or a usage error with the closest name.
-    pub fn find(&self, package: &str, name: &str) -> Result<&Job> {
+    pub fn find(&self, package: &str, name: &str) -> Result<&Job, Lookup> {
         self.check_package(package)?;
         if let Ok(index) = self
             .jobs
@@ -411,26 +418,26 @@ impl Catalog {
         }
         let names: Vec<&str> = self.package_jobs(package).map(|j| j.name()).collect();
         let hint = suggest::hint(name, names.iter().copied());
-        Err(Error::Usage(format!(
+        Err(Lookup::Unknown(format!(
             "unknown job `{name}` in package `{package}`{hint}; jobs in {package}: {}",
             names.join(", ")
         )))
     }
 
     /// `lorch run JOB`: the one job of that name in any package.
-    pub fn find_unique(&self, name: &str) -> Result<&Job> {
+    pub fn find_unique(&self, name: &str) -> Result<&Job, Lookup> {
         let matches: Vec<&Job> = self.jobs().filter(|job| job.name() == name).collect();
         match matches.as_slice() {
             [job] => Ok(job),
             [] => {
                 let hint = suggest::hint(name, self.jobs().map(|j| j.name()));
-                Err(Error::Usage(format!(
+                Err(Lookup::Unknown(format!(
                     "no job named `{name}` in any package{hint}; use PACKAGE/JOB, see `lorch jobs list`"
                 )))
             }
             several => {
                 let ids: Vec<String> = several.iter().map(|j| j.id()).collect();
-                Err(Error::Usage(format!(
+                Err(Lookup::Unknown(format!(
                     "job name `{name}` is ambiguous: {}; use PACKAGE/JOB",
                     ids.join(", ")
                 )))

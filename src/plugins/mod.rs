@@ -1,5 +1,6 @@
 //! Finding jobs: those linked into this binary and those in plugin files on the search path
-//! (SPEC §3). Nothing here runs job code; loading a plugin reads its header and metadata.
+//! (README, "Everywhere"; docs/plugin-abi.md). Nothing here runs job code; loading a plugin
+//! reads its header and metadata.
 
 mod cache;
 mod catalog;
@@ -10,6 +11,6 @@ mod metadata;
 mod safety;
 mod search_path;
 
-pub use catalog::{Catalog, Job, Location, PluginFile, Problem};
+pub use catalog::{Catalog, Job, Location, Lookup, PluginFile, Problem};
 pub use declared::Declared;
 pub use search_path::SearchPath;

@@ -83,8 +83,10 @@ impl From<&libc::stat> for Facts {
 }
 
 impl Facts {
-    fn kind(&self) -> u32 {
-        self.mode & libc::S_IFMT as u32
+    /// Whether the file type bits are `kind` (`libc::S_IFREG`, ...).
+    #[allow(clippy::unnecessary_cast)] // `mode_t` is u16 on macOS
+    fn is(&self, kind: libc::mode_t) -> bool {
+        self.mode & libc::S_IFMT as u32 == kind as u32
     }
 }
 
@@ -126,14 +128,14 @@ pub fn inspect(
         return Err(format!("{} is not a file", path.display()));
     };
     let (dir, facts) = dirs.lstat_in(listed_in, name).map_err(cannot_resolve)?;
-    let (real, facts) = if facts.kind() == libc::S_IFLNK as u32 {
+    let (real, facts) = if facts.is(libc::S_IFLNK) {
         let real = path.canonicalize().map_err(cannot_resolve)?;
         let meta = real.symlink_metadata().map_err(cannot_resolve)?;
         (real, Facts::from(&meta))
     } else {
         (dir.join(name), facts)
     };
-    if facts.kind() != libc::S_IFREG as u32 {
+    if !facts.is(libc::S_IFREG) {
         return Err(format!("{} is not a regular file", real.display()));
     }
     if !allow_insecure {

@@ -7,7 +7,6 @@
 
 pub mod protocol;
 mod ring;
-pub mod signals;
 mod supervisor;
 pub mod worker;
 
@@ -18,14 +17,17 @@ use anyhow::Context as _;
 use chrono::SecondsFormat;
 use lorch_plugin_api::TimeArg;
 use lorch_plugin_api::abi::{Failure, RunRequest};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::backoff;
 use crate::events::{Event, EventSink};
 use crate::host::{CallResult, JobCall};
+pub use crate::lifecycle::Reason;
+use crate::lifecycle::{self, EventType, FailureDetail, Parameters, Payload};
 use crate::locks::{self, Acquired, Holder};
 use crate::plugins::Job;
-pub use signals::Signals;
+use crate::signals::Signals;
 pub use supervisor::Limits;
 
 /// Where an attempt runs.
@@ -54,28 +56,6 @@ pub struct RunPlan<'a> {
     pub lock_wait: Option<Duration>,
     /// The lorch home, where the locks live.
     pub home: PathBuf,
-}
-
-/// Why an attempt failed (the `reason` of `job.failed`, SPEC §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Error,
-    Panic,
-    Crash,
-    Timeout,
-    Cancelled,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Error => "error",
-            Reason::Panic => "panic",
-            Reason::Crash => "crash",
-            Reason::Timeout => "timeout",
-            Reason::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// A failed attempt.
@@ -174,8 +154,8 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
         Some(wait) => {
             let path = locks::job_lock_path(
                 &plan.home,
-                &plan.job.package(),
-                &plan.job.name(),
+                plan.job.package(),
+                plan.job.name(),
                 plan.account.as_deref(),
             );
             match locks::acquire(&path, &run_id, wait, signals)
@@ -190,7 +170,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
     let mut events_not_recorded = 0;
     loop {
         let base = lifecycle_payload(plan, attempt);
-        let started = lifecycle_event("job.started", &run_id, plan, base.clone());
+        let started = lifecycle_event(EventType::Started, &run_id, plan, &base);
         // An attempt whose start cannot be recorded is not run; an earlier attempt's outcome
         // was recorded already.
         sink.record(&started).with_context(|| match attempt {
@@ -216,7 +196,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
             && failed.retryable()
             && record_error.is_none()
         {
-            let delay = backoff(plan.retry_backoff, attempt);
+            let delay = backoff::delay(plan.retry_backoff, attempt);
             tracing::warn!(
                 "{job_id} attempt {attempt} failed ({}); retrying in {}",
                 failed.message,
@@ -249,10 +229,15 @@ fn skipped(
     run_id: String,
     holder: Holder,
 ) -> anyhow::Result<RunReport> {
-    let mut payload = lifecycle_payload(plan, 1);
-    payload["reason"] = json!("locked");
-    payload["holder"] = json!({ "run_id": holder.run_id, "pid": holder.pid });
-    let event = lifecycle_event("job.skipped", &run_id, plan, payload);
+    let payload = Payload {
+        reason: Some(Reason::Locked),
+        holder: Some(lifecycle::Holder {
+            run_id: holder.run_id.clone(),
+            pid: holder.pid,
+        }),
+        ..lifecycle_payload(plan, 1)
+    };
+    let event = lifecycle_event(EventType::Skipped, &run_id, plan, &payload);
     sink.record(&event)
         .with_context(|| format!("cannot record job.skipped of run {run_id}"))?;
     Ok(RunReport {
@@ -263,15 +248,6 @@ fn skipped(
         events_not_recorded: 0,
         record_error: None,
     })
-}
-
-/// Exponential back-off with jitter: `base * 2^(attempt-1)`, capped at 10 minutes, then a random
-/// 50-100% of that so retries of many jobs do not arrive together.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exponential = base.saturating_mul(1u32 << (attempt - 1).min(20));
-    exponential
-        .min(Duration::from_secs(600))
-        .mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 fn execute(
@@ -319,84 +295,67 @@ fn execute(
 fn terminal_event(
     run_id: &str,
     plan: &RunPlan,
-    mut payload: Value,
+    base: Payload,
     outcome: &Attempt,
     duration: Duration,
     unrecorded: usize,
 ) -> Event {
-    payload["duration_seconds"] = json!(duration.as_secs_f64());
-    if unrecorded > 0 {
-        payload["events_not_recorded"] = json!(unrecorded);
-    }
+    let payload = Payload {
+        duration_seconds: Some(duration.as_secs_f64()),
+        events_not_recorded: unrecorded,
+        ..base
+    };
     match outcome {
-        Ok(()) => lifecycle_event("job.completed", run_id, plan, payload),
+        Ok(()) => lifecycle_event(EventType::Completed, run_id, plan, &payload),
         Err(failed) => {
-            payload["reason"] = json!(failed.reason.as_str());
-            payload["error"] = json!(failed.error);
-            payload["signal"] = json!(failed.signal);
-            payload["exit_code"] = json!(failed.exit_code);
-            let mut event = lifecycle_event("job.failed", run_id, plan, payload);
-            event.status = "failed".to_owned();
+            let payload = Payload {
+                reason: Some(failed.reason),
+                failure: Some(FailureDetail {
+                    error: failed.error.as_deref().cloned(),
+                    signal: failed.signal.clone(),
+                    exit_code: failed.exit_code,
+                }),
+                ..payload
+            };
+            let mut event = lifecycle_event(EventType::Failed, run_id, plan, &payload);
             event.error_message = Some(failed.message.clone());
             event
         }
     }
 }
 
-fn lifecycle_event(event_type: &str, run_id: &str, plan: &RunPlan, payload: Value) -> Event {
-    let mut event = Event::new(event_type, "lorch", run_id);
+fn lifecycle_event(kind: EventType, run_id: &str, plan: &RunPlan, payload: &Payload) -> Event {
+    let mut event = Event::new(kind.as_str(), lifecycle::SOURCE, run_id);
+    event.status = kind.event_status().to_owned();
     event.trace_id = plan.trace_id.clone();
-    event.object_type = Some("job_run".to_owned());
-    event.set_payload(&payload);
+    event.object_type = Some(lifecycle::OBJECT_TYPE.to_owned());
+    event.set_payload(&payload.to_value());
     event
 }
 
-/// The payload every lifecycle event of an attempt carries (SPEC §5).
-fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Value {
+/// The payload every lifecycle event of an attempt carries (docs/events.md).
+fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Payload {
     let instant = |t: &Option<TimeArg>| {
         t.as_ref()
             .map(|t| t.utc.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     };
     let raw = |t: &Option<TimeArg>| t.as_ref().map(|t| t.raw.clone());
-    json!({
-        "package": plan.job.package(),
-        "job": plan.job.name(),
-        "parameters": {
-            "account": plan.account,
-            "since": instant(&plan.since),
-            "until": instant(&plan.until),
-            "since_input": raw(&plan.since),
-            "until_input": raw(&plan.until),
-            "params": plan.params,
+    Payload {
+        package: plan.job.package().to_owned(),
+        job: plan.job.name().to_owned(),
+        parameters: Parameters {
+            account: plan.account.clone(),
+            since: instant(&plan.since),
+            until: instant(&plan.until),
+            since_input: raw(&plan.since),
+            until_input: raw(&plan.until),
+            params: plan.params.clone(),
         },
-        "attempt": attempt,
-        "host": gethostname::gethostname().to_string_lossy(),
-        "pid": std::process::id(),
-        "lorch_version": env!("CARGO_PKG_VERSION"),
-        "plugin": plan.job.location().to_string(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        let base = Duration::from_secs(2);
-        for _ in 0..100 {
-            let first = backoff(base, 1);
-            assert!(
-                first >= Duration::from_secs(1) && first <= base,
-                "{first:?}"
-            );
-            let third = backoff(base, 3);
-            assert!(
-                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
-                "{third:?}"
-            );
-            assert!(backoff(base, 40) <= Duration::from_secs(600));
-        }
+        attempt,
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id(),
+        lorch_version: env!("CARGO_PKG_VERSION").to_owned(),
+        plugin: plan.job.location().to_string(),
+        ..Payload::default()
     }
 }

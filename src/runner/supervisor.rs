@@ -19,11 +19,11 @@ use lorch_plugin_api::abi::RunRequest;
 
 use super::protocol::{self, CHANNEL_FD, Message, PLUGIN_FD, RING_FD, ROOM_FD, WorkerInput};
 use super::ring;
-use super::signals::Signals;
 use super::{Failed, Reason};
 use crate::events::{Event, EventSink};
 use crate::host::CallResult;
 use crate::plugins::Job;
+use crate::signals::Signals;
 use crate::{sys, timearg};
 
 /// Time limits of one attempt.

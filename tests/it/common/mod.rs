@@ -1,6 +1,5 @@
 //! Shared by the integration tests: builds the example and test plugins once, runs `lorch` in
 //! an isolated home, compiles C plugins.
-#![allow(dead_code)] // each test binary uses a different part
 
 pub mod bigquery;
 
@@ -64,6 +63,14 @@ pub fn plugin_dir(crates: &[&str]) -> TempDir {
     dir
 }
 
+/// A fresh home with the testkit plugin: what most tests start from. Keep the directory alive
+/// as long as the environment.
+pub fn testkit_env() -> (TempDir, Env) {
+    let plugins = plugin_dir(&["testkit"]);
+    let env = Env::new(&[plugins.path()]);
+    (plugins, env)
+}
+
 /// An isolated lorch environment: its own LORCH_HOME and XDG directories, no inherited plugin
 /// path, so nothing from the machine leaks in.
 pub struct Env {
@@ -124,17 +131,27 @@ impl Env {
         Run::from(self.cmd(args).output().unwrap())
     }
 
+    /// A lorch command line in this environment, built up then run:
+    /// `env.lorch().args(["runs", "list"]).env("NO_COLOR", "1").run().code(0)`.
+    pub fn lorch(&self) -> Lorch<'_> {
+        Lorch {
+            env: self,
+            args: Vec::new(),
+            vars: Vec::new(),
+        }
+    }
+
     /// Every event of a run, through `lorch events list --run ID --json`.
     pub fn events(&self, run_id: &str) -> Vec<Value> {
         let out = self.run(&["events", "list", "--run", run_id, "--json"]);
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
         out.json()["events"].as_array().unwrap().clone()
     }
 
     /// Every event in the store.
     pub fn all_events(&self) -> Vec<Value> {
         let out = self.run(&["events", "list", "--limit", "1000000", "--json"]);
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
         out.json()["events"].as_array().unwrap().clone()
     }
 }
@@ -154,6 +171,33 @@ pub fn types(events: &[Value]) -> Vec<&str> {
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())
         .collect()
+}
+
+/// A lorch command line being built (see [`Env::lorch`]).
+pub struct Lorch<'a> {
+    env: &'a Env,
+    args: Vec<String>,
+    vars: Vec<(String, String)>,
+}
+
+impl Lorch<'_> {
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl AsRef<str>) -> Self {
+        self.vars.push((name.to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn run(self) -> Run {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut cmd = self.env.cmd(&args);
+        cmd.envs(self.vars);
+        Run::from(cmd.output().unwrap())
+    }
 }
 
 /// A finished lorch process.
@@ -188,6 +232,43 @@ impl Run {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+
+    /// Asserts the exit code, showing the whole output when it differs.
+    #[track_caller]
+    pub fn code(&self, expected: i32) -> &Self {
+        assert_eq!(self.code, expected, "{self:?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_is(&self, expected: &str) -> &Self {
+        assert_eq!(self.stdout, expected, "{self:?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_has(&self, part: &str) -> &Self {
+        assert!(
+            self.stdout.contains(part),
+            "stdout lacks {part:?}: {self:?}"
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_is(&self, expected: &str) -> &Self {
+        assert_eq!(self.stderr, expected, "{self:?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(&self, part: &str) -> &Self {
+        assert!(
+            self.stderr.contains(part),
+            "stderr lacks {part:?}: {self:?}"
+        );
+        self
     }
 
     /// The run id named in the `✓`/`✗` line.

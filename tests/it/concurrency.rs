@@ -1,10 +1,9 @@
 //! Several lorch processes writing the same local store at once lose nothing.
 
-mod common;
-
 use std::process::Stdio;
 
-use common::{Env, plugin_dir};
+use crate::common;
+use crate::common::{Env, plugin_dir};
 
 #[test]
 fn two_runs_emitting_1000_events_each_store_all_2004() {
@@ -34,7 +33,7 @@ fn two_runs_emitting_1000_events_each_store_all_2004() {
         .map(|c| c.wait_with_output().unwrap().into())
         .collect();
     for run in &runs {
-        assert_eq!(run.code, 0, "{run:?}");
+        run.code(0);
     }
     let events = env.all_events();
     assert_eq!(events.len(), 2004);
@@ -70,7 +69,7 @@ fn a_jobs_threads_emitting_at_once_store_every_event_each_threads_in_order() {
         "--param",
         "count=5000",
     ]);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     let events = env.events(&run.run_id());
     assert_eq!(events.len(), 20_002);
     let mut seen = vec![Vec::new(); 4];
@@ -100,7 +99,7 @@ fn lorch_processes_creating_the_store_at_the_same_moment_all_succeed() {
             .collect();
         for child in children {
             let out = common::Run::from(child.wait_with_output().unwrap());
-            assert_eq!(out.code, 0, "{out:?}");
+            out.code(0);
         }
     }
 }

@@ -1,16 +1,10 @@
 //! Overlap locks and run history: a second run of a busy job is skipped, and no run shows
 //! "running" forever after its lorch process died.
 
-mod common;
-
-use common::{Env, Run, gone, plugin_dir, signal, start, types};
+use crate::common::{Run, gone, signal, start, types};
 use serde_json::json;
 
-fn env() -> (tempfile::TempDir, Env) {
-    let plugins = plugin_dir(&["testkit"]);
-    let env = Env::new(&[plugins.path()]);
-    (plugins, env)
-}
+use crate::common::testkit_env as env;
 
 #[test]
 fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
@@ -29,7 +23,7 @@ fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
         env.run(&args)
     };
     let second = quick(&["--account", "a"]);
-    assert_eq!(second.code, 75, "{second:?}");
+    second.code(75);
     let holder_run = holder["correlation_id"].as_str().unwrap();
     assert!(
         second
@@ -48,13 +42,13 @@ fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
 
     // Another account is another lock.
     let other = quick(&["--account", "b"]);
-    assert_eq!(other.code, 0, "{other:?}");
+    other.code(0);
     // --no-lock overlaps on purpose.
     let overlap = quick(&["--account", "a", "--no-lock"]);
-    assert_eq!(overlap.code, 0, "{overlap:?}");
+    overlap.code(0);
     // --wait-lock waits for the holder to finish.
     let waited = quick(&["--account", "a", "--wait-lock", "30s"]);
-    assert_eq!(waited.code, 0, "{waited:?}");
+    waited.code(0);
     assert_eq!(Run::from(first.wait_with_output().unwrap()).code, 0);
 }
 
@@ -136,7 +130,7 @@ fn a_run_whose_lorch_was_killed_is_closed_as_abandoned_by_the_next_run_of_that_j
     let out = env.run(&["runs", "reap"]);
     assert_eq!(out.stdout, "no abandoned runs\n");
     let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(types(&env.events(&killed_run)).len(), 3);
 }
 
@@ -147,7 +141,7 @@ fn the_next_run_of_the_job_reaps_before_it_starts() {
     signal(&lorch, "KILL");
     let _ = lorch.wait_with_output();
     let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     // A different job: its abandoned run is left for `runs` commands or its own next run.
     let out = env.run(&["runs", "list", "--job", "testkit/hang", "--json"]);
     assert_eq!(out.json()["runs"][0]["reason"], "abandoned");
@@ -160,7 +154,7 @@ fn the_next_run_of_the_job_reaps_before_it_starts() {
     signal(&lorch, "KILL");
     let _ = lorch.wait_with_output();
     let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(
         out.stderr.contains("was abandoned"),
         "the run-job reaped the earlier run of its job: {out:?}"
@@ -174,7 +168,7 @@ fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
     let failed = env.run(&["run-job", "testkit", "fail"]);
 
     let out = env.run(&["runs", "list"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{out:?}");
     assert!(lines[0].starts_with("STARTED") && lines[0].contains("ACCOUNT  STATUS"));
@@ -206,7 +200,7 @@ fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
     assert_eq!(env.run(&["runs", "list", "--status", "weird"]).code, 2);
 
     let out = env.run(&["runs", "show", &failed.run_id()]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(
         out.stdout.starts_with(&format!(
             "run {}\nJob: testkit/fail\nStatus: failed (error)\n",
@@ -228,8 +222,8 @@ fn runs_list_filters_and_runs_show_prints_the_events_in_order() {
     );
 
     let out = env.run(&["runs", "show", "no-such-run"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("no run no-such-run"), "{out:?}");
+    out.code(2);
+    out.stderr_has("no run no-such-run");
 }
 
 #[test]
@@ -241,7 +235,7 @@ fn runs_list_filters_by_account_and_start_time() {
         let mut all = vec!["runs", "list", "--json"];
         all.extend_from_slice(args);
         let out = env.run(&all);
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
         out.json()["runs"]
             .as_array()
             .unwrap()
@@ -261,20 +255,17 @@ fn runs_list_filters_by_account_and_start_time() {
     assert!(ids(&["--since", "2999-01-01"]).is_empty());
 
     let none = env.run(&["runs", "list", "--account", "three"]);
-    assert!(none.stderr.contains("no runs match"), "{none:?}");
+    none.stderr_has("no runs match");
     let bad = env.run(&["runs", "list", "--since", "24-01-01"]);
-    assert_eq!(bad.code, 2, "{bad:?}");
-    assert!(
-        bad.stderr.contains("invalid value '24-01-01' for --since"),
-        "{bad:?}"
-    );
+    bad.code(2);
+    bad.stderr_has("invalid value '24-01-01' for --since");
 }
 
 #[test]
 fn run_job_json_prints_the_run_as_one_document_whatever_the_outcome() {
     let (_p, env) = env();
     let out = env.run(&["run-job", "testkit", "echo", "--json", "--account", "a"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let summary = out.json();
     let run_id = summary["run_id"].as_str().unwrap().to_owned();
     assert_eq!(env.events(&run_id).len(), 3, "the id is the run's");
@@ -296,7 +287,7 @@ fn run_job_json_prints_the_run_as_one_document_whatever_the_outcome() {
         "--retry-backoff",
         "1ms",
     ]);
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     let summary = out.json();
     assert_eq!(summary["status"], "failed");
     assert_eq!(summary["reason"], "error");
@@ -309,22 +300,20 @@ fn run_job_json_prints_the_run_as_one_document_whatever_the_outcome() {
             .contains("connection reset"),
         "{summary}"
     );
-    assert!(out.stderr.contains("✗ testkit/fail failed"), "{out:?}");
+    out.stderr_has("✗ testkit/fail failed");
 
     let usage = env.run(&["run-job", "testkit", "echo", "--json", "--dry-run"]);
-    assert_eq!(usage.code, 2, "{usage:?}");
+    usage.code(2);
 }
 
 #[test]
 fn quiet_prints_nothing_on_success_and_everything_on_failure() {
     let (_p, env) = env();
-    let out = env.run(&["run-job", "testkit", "echo", "--quiet"]);
-    assert_eq!(
-        (out.code, out.stdout.as_str(), out.stderr.as_str()),
-        (0, "", ""),
-        "{out:?}"
-    );
-    let out = env.run(&["run-job", "testkit", "fail", "--quiet"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("✗ testkit/fail failed"), "{out:?}");
+    env.run(&["run-job", "testkit", "echo", "--quiet"])
+        .code(0)
+        .stdout_is("")
+        .stderr_is("");
+    env.run(&["run-job", "testkit", "fail", "--quiet"])
+        .code(1)
+        .stderr_has("✗ testkit/fail failed");
 }

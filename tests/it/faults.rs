@@ -1,21 +1,18 @@
 //! What lorch guarantees when the machine, other users or absurd input work against it: each
 //! test here is a row of the fault table in docs/faults.md.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, gone, lib_name, plugin_dir, run_testkit as run, signal, start, types};
+use crate::common;
+use crate::common::{
+    Env, Run, gone, lib_name, plugin_dir, run_testkit as run, signal, start, types,
+};
 
-fn env() -> (tempfile::TempDir, Env) {
-    let plugins = plugin_dir(&["testkit"]);
-    let env = Env::new(&[plugins.path()]);
-    (plugins, env)
-}
+use crate::common::testkit_env as env;
 
 fn store(env: &Env) -> PathBuf {
     env.home.path().join("lorch/events.db")
@@ -50,7 +47,7 @@ fn a_plugin_reached_through_a_directory_another_user_can_write_is_refused() {
     symlink(&target, mine.path().join(lib_name("testkit"))).unwrap();
     let env = Env::new(&[mine.path()]);
     let out = env.run(&["run-job", "testkit", "echo"]);
-    assert_eq!(out.code, 3, "{out:?}");
+    out.code(3);
     let open_dir = open.path().canonicalize().unwrap();
     assert!(
         out.stderr.contains(&format!(
@@ -73,7 +70,7 @@ fn a_plugin_reached_through_a_directory_another_user_can_write_is_refused() {
     .unwrap();
     let env = Env::new(&[&dir]);
     let out = env.run(&["run-job", "testkit", "echo"]);
-    assert_eq!(out.code, 3, "{out:?}");
+    out.code(3);
     assert!(
         out.stderr.contains(&format!(
             "the directory {} is group- and world-writable",
@@ -104,7 +101,7 @@ fn the_worker_runs_the_file_lorch_checked_never_the_path_again() {
             .output()
             .unwrap(),
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let calls = std::fs::read_to_string(&trace).unwrap();
     let pid = |line: &str| line.split_whitespace().next().unwrap_or("").to_owned();
     let lorch = pid(calls.lines().next().unwrap());
@@ -144,8 +141,8 @@ fn a_lock_file_replaced_by_a_link_is_refused_and_its_target_untouched() {
     std::fs::write(&victim, "precious").unwrap();
     symlink(&victim, locks.join("testkit.echo.%.lock")).unwrap();
     let out = env.run(&["run-job", "testkit", "echo"]);
-    assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("symbolic link"), "{out:?}");
+    out.code(3);
+    out.stderr_has("symbolic link");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert_eq!(stored_events(&env), 0, "nothing ran");
 }
@@ -163,7 +160,7 @@ fn a_run_id_from_the_store_never_becomes_a_path_outside_runs() {
     .unwrap();
     for args in [&["runs", "list"][..], &["runs", "reap"]] {
         let out = env.run(args);
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
         assert!(
             out.stderr.contains("is not one lorch made"),
             "{args:?}: {out:?}"
@@ -183,7 +180,7 @@ fn lock_files_of_runs_killed_before_they_started_are_cleaned_up() {
     let held = std::fs::File::create(&live).unwrap();
     held.lock().unwrap();
     let out = env.run(&["runs", "list"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(!stale.exists(), "a dead run's lock file stayed");
     assert!(live.exists(), "a live process's lock file was removed");
 }
@@ -194,7 +191,7 @@ fn lock_files_of_runs_killed_before_they_started_are_cleaned_up() {
 fn escape_codes_from_plugins_and_jobs_are_printed_escaped() {
     let (_p, env) = env();
     let (out, events) = run(&env, &["ansi"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     let run_id = out.run_id();
     let escaped = "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}";
     let mut shown = vec![("run-job", out)];
@@ -217,10 +214,7 @@ fn escape_codes_from_plugins_and_jobs_are_printed_escaped() {
     // JSON stays JSON: the same characters as JSON escapes.
     for out in [&shown[2].1, &env.run(&["runs", "show", &run_id, "--json"])] {
         out.json();
-        assert!(
-            out.stdout.contains("testkit.\\u001b[31mred\\u007f\\u202e"),
-            "{out:?}"
-        );
+        out.stdout_has("testkit.\\u001b[31mred\\u007f\\u202e");
     }
     assert!(
         shown[1]
@@ -262,8 +256,8 @@ fn a_run_waits_for_a_store_another_process_holds_longer_than_the_busy_timeout() 
     std::thread::sleep(Duration::from_millis(2500));
     conn.execute_batch("COMMIT").unwrap();
     let out = Run::from(child.wait_with_output().unwrap());
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("is busy"), "{out:?}");
+    out.code(0);
+    out.stderr_has("is busy");
     let refused = std::fs::read_to_string(common::with_suffix(&go, ".refused")).unwrap();
     assert_eq!(
         refused, "0",
@@ -279,7 +273,7 @@ fn a_run_waits_for_a_store_another_process_holds_longer_than_the_busy_timeout() 
 fn a_job_that_closes_every_inherited_descriptor_still_has_its_events_and_result_kept() {
     let (_p, env) = env();
     let (out, events) = run(&env, &["close_fds", "--param", "count=3000"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let types = types(&events);
     assert_eq!(types.len(), 3003, "{out:?}");
     assert_eq!(types[3001], "testkit.scratch");
@@ -304,12 +298,9 @@ fn events_lorch_cannot_store_fail_the_job_emit_and_the_run() {
     std::fs::remove_file(common::with_suffix(&store(&env), "-shm")).unwrap();
     std::fs::write(&go, "").unwrap();
     let out = Run::from(child.wait_with_output().unwrap());
-    assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("was removed or replaced"), "{out:?}");
-    assert!(
-        out.stderr.contains("of its events were not recorded"),
-        "{out:?}"
-    );
+    out.code(3);
+    out.stderr_has("was removed or replaced");
+    out.stderr_has("of its events were not recorded");
     let refused: usize = std::fs::read_to_string(format!("{}.refused", go.display()))
         .unwrap()
         .parse()
@@ -317,7 +308,7 @@ fn events_lorch_cannot_store_fail_the_job_emit_and_the_run() {
     assert!(refused > 0, "the job's emit never failed");
     // The store still reads, and the run is not left "running": it is visibly abandoned.
     let runs = env.run(&["runs", "list", "--json"]);
-    assert_eq!(runs.code, 0, "{runs:?}");
+    runs.code(0);
     let run = &runs.json()["runs"][0];
     assert_eq!(run["status"], "failed", "{runs:?}");
     assert_eq!(run["reason"], "abandoned", "{runs:?}");
@@ -333,7 +324,7 @@ fn a_store_lorch_cannot_use_is_refused_with_the_way_out_never_replaced() {
         setup(&path);
         let before = std::fs::read(&path).unwrap();
         let out = env.run(&["run-job", "testkit", "echo"]);
-        assert_eq!(out.code, 3, "{out:?}");
+        out.code(3);
         assert!(
             out.stderr.contains(&format!(
                 "Move it aside (mv {0} {0}.broken)",
@@ -348,22 +339,22 @@ fn a_store_lorch_cannot_use_is_refused_with_the_way_out_never_replaced() {
         out
     };
     let out = foreign(&|p| std::fs::write(p, "").unwrap());
-    assert!(out.stderr.contains("is empty (0 bytes)"), "{out:?}");
+    out.stderr_has("is empty (0 bytes)");
     let out = foreign(&|p| std::fs::write(p, "not a database, just text\n".repeat(100)).unwrap());
-    assert!(out.stderr.contains("is not a SQLite database"), "{out:?}");
+    out.stderr_has("is not a SQLite database");
     let out = foreign(&|p| {
         let conn = rusqlite::Connection::open(p).unwrap();
         conn.execute_batch("CREATE TABLE contacts (name TEXT)")
             .unwrap();
     });
-    assert!(out.stderr.contains("another program"), "{out:?}");
+    out.stderr_has("another program");
 
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_dir(path.parent().unwrap()).unwrap();
     std::fs::write(path.parent().unwrap(), "").unwrap();
     let out = env.run(&["run-job", "testkit", "echo"]);
-    assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("is not a directory"), "{out:?}");
+    out.code(3);
+    out.stderr_has("is not a directory");
 }
 
 // Absurd values and closed outputs ------------------------------------------------------------
@@ -387,17 +378,15 @@ fn absurd_durations_are_usage_errors_before_anything_runs() {
         );
     }
     let out = env.run(&["events", "flush", "--timeout", "300000000000y"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    let out = Run::from(
-        env.cmd(&["run-job", "testkit", "echo"])
-            .env("BQ_EVENTS_DATASET", "d")
-            .env("BQ_EVENTS_TABLE", "t")
-            .env("LORCH_BQ_FLUSH_TIMEOUT", "300000000000y")
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("LORCH_BQ_FLUSH_TIMEOUT"), "{out:?}");
+    out.code(2);
+    env.lorch()
+        .args(["run-job", "testkit", "echo"])
+        .env("BQ_EVENTS_DATASET", "d")
+        .env("BQ_EVENTS_TABLE", "t")
+        .env("LORCH_BQ_FLUSH_TIMEOUT", "300000000000y")
+        .run()
+        .code(2)
+        .stderr_has("LORCH_BQ_FLUSH_TIMEOUT");
     assert_eq!(stored_events(&env), 0, "a usage error recorded something");
 }
 
@@ -436,7 +425,7 @@ fn a_closed_or_full_output_never_changes_the_exit_code() {
 fn a_million_event_listing_streams_in_constant_memory_and_stops_at_a_closed_pipe() {
     let (_p, env) = env();
     let (out, _) = run(&env, &["emit_many", "--param", "count=100000"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let mut child = env
         .cmd(&["events", "list", "--limit", "1000000", "--json"])
         .stdout(Stdio::piped())
@@ -515,7 +504,7 @@ fn kill_9_of_lorch_takes_the_job_and_every_process_it_started_with_it() {
     assert!(gone(sleep), "a process the job started outlived lorch");
     // The run is visibly abandoned, and the next run of the job is not blocked.
     let out = env.run(&["run-job", "testkit", "sleep", "--param", "seconds=0"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
 }
 
 #[test]

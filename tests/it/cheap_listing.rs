@@ -1,11 +1,10 @@
-//! SPEC §6: `jobs list` and `jobs show` start no async runtime (no threads), open no network
+//! Listing stays cheap (docs/performance.md): `jobs list` and `jobs show` start no async runtime (no threads), open no network
 //! connection and read no credentials. Checked on the real process with strace.
-
-mod common;
 
 use std::process::Command;
 
-use common::{Env, plugin_dir, strace};
+use crate::common;
+use crate::common::{Env, plugin_dir, strace};
 
 #[test]
 fn listing_and_showing_open_no_socket_start_no_thread_and_read_no_credentials() {

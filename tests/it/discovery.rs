@@ -1,8 +1,7 @@
-//! SPEC §3: built-in and plugin jobs, broken plugin files, duplicates, C plugins.
+//! Finding jobs (README, "Everywhere"; docs/plugin-abi.md): built-in and plugin jobs, broken plugin files, duplicates, C plugins.
 
-mod common;
-
-use common::{Env, c_compiler, c_plugin, compile_c, plugin_dir};
+use crate::common;
+use crate::common::{Env, c_compiler, c_plugin, compile_c, plugin_dir};
 use serde_json::json;
 use std::path::Path;
 
@@ -51,7 +50,7 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
     let path = |name: &str| dir.path().join(name).display().to_string();
 
     let out = env.run(&["jobs", "list"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(out.stdout, "ingester:\n  extract_gmail\n  extract_slack\n");
     let warnings: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(warnings.len(), 5, "{out:?}");
@@ -88,7 +87,7 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
     );
 
     let out = env.run(&["run-job", "ingester", "extract_gmail", "--since", "-7d"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(
         out.stderr
             .lines()
@@ -99,7 +98,7 @@ fn broken_files_are_each_reported_once_and_never_hide_good_plugins() {
     );
 
     let out = env.run(&["plugins", "list", "--json"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let doc = out.json();
     let plugins = doc["plugins"].as_array().unwrap();
     assert_eq!(plugins.len(), 6);
@@ -152,12 +151,8 @@ fn a_package_whose_plugin_failed_to_load_is_an_environment_error() {
     std::fs::write(dir.path().join("libingester.so"), "truncated").unwrap();
     let env = Env::new(&[dir.path()]);
     let out = env.run(&["run-job", "ingester", "extract_gmail"]);
-    assert_eq!(out.code, 3, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("package `ingester` is not available: its plugin"),
-        "{out:?}"
-    );
+    out.code(3);
+    out.stderr_has("package `ingester` is not available: its plugin");
     assert_eq!(env.all_events().len(), 0);
 }
 
@@ -167,7 +162,7 @@ fn a_duplicate_job_is_reported_with_both_locations_and_the_first_wins() {
     let second = plugin_dir(&["ingester"]);
     let env = Env::new(&[first.path(), second.path()]);
     let out = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let first_lib = first.path().join("libingester.so").display().to_string();
     let second_lib = second.path().join("libingester.so").display().to_string();
     assert!(
@@ -196,13 +191,15 @@ fn the_search_path_is_flags_then_lorch_plugin_path_then_the_default_directory() 
     std::fs::create_dir_all(default_dir.parent().unwrap()).unwrap();
     std::fs::rename(default.path(), &default_dir).unwrap();
 
-    let mut cmd = env.cmd(&["jobs", "list", "--json"]);
-    cmd.env(
-        "LORCH_PLUGIN_PATH",
-        format!("/nonexistent:{}", from_env.path().display()),
-    );
-    let out = common::Run::from(cmd.output().unwrap());
-    assert_eq!(out.code, 0, "{out:?}");
+    let out = env
+        .lorch()
+        .args(["jobs", "list", "--json"])
+        .env(
+            "LORCH_PLUGIN_PATH",
+            format!("/nonexistent:{}", from_env.path().display()),
+        )
+        .run();
+    out.code(0);
     let locations: Vec<(String, String)> = out.json()["jobs"]
         .as_array()
         .unwrap()
@@ -223,10 +220,7 @@ fn the_search_path_is_flags_then_lorch_plugin_path_then_the_default_directory() 
     );
     assert!(location_of("testkit/echo").starts_with(&default_dir.display().to_string()));
     // The default directory's ingester is a duplicate of the LORCH_PLUGIN_PATH one.
-    assert!(
-        out.stderr.contains("duplicate job ingester/extract_gmail"),
-        "{out:?}"
-    );
+    out.stderr_has("duplicate job ingester/extract_gmail");
     // A directory the user named that does not exist is worth a warning.
     assert!(
         out.stderr.contains(
@@ -248,20 +242,12 @@ fn a_c_plugin_written_against_the_header_loads_and_runs() {
     let env = Env::new(&[dir.path()]);
 
     let out = env.run(&["jobs", "show", "greeter", "hello"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.stdout
-            .contains("  who=<string>  Whom to greet (default: world)\n"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout
-            .contains("Description:\n  Greets someone from C.\n"),
-        "{out:?}"
-    );
+    out.code(0);
+    out.stdout_has("  who=<string>  Whom to greet (default: world)\n");
+    out.stdout_has("Description:\n  Greets someone from C.\n");
 
     let out = env.run(&["run-job", "greeter", "hello", "--param", "who=Ada"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(
         out.stderr.contains("hello, Ada"),
         "the job's log line reaches lorch's log: {out:?}"
@@ -273,12 +259,8 @@ fn a_c_plugin_written_against_the_header_loads_and_runs() {
     assert_eq!(events[2]["event_type"], "job.completed");
 
     let out = env.run(&["run-job", "greeter", "hello", "--param", "who=nobody"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("✗ greeter/hello failed: nobody to greet: who=nobody"),
-        "{out:?}"
-    );
+    out.code(1);
+    out.stderr_has("✗ greeter/hello failed: nobody to greet: who=nobody");
 }
 
 #[test]
@@ -286,7 +268,7 @@ fn a_custom_binary_has_its_jobs_built_in() {
     let env = Env::new(&[]);
     let binary = common::built().join("custom-lorch");
     let out = common::Run::from(env.cmd_with(&binary, &["jobs", "list"]).output().unwrap());
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(out.stdout, "canonizer:\n  canonicalize_email\n");
     let out = common::Run::from(
         env.cmd_with(
@@ -296,13 +278,13 @@ fn a_custom_binary_has_its_jobs_built_in() {
         .output()
         .unwrap(),
     );
-    assert!(out.stdout.contains("Location: built-in\n"), "{out:?}");
+    out.stdout_has("Location: built-in\n");
     let out = common::Run::from(
         env.cmd_with(&binary, &["run", "canonicalize_email"])
             .output()
             .unwrap(),
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let events = env.events(&out.run_id());
     assert_eq!(events[1]["payload"]["distinct"], 5);
     assert_eq!(events[0]["payload"]["plugin"], "built-in");
@@ -334,18 +316,14 @@ fn a_plugin_in_a_world_writable_directory_is_refused_unless_allowed() {
     let env = Env::new(&[dir.path()]);
 
     let out = env.run(&["run-job", "ingester", "extract_gmail"]);
-    assert_eq!(out.code, 3, "{out:?}");
+    out.code(3);
     let message = format!(
         "refusing to load it: the plugin directory {} is group- and world-writable (fix: chmod go-w {})",
         dir.path().display(),
         dir.path().display()
     );
-    assert!(out.stderr.contains(&message), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("pass --allow-insecure-plugins to load it anyway"),
-        "{out:?}"
-    );
+    out.stderr_has(&message);
+    out.stderr_has("pass --allow-insecure-plugins to load it anyway");
     assert_eq!(env.run(&["jobs", "list"]).stdout, "");
 
     let out = env.run(&[
@@ -354,7 +332,7 @@ fn a_plugin_in_a_world_writable_directory_is_refused_unless_allowed() {
         "ingester",
         "extract_gmail",
     ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
 }
 
 #[test]
@@ -398,10 +376,7 @@ fn the_metadata_cache_never_shows_stale_jobs() {
     std::fs::write(&plugin, "garbage").unwrap();
     let out = env.run(&["jobs", "list"]);
     assert_eq!(out.stdout, "");
-    assert!(
-        out.stderr.contains("not a loadable shared library"),
-        "{out:?}"
-    );
+    out.stderr_has("not a loadable shared library");
     // Deleted: gone from the listing.
     std::fs::remove_file(&plugin).unwrap();
     assert_eq!(env.run(&["jobs", "list"]).stdout, "");
@@ -426,7 +401,7 @@ fn plugins_install_checks_replaces_atomically_and_is_safe_under_any_umask() {
         common::Run::from(env.cmd_in(sh, &args).output().unwrap())
     };
     let out = install(&[&library]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let dir = env.home.path().join("data/lorch/plugins");
     let installed = dir.join(common::lib_name("testkit"));
     assert!(
@@ -447,13 +422,13 @@ fn plugins_install_checks_replaces_atomically_and_is_safe_under_any_umask() {
     let running = common::start(&env, &["sleep", "--param", "seconds=2"], "testkit.sleeping");
     assert_eq!(install(&[&library]).code, 0);
     let out = common::Run::from(running.wait_with_output().unwrap());
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
 
     // A file that is not a plugin: nothing is installed, every problem named.
     let junk = built.path().join(common::lib_name("junk"));
     std::fs::write(&junk, "not a library").unwrap();
     let out = install(&[&junk, &library]);
-    assert_eq!(out.code, 2, "{out:?}");
+    out.code(2);
     assert!(
         out.stderr.contains("nothing was installed")
             && out.stderr.contains(&format!(
@@ -529,7 +504,7 @@ fn a_damaged_metadata_cache_is_ignored_and_rewritten() {
     let dir = plugin_dir(&["ingester"]);
     let env = Env::new(&[dir.path()]);
     let expected = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
-    assert_eq!(expected.code, 0, "{expected:?}");
+    expected.code(0);
     let cache = cache_files(&env).pop().unwrap();
     let good = std::fs::read(&cache).unwrap();
     let mut huge_header = good.clone();
@@ -545,7 +520,7 @@ fn a_damaged_metadata_cache_is_ignored_and_rewritten() {
     ] {
         std::fs::write(&cache, &damaged).unwrap();
         let out = env.run(&["jobs", "show", "ingester", "extract_gmail"]);
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
         assert_eq!(out.stdout, expected.stdout, "{damaged:?}");
         assert_eq!(
             env.run(&["jobs", "show", "ingester", "extract_gmail"])

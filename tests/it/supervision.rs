@@ -1,18 +1,12 @@
 //! Crash-safe runs: whatever a job does, one `job.started` and one terminal event per attempt,
 //! the right reason and exit code, and the events it emitted before the fault.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, gone, plugin_dir, run_testkit as run, signal, start, types};
+use crate::common::{Run, gone, run_testkit as run, signal, start, types};
 use serde_json::{Value, json};
 
-fn env() -> (tempfile::TempDir, Env) {
-    let plugins = plugin_dir(&["testkit"]);
-    let env = Env::new(&[plugins.path()]);
-    (plugins, env)
-}
+use crate::common::testkit_env as env;
 
 #[test]
 fn crashes_keep_earlier_events_and_name_the_signal_or_exit_code() {
@@ -83,7 +77,7 @@ fn a_timeout_stops_a_cooperative_job_through_its_cancellation_check() {
         &env,
         &["sleep", "--param", "seconds=60", "--timeout", "300ms"],
     );
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     assert_eq!(
         types(&events),
         [
@@ -106,7 +100,7 @@ fn a_timeout_kills_a_job_that_ignores_it_and_every_process_it_started() {
         &["grandchild", "--timeout", "1s", "--kill-after", "500ms"],
     );
     let took = start.elapsed();
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     // Timeout plus grace, with room for a loaded machine; the job itself would hang 10 minutes.
     assert!(took < Duration::from_secs(10), "lorch took {took:?}");
     assert_eq!(
@@ -131,7 +125,7 @@ fn sigint_reaches_the_job_and_exits_130_with_reason_cancelled() {
     );
     signal(&child, "INT");
     let out = Run::from(child.wait_with_output().unwrap());
-    assert_eq!(out.code, 130, "{out:?}");
+    out.code(130);
     let events = env.events(&out.run_id());
     assert_eq!(
         types(&events),
@@ -157,7 +151,7 @@ fn sigterm_to_lorch_kills_a_job_that_ignores_it_after_the_grace_period_and_exits
         .unwrap();
     signal(&child, "TERM");
     let out = Run::from(child.wait_with_output().unwrap());
-    assert_eq!(out.code, 143, "{out:?}");
+    out.code(143);
     let events = env.events(&out.run_id());
     assert_eq!(
         types(&events),
@@ -185,8 +179,8 @@ fn retries_record_every_attempt_and_exit_with_the_last_ones_code() {
             "10ms",
         ],
     );
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains(", attempt 3)"), "{out:?}");
+    out.code(0);
+    out.stdout_has(", attempt 3)");
     assert_eq!(
         types(&events),
         [
@@ -235,7 +229,7 @@ fn retries_record_every_attempt_and_exit_with_the_last_ones_code() {
             "10ms",
         ],
     );
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     assert_eq!(
         types(&events)
             .iter()
@@ -258,12 +252,12 @@ fn permanent_errors_and_usage_errors_are_not_retried() {
             "10ms",
         ],
     );
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     assert_eq!(types(&events), ["job.started", "job.failed"]);
     assert_eq!(events[1]["payload"]["error"]["permanent"], true);
 
     let out = env.run(&["run-job", "testkit", "needs_param", "--retries", "3"]);
-    assert_eq!(out.code, 2, "{out:?}");
+    out.code(2);
     assert!(
         env.all_events().len() == 2,
         "the usage error recorded nothing"
@@ -275,7 +269,7 @@ fn in_process_mode_runs_the_job_in_lorch_itself() {
     let (_p, env) = env();
     // `sleep` reports the pid it runs in; lifecycle events carry lorch's.
     let (out, events) = run(&env, &["sleep", "--param", "seconds=0", "--in-process"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(
         types(&events),
         ["job.started", "testkit.sleeping", "job.completed"]
@@ -288,7 +282,7 @@ fn in_process_mode_runs_the_job_in_lorch_itself() {
     );
 
     let (out, events) = run(&env, &["panic", "--in-process"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     assert_eq!(events[2]["payload"]["reason"], "panic");
 
     let out = env.run(&[
@@ -299,6 +293,6 @@ fn in_process_mode_runs_the_job_in_lorch_itself() {
         "--timeout",
         "1s",
     ]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("--timeout"), "{out:?}");
+    out.code(2);
+    out.stderr_has("--timeout");
 }

@@ -2,18 +2,39 @@
 //! an outage changes no job's outcome and loses nothing, credentials are used, and a bad
 //! configuration is named.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::bigquery::{self, Emulator, Fault, PROJECT, Proxy};
-use common::{Env, plugin_dir};
+use crate::common;
+use crate::common::Env;
+use crate::common::bigquery::{self, Emulator, Fault, PROJECT, Proxy};
 use serde_json::{Map, Value, json};
 
 /// `lorch` with the test plugins, in a fresh home.
-fn env() -> (Env, tempfile::TempDir) {
-    let plugins = plugin_dir(&["testkit"]);
-    (Env::new(&[plugins.path()]), plugins)
+/// A fresh home with the testkit plugin, a dataset of its own in the shared emulator (`None`,
+/// after a loud message, when there is no emulator outside CI), and the variables that point
+/// lorch at it.
+struct Bq {
+    emulator: &'static Emulator,
+    env: Env,
+    _plugins: tempfile::TempDir,
+    dataset: String,
+    vars: Vec<(&'static str, String)>,
+}
+
+impl Bq {
+    fn new(name: &str) -> Option<Bq> {
+        let emulator = Emulator::shared()?;
+        let (plugins, env) = crate::common::testkit_env();
+        let dataset = emulator.dataset(name);
+        let vars = bigquery::vars(&emulator.url, &dataset);
+        Some(Bq {
+            emulator,
+            env,
+            _plugins: plugins,
+            dataset,
+            vars,
+        })
+    }
 }
 
 /// Checks that the table holds exactly the events of the local store named by `run_ids`, once
@@ -76,7 +97,7 @@ fn assert_row_is(row: &Map<String, Value>, event: &Value) {
 
 fn assert_nothing_pending(env: &Env, vars: &[(&str, String)]) -> Value {
     let status = bigquery::run(env, vars, &["events", "status", "--json"]);
-    assert_eq!(status.code, 0, "{status:?}");
+    status.code(0);
     let status = status.json();
     assert_eq!(status["pending"], 0, "{status}");
     status
@@ -87,12 +108,12 @@ fn a_runs_events_land_in_bigquery_once_with_every_column() {
     let Some(emulator) = Emulator::shared() else {
         return;
     };
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let dataset = emulator.dataset("e2e");
     let vars = bigquery::vars(&emulator.url, &dataset);
 
     let dry = bigquery::run(&env, &vars, &["events", "init", "--dry-run"]);
-    assert_eq!(dry.code, 0, "{dry:?}");
+    dry.code(0);
     assert!(
         dry.stdout
             .contains(&format!("{PROJECT}.{dataset}.event_log")),
@@ -104,7 +125,7 @@ fn a_runs_events_land_in_bigquery_once_with_every_column() {
     );
     for expected in ["created", "already exists"] {
         let init = bigquery::run(&env, &vars, &["events", "init"]);
-        assert_eq!(init.code, 0, "{init:?}");
+        init.code(0);
         assert!(
             init.stdout
                 .contains(&format!("table {PROJECT}.{dataset}.event_log: {expected}")),
@@ -127,10 +148,10 @@ fn a_runs_events_land_in_bigquery_once_with_every_column() {
             "trace-e2e",
         ],
     );
-    assert_eq!(ok.code, 0, "{ok:?}");
+    ok.code(0);
     assert!(!ok.stderr.contains("warning"), "{ok:?}");
     let failed = bigquery::run(&env, &vars, &["run-job", "testkit", "fail"]);
-    assert_eq!(failed.code, 1, "{failed:?}");
+    failed.code(1);
 
     let runs = [ok.run_id(), failed.run_id()];
     assert_rows_match(emulator, &dataset, "event_log", &env, &runs);
@@ -159,12 +180,16 @@ fn a_runs_events_land_in_bigquery_once_with_every_column() {
 
 #[test]
 fn job_started_reaches_bigquery_while_the_job_is_still_running() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("live")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("live");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
 
     let child = common::start_with(
@@ -202,12 +227,16 @@ fn job_started_reaches_bigquery_while_the_job_is_still_running() {
 
 #[test]
 fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars: direct,
+        _plugins,
+    }) = Bq::new("retry")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("retry");
-    let direct = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &direct, &["events", "init"]).code, 0);
 
     let proxy = emulator.proxy(Fault::Forward);
@@ -225,7 +254,7 @@ fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
         &vars,
         &["run-job", "testkit", "emit_many", "--param", "count=30"],
     );
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     assert!(
         !run.stderr.contains("warning"),
         "the retries should have delivered everything: {run:?}"
@@ -236,16 +265,20 @@ fn transient_failures_during_a_run_are_retried_and_nothing_is_sent_twice() {
 
 #[test]
 fn an_outage_changes_no_outcome_and_flush_delivers_each_event_once() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars: direct,
+        _plugins,
+    }) = Bq::new("outage")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("outage");
-    let direct = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &direct, &["events", "init"]).code, 0);
     // One run delivered before the outage: the flush must not send it again.
     let before = bigquery::run(&env, &direct, &["run-job", "testkit", "echo"]);
-    assert_eq!(before.code, 0, "{before:?}");
+    before.code(0);
 
     let proxy = emulator.proxy(Fault::Drop);
     proxy.then([Fault::status(500), Fault::status(429), Fault::status(503)]);
@@ -280,7 +313,7 @@ fn an_outage_changes_no_outcome_and_flush_delivers_each_event_once() {
     );
 
     let failed_flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1s"]);
-    assert_eq!(failed_flush.code, 3, "{failed_flush:?}");
+    failed_flush.code(3);
     assert!(
         failed_flush
             .stderr
@@ -290,7 +323,7 @@ fn an_outage_changes_no_outcome_and_flush_delivers_each_event_once() {
 
     proxy.always(Fault::Forward);
     let flush = bigquery::run(&env, &vars, &["events", "flush"]);
-    assert_eq!(flush.code, 0, "{flush:?}");
+    flush.code(0);
     assert!(
         flush.stdout.contains(&format!("delivered {queued} events")),
         "{flush:?}"
@@ -305,7 +338,7 @@ fn events_recorded_while_the_emulator_is_down_are_delivered_after_it_restarts() 
     let Some(emulator) = Emulator::start(Some(data.path())) else {
         return;
     };
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let dataset = emulator.dataset("restart");
     let mut vars = bigquery::vars(&emulator.url, &dataset);
     vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "500ms".to_owned()));
@@ -319,7 +352,7 @@ fn events_recorded_while_the_emulator_is_down_are_delivered_after_it_restarts() 
                 &vars,
                 &["run-job", "testkit", "emit_many", "--param", "count=5"],
             );
-            assert_eq!(run.code, 0, "{run:?}");
+            run.code(0);
             assert!(
                 run.stderr.contains("Connection refused"),
                 "the warning names the problem: {run:?}"
@@ -330,9 +363,9 @@ fn events_recorded_while_the_emulator_is_down_are_delivered_after_it_restarts() 
     emulator.restart();
     // The next run delivers the earlier runs' pending events first.
     let next = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
-    assert_eq!(next.code, 0, "{next:?}");
+    next.code(0);
     let flush = bigquery::run(&env, &vars, &["events", "flush"]);
-    assert_eq!(flush.code, 0, "{flush:?}");
+    flush.code(0);
     let mut all = runs.clone();
     all.push(next.run_id());
     assert_rows_match(&emulator, &dataset, "event_log", &env, &all);
@@ -345,7 +378,7 @@ fn a_service_account_token_is_fetched_from_the_keys_token_uri_and_sent() {
         return;
     };
     let Some(private_key) = rsa_key() else { return };
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let dataset = emulator.dataset("auth");
     let token =
         json!({"access_token": "test-token-7f3a", "expires_in": 3600, "token_type": "Bearer"});
@@ -376,7 +409,7 @@ fn a_service_account_token_is_fetched_from_the_keys_token_uri_and_sent() {
 
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
     let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     assert!(!run.stderr.contains("warning"), "{run:?}");
 
     let asked = token_endpoint.received();
@@ -416,7 +449,7 @@ fn rsa_key() -> Option<String> {
 
 #[test]
 fn bad_configuration_is_named_and_run_job_keeps_the_events() {
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let only_dataset = vec![
         ("BQ_EVENTS_DATASET", "lorch".to_owned()),
         ("BQ_PROJECT", "p".to_owned()),
@@ -443,7 +476,7 @@ fn bad_configuration_is_named_and_run_job_keeps_the_events() {
             assert!(out.stderr.contains(problem), "{command:?}: {out:?}");
         }
         let run = bigquery::run(&env, vars, &["run-job", "testkit", "echo"]);
-        assert_eq!(run.code, 0, "{run:?}");
+        run.code(0);
         pending += env.events(&run.run_id()).len();
         assert!(
             run.stderr.contains(&format!(
@@ -467,26 +500,30 @@ fn bad_configuration_is_named_and_run_job_keeps_the_events() {
         &[],
         &["run-job", "testkit", "echo", "--events-table", "a.b.c.d"],
     );
-    assert_eq!(wrong_table.code, 2, "{wrong_table:?}");
+    wrong_table.code(2);
 }
 
 #[test]
 fn a_missing_table_is_named_until_events_init_creates_it() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("missing")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("missing");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     assert!(
         run.stderr.contains("notFound") && run.stderr.contains("lorch events init"),
         "{run:?}"
     );
     let flush = bigquery::run(&env, &vars, &["events", "flush"]);
-    assert_eq!(flush.code, 3, "{flush:?}");
-    assert!(flush.stderr.contains("event_log"), "{flush:?}");
+    flush.code(3);
+    flush.stderr_has("event_log");
 
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
     assert_eq!(bigquery::run(&env, &vars, &["events", "flush"]).code, 0);
@@ -495,12 +532,16 @@ fn a_missing_table_is_named_until_events_init_creates_it() {
 
 #[test]
 fn rows_bigquery_refuses_become_dead_letters_and_block_nothing() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("dead")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("dead");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
     // A table whose trace_id is a number: rows with a textual trace id are invalid there.
     emulator.post(
@@ -533,18 +574,13 @@ fn rows_bigquery_refuses_become_dead_letters_and_block_nothing() {
         refused.code, 0,
         "refused rows must not change the outcome: {refused:?}"
     );
-    assert!(
-        refused
-            .stderr
-            .contains("BigQuery refused 3 events of this run (invalid"),
-        "{refused:?}"
-    );
+    refused.stderr_has("BigQuery refused 3 events of this run (invalid");
     let fine = bigquery::run(
         &env,
         &vars,
         &["run-job", "testkit", "echo", "--events-table", "odd"],
     );
-    assert_eq!(fine.code, 0, "{fine:?}");
+    fine.code(0);
     assert!(
         !fine.stderr.contains("warning"),
         "dead letters block nothing: {fine:?}"
@@ -573,12 +609,16 @@ fn rows_bigquery_refuses_become_dead_letters_and_block_nothing() {
 
 #[test]
 fn dry_run_sends_nothing_and_prints_the_rows() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("dry")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("dry");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
     let run = bigquery::run(
         &env,
@@ -592,7 +632,7 @@ fn dry_run_sends_nothing_and_prints_the_rows() {
             "--dry-run",
         ],
     );
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     let printed: Vec<Value> = run
         .stdout
         .lines()
@@ -640,17 +680,21 @@ fn as_query_row(row: &Value) -> Map<String, Value> {
 
 #[test]
 fn events_table_sends_one_run_to_another_table() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("other")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("other");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     for table in [None, Some("test_events")] {
         let mut args = vec!["events", "init"];
         args.extend(table.map(|t| ["--events-table", t]).into_iter().flatten());
         let init = bigquery::run(&env, &vars, &args);
-        assert_eq!(init.code, 0, "{init:?}");
+        init.code(0);
     }
     let test = bigquery::run(
         &env,
@@ -663,9 +707,9 @@ fn events_table_sends_one_run_to_another_table() {
             "test_events",
         ],
     );
-    assert_eq!(test.code, 0, "{test:?}");
+    test.code(0);
     let normal = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
-    assert_eq!(normal.code, 0, "{normal:?}");
+    normal.code(0);
     assert_rows_match(emulator, &dataset, "test_events", &env, &[test.run_id()]);
     assert_rows_match(emulator, &dataset, "event_log", &env, &[normal.run_id()]);
 }
@@ -685,7 +729,7 @@ fn no_row_is_stored_twice_without_a_fault_even_when_answers_come_late() {
     let Some(emulator) = Emulator::shared() else {
         return;
     };
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let dataset = emulator.dataset("once");
     let mut vars = bigquery::vars(&emulator.url, &dataset);
     vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "5m".to_owned()));
@@ -694,7 +738,7 @@ fn no_row_is_stored_twice_without_a_fault_even_when_answers_come_late() {
     // Many requests, each taking the emulator a while: the run's 2 s delivery rounds used to
     // give a request only what was left of its round, and send it again.
     let run = emit_many(&env, &vars, 20_000);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     assert_eq!(emulator.counts(&dataset, "event_log"), (20_002, 20_002));
 
     // Two runs delivering at once.
@@ -718,7 +762,7 @@ fn no_row_is_stored_twice_without_a_fault_even_when_answers_come_late() {
         .collect();
     for child in runs {
         let out = common::Run::from(child.wait_with_output().unwrap());
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
     }
     assert_eq!(emulator.counts(&dataset, "event_log"), (30_006, 30_006));
 
@@ -727,7 +771,7 @@ fn no_row_is_stored_twice_without_a_fault_even_when_answers_come_late() {
     let mut slow_vars = bigquery::vars(&slow.url, &dataset);
     slow_vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "2m".to_owned()));
     let run = emit_many(&env, &slow_vars, 1500);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     assert!(!run.stderr.contains("warning"), "{run:?}");
     assert_eq!(emulator.counts(&dataset, "event_log"), (31_508, 31_508));
     assert_nothing_pending(&env, &vars);
@@ -735,12 +779,16 @@ fn no_row_is_stored_twice_without_a_fault_even_when_answers_come_late() {
 
 #[test]
 fn a_killed_runs_job_failed_goes_to_the_table_its_job_started_went_to() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("reaped")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("reaped");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
     let side = ["events", "init", "--events-table", "side_table"];
     assert_eq!(bigquery::run(&env, &vars, &side).code, 0);
@@ -774,10 +822,10 @@ fn a_killed_runs_job_failed_goes_to_the_table_its_job_started_went_to() {
         child.wait().unwrap();
         // Another shell, without the BigQuery variables, closes the run...
         let reaped = env.run(&["runs", "list"]);
-        assert!(reaped.stderr.contains("was abandoned"), "{reaped:?}");
+        reaped.stderr_has("was abandoned");
         // ...and its job.failed still goes where its job.started went.
         let flush = bigquery::run(&env, &vars, &["events", "flush"]);
-        assert_eq!(flush.code, 0, "{flush:?}");
+        flush.code(0);
         let types: Vec<String> = emulator
             .rows(&dataset, table)
             .iter()
@@ -800,7 +848,7 @@ fn configuration_mistakes_are_named_at_once_and_never_retried() {
     let Some(emulator) = Emulator::shared() else {
         return;
     };
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let dataset = emulator.dataset("mistakes");
     let good = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &good, &["events", "init"]).code, 0);
@@ -820,11 +868,11 @@ fn configuration_mistakes_are_named_at_once_and_never_retried() {
     ] {
         let vars = with_endpoint(endpoint);
         let flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1m"]);
-        assert_eq!(flush.code, 3, "{flush:?}");
-        assert!(flush.stderr.contains(says), "{flush:?}");
+        flush.code(3);
+        flush.stderr_has(says);
         let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        assert!(run.stderr.contains(says), "{run:?}");
+        run.code(0);
+        run.stderr_has(says);
     }
 
     // A proxy's HTML error page: the status and the page's start are shown, and one request is
@@ -833,14 +881,14 @@ fn configuration_mistakes_are_named_at_once_and_never_retried() {
     let proxy = bigquery::Proxy::start(None, Fault::Page(403, page.to_owned()));
     let vars = with_endpoint(&proxy.url);
     let run = bigquery::run(&env, &vars, &["run-job", "testkit", "echo"]);
-    assert_eq!(run.code, 0, "{run:?}");
+    run.code(0);
     assert!(
         run.stderr.contains("403 Forbidden") && run.stderr.contains("<html><body><h1>403"),
         "{run:?}"
     );
     let flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1m"]);
-    assert_eq!(flush.code, 3, "{flush:?}");
-    assert!(flush.stderr.contains("403 Forbidden"), "{flush:?}");
+    flush.code(3);
+    flush.stderr_has("403 Forbidden");
     assert_eq!(
         proxy.inserts(),
         2,
@@ -852,25 +900,29 @@ fn configuration_mistakes_are_named_at_once_and_never_retried() {
     let typo = emulator.proxy(Fault::Forward);
     let vars = with_endpoint(&format!("{}/bigquery/v3", typo.url));
     let flush = bigquery::run(&env, &vars, &["events", "flush", "--timeout", "1m"]);
-    assert_eq!(flush.code, 3, "{flush:?}");
-    assert!(flush.stderr.contains("404"), "{flush:?}");
+    flush.code(3);
+    flush.stderr_has("404");
     assert_eq!(typo.inserts(), 1, "a 404 was retried");
 
     // Rows the right endpoint receives later, once each.
     let flush = bigquery::run(&env, &good, &["events", "flush"]);
-    assert_eq!(flush.code, 0, "{flush:?}");
+    flush.code(0);
     let (rows, distinct) = emulator.counts(&dataset, "event_log");
     assert_eq!(rows, distinct);
 }
 
 #[test]
 fn events_init_names_how_an_existing_table_differs() {
-    let Some(emulator) = Emulator::shared() else {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("schema")
+    else {
         return;
     };
-    let (env, _plugins) = env();
-    let dataset = emulator.dataset("schema");
-    let vars = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
     emulator.post(
         &format!("/projects/{PROJECT}/datasets/{dataset}/tables"),
@@ -886,7 +938,7 @@ fn events_init_names_how_an_existing_table_differs() {
         }),
     );
     let init = bigquery::run(&env, &vars, &["events", "init", "--events-table", "other"]);
-    assert_eq!(init.code, 3, "{init:?}");
+    init.code(3);
     for says in [
         "rows lorch sends would not fit it",
         "column trace_id is INTEGER, lorch writes STRING",
@@ -896,7 +948,7 @@ fn events_init_names_how_an_existing_table_differs() {
         assert!(init.stderr.contains(says), "{says}: {init:?}");
     }
     let again = bigquery::run(&env, &vars, &["events", "init"]);
-    assert!(again.stdout.contains("already exists"), "{again:?}");
+    again.stdout_has("already exists");
 }
 
 #[test]
@@ -915,7 +967,7 @@ fn a_full_disk_stops_delivery_before_rows_it_could_not_mark_delivered_are_sent()
         eprintln!("\n!!! SKIPPING the full-disk test: it needs root for a private tmpfs !!!\n");
         return;
     }
-    let (env, _plugins) = env();
+    let (_plugins, env) = crate::common::testkit_env();
     let dataset = emulator.dataset("full");
     let vars = bigquery::vars(&emulator.url, &dataset);
     assert_eq!(bigquery::run(&env, &vars, &["events", "init"]).code, 0);
@@ -950,7 +1002,7 @@ fn a_full_disk_stops_delivery_before_rows_it_could_not_mark_delivered_are_sent()
             && out.stdout.contains("freed:0\n"),
         "{out:?}"
     );
-    assert!(out.stderr.contains("KiB free"), "{out:?}");
+    out.stderr_has("KiB free");
     assert_eq!(while_full.inserts(), 0, "rows were sent with the disk full");
     assert_eq!(emulator.counts(&dataset, "event_log"), (2002, 2002));
 }

@@ -3,12 +3,11 @@
 //! runs), and the README's Install and cron sections work under a umask of 002 and cron's
 //! environment.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::Env;
+use crate::common;
+use crate::common::Env;
 
 /// The code blocks of `markdown` whose info string names a file: (file, contents).
 fn file_blocks(markdown: &str) -> Vec<(String, String)> {
@@ -40,7 +39,7 @@ fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
     let markdown = std::fs::read_to_string(Path::new(common::REPO).join("docs/jobs.md")).unwrap();
     let blocks = file_blocks(&markdown);
     let files: Vec<&str> = blocks.iter().map(|(f, _)| f.as_str()).collect();
-    assert_eq!(files, ["Cargo.toml", "src/lib.rs"]);
+    assert_eq!(files, ["Cargo.toml", "src/lib.rs", "src/tests.rs"]);
 
     // The tutorial's crate sits next to a lorch checkout; here the path points at this one.
     let krate = tempfile::TempDir::new().unwrap();
@@ -69,6 +68,20 @@ fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
         status.success(),
         "the crate from docs/jobs.md does not build"
     );
+    // Its unit tests, written with lorch_plugin_api::testing, pass without lorch.
+    let tested = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(krate.path())
+        .args(["test", "--quiet", "--target-dir"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(report.contains("2 passed"), "{report}");
 
     let plugins = tempfile::TempDir::new().unwrap();
     let lib = common::lib_name("notes");
@@ -76,12 +89,12 @@ fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
     let env = Env::new(&[plugins.path()]);
 
     let out = env.run(&["jobs", "list"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(out.stdout, "notes:\n  count_lines\n");
 
     // The `jobs show` output printed in the tutorial is the real one, but for the location.
     let out = env.run(&["jobs", "show", "notes", "count_lines"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let shown = markdown
         .split("$ lorch jobs show notes count_lines\n")
         .nth(1)
@@ -105,7 +118,7 @@ fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
         "--param",
         "ignore_case=true",
     ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(
         out.stdout.starts_with("✓ notes/count_lines completed in "),
         "{out:?}"
@@ -122,15 +135,11 @@ fn the_plugin_written_from_docs_jobs_md_is_listed_shown_and_run() {
         "--param",
         "file=/no/such/notes.txt",
     ]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("✗ notes/count_lines failed: cannot read /no/such/notes.txt: No such file"),
-        "{out:?}"
-    );
+    out.code(1);
+    out.stderr_has("✗ notes/count_lines failed: cannot read /no/such/notes.txt: No such file");
 
     let out = env.run(&["run-job", "notes", "count_lines"]);
-    assert_eq!(out.code, 2, "{out:?}");
+    out.code(2);
     assert!(
         out.stderr
             .contains("notes/count_lines requires --param file=<string> (The notes file to read)")
@@ -184,10 +193,7 @@ fn the_readme_install_and_cron_lines_work_under_umask_002_and_crons_environment(
         assert_eq!(out.stderr, "", "{line}: {out:?}");
     }
     let listed = sh(&shell_path, "lorch jobs list");
-    assert!(
-        listed.stdout.contains("ingester:\n  extract_gmail"),
-        "{listed:?}"
-    );
+    listed.stdout_has("ingester:\n  extract_gmail");
 
     // cron: its PATH, the line as written after the five time fields.
     let line = cron.iter().find(|l| !l.starts_with('#')).unwrap();
@@ -211,9 +217,6 @@ fn the_readme_install_and_cron_lines_work_under_umask_002_and_crons_environment(
     // A failing run from the same line does mail: a mailbox that is not there.
     let failing = format!("{command} --param mailbox=/nonexistent.jsonl");
     let out = sh("/usr/bin:/bin", &failing);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.contains("✗ ingester/extract_gmail failed"),
-        "{out:?}"
-    );
+    out.code(1);
+    out.stderr_has("✗ ingester/extract_gmail failed");
 }

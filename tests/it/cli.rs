@@ -1,8 +1,7 @@
-//! SPEC §4, line by line, against the example and test plugins.
+//! The README's command line, line by line, against the example and test plugins.
 
-mod common;
-
-use common::{Env, plugin_dir};
+use crate::common;
+use crate::common::{Env, plugin_dir};
 use serde_json::{Value, json};
 
 fn env() -> (tempfile::TempDir, Env) {
@@ -24,7 +23,7 @@ fn jobs_list_is_lorchestras_format_sorted() {
     let plugins = plugin_dir(&["ingester", "canonizer"]);
     let env = Env::new(&[plugins.path()]);
     let out = env.run(&["jobs", "list"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(
         out.stdout,
         "canonizer:\n  canonicalize_email\ningester:\n  extract_gmail\n  extract_slack\n"
@@ -32,7 +31,7 @@ fn jobs_list_is_lorchestras_format_sorted() {
     assert_eq!(out.stderr, "");
 
     let out = env.run(&["jobs", "list", "ingester"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert_eq!(
         out.stdout,
         "Jobs in ingester:\n  extract_gmail\n  extract_slack\n"
@@ -43,7 +42,7 @@ fn jobs_list_is_lorchestras_format_sorted() {
 fn jobs_list_json_is_one_document() {
     let (p, env) = env();
     let out = env.run(&["jobs", "list", "ingester", "--json"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let location = p.path().join("libingester.so").display().to_string();
     assert_eq!(
         out.json(),
@@ -62,38 +61,30 @@ fn jobs_list_json_is_one_document() {
 fn unknown_names_are_usage_errors_with_a_hint() {
     let (_p, env) = env();
     let out = env.run(&["jobs", "list", "ingestr"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("unknown package `ingestr` (did you mean `ingester`?)"),
-        "{out:?}"
-    );
+    out.code(2);
+    out.stderr_has("unknown package `ingestr` (did you mean `ingester`?)");
     assert_eq!(out.stdout, "");
 
     let out = env.run(&["jobs", "show", "ingester", "extract_gmial"]);
-    assert_eq!(out.code, 2, "{out:?}");
+    out.code(2);
     assert!(out.stderr.contains(
         "unknown job `extract_gmial` in package `ingester` (did you mean `extract_gmail`?)"
     ));
 
     let out = env.run(&["run-job", "nope", "x"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("known packages: canonizer, ingester, testkit"),
-        "{out:?}"
-    );
+    out.code(2);
+    out.stderr_has("known packages: canonizer, ingester, testkit");
     assert!(!out.stderr.contains("panicked"), "{out:?}");
 
     let out = env.run(&["jobs", "frobnicate"]);
-    assert_eq!(out.code, 2, "{out:?}");
+    out.code(2);
 }
 
 #[test]
 fn jobs_show_prints_location_parameters_and_description() {
     let (p, env) = env();
     let out = env.run(&["jobs", "show", "testkit", "echo"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let expected = format!(
         "testkit/echo\nLocation: {}\nParameters (--param KEY=VALUE, besides --account, --since and --until):\n\
          \x20 n=<int>         An integer\n\
@@ -106,7 +97,7 @@ fn jobs_show_prints_location_parameters_and_description() {
     assert_eq!(out.stdout, expected);
 
     let out = env.run(&["jobs", "show", "testkit", "needs_param", "--json"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let doc = out.json();
     assert_eq!(doc["id"], "testkit/needs_param");
     assert_eq!(doc["description"], "Requires `--param n=INT`.");
@@ -123,7 +114,7 @@ fn jobs_show_prints_location_parameters_and_description() {
 fn run_job_records_started_job_events_and_completed_under_one_run_id() {
     let (p, env) = env();
     let out = env.run(&["run-job", "ingester", "extract_gmail", "--since", "-7d"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(
         out.stdout
             .starts_with("✓ ingester/extract_gmail completed in "),
@@ -188,7 +179,7 @@ fn account_and_window_filter_the_sample() {
         let mut full = vec!["run-job", "ingester", "extract_gmail"];
         full.extend_from_slice(args);
         let out = env.run(&full);
-        assert_eq!(out.code, 0, "{out:?}");
+        out.code(0);
         let events = env.events(&out.run_id());
         events[1]["payload"]["count"].as_u64().unwrap()
     };
@@ -223,7 +214,7 @@ fn arguments_reach_the_job_resolved_and_typed() {
         "--trace-id",
         "trace-123",
     ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let events = env.events(&out.run_id());
     let args = &events[1]["payload"];
     assert_eq!(args["account"], "acct1");
@@ -276,7 +267,7 @@ fn relative_since_is_accepted_exactly_as_written() {
         "--until",
         "-1d",
     ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
 }
 
 #[test]
@@ -311,20 +302,11 @@ fn usage_errors_exit_2_run_nothing_and_record_nothing() {
         assert_eq!(out.stdout, "");
     }
     let time_error = env.run(&["run-job", "testkit", "echo", "--since", "soon"]);
-    assert!(
-        time_error
-            .stderr
-            .contains("accepted: a duration in the past such as -7d"),
-        "{time_error:?}"
-    );
+    time_error.stderr_has("accepted: a duration in the past such as -7d");
 
     let out = env.run(&["run-job", "testkit", "needs_param"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("testkit/needs_param requires --param n=<int>"),
-        "{out:?}"
-    );
+    out.code(2);
+    out.stderr_has("testkit/needs_param requires --param n=<int>");
 
     assert_eq!(env.all_events(), Vec::<Value>::new());
 }
@@ -333,7 +315,7 @@ fn usage_errors_exit_2_run_nothing_and_record_nothing() {
 fn a_failing_job_exits_1_and_records_job_failed_with_its_chain() {
     let (_p, env) = env();
     let out = env.run(&["run-job", "testkit", "fail"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     assert_eq!(out.stdout, "");
     let run_id = out.run_id();
     assert!(out.stderr.contains(&format!(
@@ -359,13 +341,9 @@ fn a_failing_job_exits_1_and_records_job_failed_with_its_chain() {
 fn a_panicking_job_exits_1_with_reason_panic_and_no_rust_panic_output() {
     let (_p, env) = env();
     let out = env.run(&["run-job", "testkit", "panic"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("✗ testkit/panic failed: panicked at tests/plugins/testkit/src/lib.rs:"),
-        "{out:?}"
-    );
-    assert!(out.stderr.contains(": boom (run "), "{out:?}");
+    out.code(1);
+    out.stderr_has("✗ testkit/panic failed: panicked at tests/plugins/testkit/src/lib.rs:");
+    out.stderr_has(": boom (run ");
     assert!(
         !out.stderr.contains("thread '"),
         "the default panic message leaked: {out:?}"
@@ -384,7 +362,7 @@ fn a_panicking_job_exits_1_with_reason_panic_and_no_rust_panic_output() {
 fn jobs_cannot_emit_lifecycle_events() {
     let (_p, env) = env();
     let out = env.run(&["run-job", "testkit", "emit_reserved"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    out.code(1);
     assert_eq!(
         common::types(&env.events(&out.run_id())),
         ["job.started", "job.failed"]
@@ -395,7 +373,7 @@ fn jobs_cannot_emit_lifecycle_events() {
 fn run_takes_package_slash_job_or_a_unique_job_name() {
     let (_p, env) = env();
     let out = env.run(&["run", "canonizer/canonicalize_email"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     assert!(
         out.stdout
             .starts_with("✓ canonizer/canonicalize_email completed"),
@@ -410,16 +388,13 @@ fn run_takes_package_slash_job_or_a_unique_job_name() {
         "--param",
         "channel=#deploys",
     ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let events = env.events(&out.run_id());
     assert_eq!(events[1]["payload"]["count"], 2);
 
     let out = env.run(&["run", "extract_gmial"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr.contains("(did you mean `extract_gmail`?)"),
-        "{out:?}"
-    );
+    out.code(2);
+    out.stderr_has("(did you mean `extract_gmail`?)");
 }
 
 #[test]
@@ -438,14 +413,10 @@ fn run_refuses_an_ambiguous_job_name() {
     );
     let env = Env::new(&[testkit.path(), other.path()]);
     let out = env.run(&["run", "echo"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("job name `echo` is ambiguous: other/echo, testkit/echo; use PACKAGE/JOB"),
-        "{out:?}"
-    );
+    out.code(2);
+    out.stderr_has("job name `echo` is ambiguous: other/echo, testkit/echo; use PACKAGE/JOB");
     let out = env.run(&["run", "other/echo"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
 }
 
 #[test]
@@ -454,7 +425,7 @@ fn events_list_shows_the_last_run() {
     let first = env.run(&["run-job", "testkit", "echo"]);
     let second = env.run(&["run-job", "testkit", "fail"]);
     let out = env.run(&["events", "list"]);
-    assert_eq!(out.code, 0, "{out:?}");
+    out.code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 6, "{out:?}");
     assert!(lines[0].contains(&first.run_id()) && lines[0].contains("job.started"));
@@ -490,7 +461,7 @@ fn closed_stdout_is_not_an_error() {
 fn a_usage_error_does_not_even_create_the_event_store() {
     let (_p, env) = env();
     let out = env.run(&["run-job", "testkit", "echo", "--since", "-7x"]);
-    assert_eq!(out.code, 2, "{out:?}");
+    out.code(2);
     assert!(!env.home.path().join("lorch/events.db").exists());
 }
 
@@ -515,23 +486,15 @@ fn first_day_edges_get_a_clear_answer() {
         "--param",
         "n=99999999999999999999",
     ]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr.contains("out of range for an integer"),
-        "{out:?}"
-    );
+    out.code(2);
+    out.stderr_has("out of range for an integer");
     // An invalid LORCH_LOG is reported, and the run goes on.
-    let out = common::Run::from(
-        env.cmd(&["run-job", "testkit", "echo"])
-            .env("LORCH_LOG", "verbose")
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.stderr.contains("invalid LORCH_LOG 'verbose'"),
-        "{out:?}"
-    );
+    env.lorch()
+        .args(["run-job", "testkit", "echo"])
+        .env("LORCH_LOG", "verbose")
+        .run()
+        .code(0)
+        .stderr_has("invalid LORCH_LOG 'verbose'");
     // No HOME (a bare cron environment): the missing plugin directory is the problem, exit 3.
     let home = tempfile::tempdir().unwrap();
     let out = common::Run::from(
@@ -543,12 +506,8 @@ fn first_day_edges_get_a_clear_answer() {
             .output()
             .unwrap(),
     );
-    assert_eq!(out.code, 3, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("lorch had no plugin directory to look in"),
-        "{out:?}"
-    );
+    out.code(3);
+    out.stderr_has("lorch had no plugin directory to look in");
     // Empty results do not claim the store is empty.
     let out = env.run(&["events", "list", "--limit", "0"]);
     assert_eq!(
@@ -556,7 +515,7 @@ fn first_day_edges_get_a_clear_answer() {
         (0, "", "")
     );
     let out = env.run(&["runs", "list", "--status", "running"]);
-    assert!(out.stderr.contains("no runs match"), "{out:?}");
+    out.stderr_has("no runs match");
     let out = env.run(&["runs", "list", "--job", "testkit/ecko"]);
     assert!(
         out.stderr.contains("no runs of testkit/ecko in ")

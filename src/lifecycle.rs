@@ -1,0 +1,351 @@
+//! A run's lifecycle as types: the event types lorch records, the statuses a run goes through,
+//! why a run failed or was skipped, and the payload every lifecycle event carries. The runner
+//! writes them, the store keeps each run's row in step with them, history closes abandoned
+//! runs with them: a new reason or status is one edit here, which the compiler then follows.
+//! The wire names (docs/events.md) are pinned by the tests below.
+
+use lorch_plugin_api::abi::Failure;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The `source_system` of every lifecycle event.
+pub const SOURCE: &str = "lorch";
+
+/// The `object_type` of every lifecycle event.
+pub const OBJECT_TYPE: &str = "job_run";
+
+/// Event types beginning with this are lorch's own; a job may not emit them.
+pub const RESERVED_PREFIX: &str = "job.";
+
+/// The lifecycle event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// An attempt starts (each retry records another).
+    Started,
+    /// The run's last attempt completed.
+    Completed,
+    /// An attempt failed, or the run was found abandoned.
+    Failed,
+    /// The run did not start: another run holds the job's lock.
+    Skipped,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        EventType::Started,
+        EventType::Completed,
+        EventType::Failed,
+        EventType::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Started => "job.started",
+            EventType::Completed => "job.completed",
+            EventType::Failed => "job.failed",
+            EventType::Skipped => "job.skipped",
+        }
+    }
+
+    /// The lifecycle event type named `text`, if it is one.
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// The event's `status` column: `failed` for `job.failed`, `ok` otherwise.
+    pub fn event_status(self) -> &'static str {
+        match self {
+            EventType::Failed => "failed",
+            _ => "ok",
+        }
+    }
+
+    /// The status of the run once this event is recorded.
+    pub fn run_status(self) -> RunStatus {
+        match self {
+            EventType::Started => RunStatus::Running,
+            EventType::Completed => RunStatus::Completed,
+            EventType::Failed => RunStatus::Failed,
+            EventType::Skipped => RunStatus::Skipped,
+        }
+    }
+}
+
+/// Where a run stands (`runs list`, the store's `runs.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Skipped,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Why a run failed (`job.failed`) or was skipped (`job.skipped`): the payload's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    /// The job returned an error.
+    Error,
+    /// The job panicked.
+    Panic,
+    /// The job's process died: a signal, an abort, or `exit` without returning.
+    Crash,
+    /// The attempt ran past `--timeout`.
+    Timeout,
+    /// lorch was asked to stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
+    Cancelled,
+    /// The lorch process running it ended without recording an outcome (recorded later, by
+    /// the next lorch that looked).
+    Abandoned,
+    /// Skipped: another run of the job and account holds the lock.
+    Locked,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Error => "error",
+            Reason::Panic => "panic",
+            Reason::Crash => "crash",
+            Reason::Timeout => "timeout",
+            Reason::Cancelled => "cancelled",
+            Reason::Abandoned => "abandoned",
+            Reason::Locked => "locked",
+        }
+    }
+}
+
+/// The payload of every lifecycle event (docs/events.md, "Lifecycle events"). Read leniently:
+/// a field missing from an older or damaged payload takes its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Payload {
+    pub package: String,
+    pub job: String,
+    pub parameters: Parameters,
+    /// From 1.
+    pub attempt: u32,
+    pub host: String,
+    pub pid: u32,
+    pub lorch_version: String,
+    /// The plugin file, or `built-in`.
+    pub plugin: String,
+    /// Terminal events: how long the attempt (or, abandoned, the run) took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// Terminal events: the job's events lorch could not store.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub events_not_recorded: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// `job.skipped`: the run holding the lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+    /// `job.failed` of an attempt: what the job or the system reported.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureDetail>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The run's arguments, as resolved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Parameters {
+    pub account: Option<String>,
+    /// UTC, RFC 3339.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// As typed.
+    pub since_input: Option<String>,
+    pub until_input: Option<String>,
+    pub params: Map<String, Value>,
+}
+
+/// The run that held the lock a skipped run wanted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Holder {
+    pub run_id: Option<String>,
+    pub pid: Option<u32>,
+}
+
+/// What a failed attempt reported; every field is written, `null` when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailureDetail {
+    /// The job's error: message, cause chain, whether retrying can help, a panic's location.
+    pub error: Option<Failure>,
+    /// The signal that ended the job's process, or that cancelled the run.
+    pub signal: Option<String>,
+    /// The exit code of a job process that exited without returning.
+    pub exit_code: Option<i32>,
+}
+
+impl Payload {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// A payload as recorded; `None` when it is not a JSON object at all. A field lorch does
+    /// not know the value of (a reason from a newer lorch) is left out, not the whole payload.
+    pub fn read(value: &Value) -> Option<Payload> {
+        let object = value.as_object()?;
+        Some({
+            let mut payload = Payload::deserialize(value).unwrap_or_else(|_| {
+                let mut known = object.clone();
+                for field in ["reason", "holder", "error", "signal", "exit_code"] {
+                    known.remove(field);
+                }
+                Payload::deserialize(Value::Object(known)).unwrap_or_default()
+            });
+            // A flattened optional struct always deserializes; it is there only when written.
+            if !object.contains_key("exit_code") {
+                payload.failure = None;
+            }
+            payload
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wire_names_are_pinned() {
+        let types: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            types,
+            ["job.started", "job.completed", "job.failed", "job.skipped"]
+        );
+        assert!(types.iter().all(|t| t.starts_with(RESERVED_PREFIX)));
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("job.other"), None);
+        for (status, name) in [
+            (RunStatus::Running, "running"),
+            (RunStatus::Completed, "completed"),
+            (RunStatus::Failed, "failed"),
+            (RunStatus::Skipped, "skipped"),
+        ] {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(json!(status), json!(name));
+            assert_eq!(RunStatus::parse(name), Some(status));
+        }
+        let reasons = [
+            Reason::Error,
+            Reason::Panic,
+            Reason::Crash,
+            Reason::Timeout,
+            Reason::Cancelled,
+            Reason::Abandoned,
+            Reason::Locked,
+        ];
+        let names = [
+            "error",
+            "panic",
+            "crash",
+            "timeout",
+            "cancelled",
+            "abandoned",
+            "locked",
+        ];
+        for (reason, name) in reasons.into_iter().zip(names) {
+            assert_eq!(reason.as_str(), name);
+            assert_eq!(json!(reason), json!(name));
+        }
+    }
+
+    #[test]
+    fn payload_fields_keep_their_names_and_shape() {
+        let payload = Payload {
+            package: "p".into(),
+            job: "j".into(),
+            attempt: 2,
+            duration_seconds: Some(1.5),
+            reason: Some(Reason::Crash),
+            failure: Some(FailureDetail {
+                signal: Some("SIGSEGV".into()),
+                ..FailureDetail::default()
+            }),
+            ..Payload::default()
+        };
+        let value = payload.to_value();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "attempt",
+                "duration_seconds",
+                "error",
+                "exit_code",
+                "host",
+                "job",
+                "lorch_version",
+                "package",
+                "parameters",
+                "pid",
+                "plugin",
+                "reason",
+                "signal"
+            ]
+        );
+        assert_eq!(value["reason"], "crash");
+        assert_eq!(value["error"], Value::Null);
+        assert_eq!(
+            value["parameters"],
+            json!({"account": null, "since": null, "until": null,
+                   "since_input": null, "until_input": null, "params": {}})
+        );
+        assert_eq!(Payload::read(&value), Some(payload));
+
+        let started = Payload::read(&json!({"package": "p", "job": "j", "attempt": 1})).unwrap();
+        assert_eq!(started.failure, None);
+        assert!(
+            !started
+                .to_value()
+                .as_object()
+                .unwrap()
+                .contains_key("signal")
+        );
+        assert_eq!(Payload::read(&json!("not an object")), None);
+        let newer = Payload::read(&json!({"package": "p", "job": "j", "reason": "eclipse"}));
+        assert_eq!(
+            newer.map(|p| (p.package, p.reason)),
+            Some(("p".into(), None))
+        );
+    }
+}

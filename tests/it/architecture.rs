@@ -1,0 +1,169 @@
+//! The shape of the code, checked: imports go one way (no module of `src/` uses a module that
+//! uses it back, however long the loop), command modules do not call each other, and the code
+//! cites the project's own docs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::common::REPO;
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The first segment of every `crate::` path in `text`, including each item of a
+/// `use crate::{a, b::c}` group.
+fn crate_references(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let (mut depth, mut item) = (0, String::new());
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.insert(first_segment(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            found.insert(first_segment(&item));
+        } else {
+            found.insert(first_segment(rest));
+        }
+    }
+    found.remove("");
+    found
+}
+
+fn first_segment(path: &str) -> String {
+    path.trim()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// `src/runner/mod.rs` and `src/runner/ring.rs` are both `runner`.
+fn top_module(src: &Path, file: &Path) -> String {
+    let relative = file.strip_prefix(src).unwrap();
+    let first = relative
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_str()
+        .unwrap();
+    first.trim_end_matches(".rs").to_owned()
+}
+
+#[test]
+fn no_module_imports_a_module_that_imports_it_back() {
+    let src = Path::new(REPO).join("src");
+    let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in rust_files(&src) {
+        let module = top_module(&src, &file);
+        // Comments may name any module; only code imports.
+        let text: String = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let targets = crate_references(&text);
+        let entry = uses.entry(module.clone()).or_default();
+        entry.extend(targets.into_iter().filter(|t| *t != module));
+    }
+    // `lib` is the crate root: everything is declared there, nothing may use it back.
+    uses.remove("lib");
+    assert!(uses.len() > 10, "the parser found too little: {uses:?}");
+
+    // Depth-first search for a loop, reporting the first one found whole.
+    fn visit(
+        module: &str,
+        uses: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|m| m == module) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(module.to_owned());
+            return Some(cycle);
+        }
+        if !done.insert(module.to_owned()) {
+            return None;
+        }
+        path.push(module.to_owned());
+        for next in uses.get(module).into_iter().flatten() {
+            if let Some(cycle) = visit(next, uses, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    for module in uses.keys() {
+        if let Some(cycle) = visit(module, &uses, &mut Vec::new(), &mut done) {
+            panic!("import cycle: {}", cycle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn command_modules_do_not_call_each_other() {
+    let commands = Path::new(REPO).join("src/commands");
+    let names: Vec<String> = rust_files(&commands)
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_str().unwrap().to_owned())
+        .filter(|n| n != "mod")
+        .collect();
+    assert!(names.contains(&"run".to_owned()), "{names:?}");
+    for name in &names {
+        let text = std::fs::read_to_string(commands.join(format!("{name}.rs"))).unwrap();
+        for other in names.iter().filter(|o| *o != name) {
+            assert!(
+                !text.contains(&format!("super::{other}::"))
+                    && !text.contains(&format!("super::{{{other}"))
+                    && !text.contains(&format!("commands::{other}")),
+                "src/commands/{name}.rs calls the command module {other}: move what they share to a module both use"
+            );
+        }
+    }
+}
+
+#[test]
+fn code_cites_the_projects_docs_not_the_spec() {
+    let mut cited = Vec::new();
+    for dir in ["src", "tests", "plugin-api", "examples", "benches"] {
+        for file in rust_files(&Path::new(REPO).join(dir)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                // Spelled in two pieces so this file does not cite itself.
+                if line.contains(concat!("SPEC ", "§")) {
+                    cited.push(format!("{}:{}: {line}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        cited.is_empty(),
+        "cite README.md or docs/ instead:\n{}",
+        cited.join("\n")
+    );
+}

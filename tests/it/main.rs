@@ -1,0 +1,15 @@
+//! lorch's integration tests, in one binary (as ripgrep's and just's are): it builds once, and
+//! the fixtures in `common` (the built plugins, the BigQuery emulator) are made once for all.
+//! Each module is one area, named after what it checks.
+
+mod architecture;
+mod bigquery;
+mod cheap_listing;
+mod cli;
+mod common;
+mod concurrency;
+mod discovery;
+mod docs_jobs;
+mod faults;
+mod runs;
+mod supervision;
