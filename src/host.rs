@@ -89,12 +89,7 @@ impl<'a> JobCall<'a> {
             Ok(code) => code,
             Err(why) => {
                 let message = format!("cannot load the plugin: {why}");
-                return CallResult::Refused(Failure {
-                    message,
-                    chain: Vec::new(),
-                    permanent: false,
-                    location: None,
-                });
+                return CallResult::Refused(Failure::new(message));
             }
         };
         let failure = || {
@@ -102,11 +97,10 @@ impl<'a> JobCall<'a> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
-                .unwrap_or_else(|| Failure {
-                    message: format!("the plugin returned status {code} without saying why"),
-                    chain: Vec::new(),
-                    permanent: false,
-                    location: None,
+                .unwrap_or_else(|| {
+                    Failure::new(format!(
+                        "the plugin returned status {code} without saying why"
+                    ))
                 })
         };
         match code {
@@ -193,12 +187,8 @@ unsafe extern "C" fn host_fail(ctx: *mut c_void, failure: Str) {
     // SAFETY: as in `host_emit`.
     let bytes = unsafe { failure.as_bytes() };
     with_call(ctx, (), |call| {
-        let failure = serde_json::from_slice(bytes).unwrap_or_else(|_| Failure {
-            message: String::from_utf8_lossy(bytes).into_owned(),
-            chain: Vec::new(),
-            permanent: false,
-            location: None,
-        });
+        let failure = serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Failure::new(String::from_utf8_lossy(bytes)));
         *call.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
     })
 }

@@ -34,11 +34,14 @@ pub const ENTRY_SYMBOL: &str = "lorch_plugin_entry";
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct Str {
+    /// The first byte; may be null when `len` is 0.
     pub ptr: *const u8,
+    /// The length in bytes.
     pub len: usize,
 }
 
 impl Str {
+    /// The empty string (a null pointer, length 0).
     pub const EMPTY: Str = Str {
         ptr: std::ptr::null(),
         len: 0,
@@ -127,16 +130,21 @@ unsafe impl Sync for Host {}
 /// The JSON a plugin's `metadata` function returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginMetadata {
+    /// Every job the plugin provides.
     pub jobs: Vec<JobMetadata>,
 }
 
 /// One job, as `jobs list`/`jobs show` see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobMetadata {
+    /// The package, `[a-z0-9_-]+`.
     pub package: String,
+    /// The job's name in its package, `[a-z0-9_]+`.
     pub name: String,
+    /// The doc comment: the first line is the summary `jobs list --json` shows.
     #[serde(default)]
     pub description: String,
+    /// The extra parameters, in declaration order.
     #[serde(default)]
     pub params: Vec<ParamMetadata>,
 }
@@ -144,13 +152,18 @@ pub struct JobMetadata {
 /// One declared parameter. `default` is written as the user would type it after `KEY=`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamMetadata {
+    /// `[a-z0-9_]+`, what users write before `=` in `--param KEY=VALUE`.
     pub name: String,
+    /// The value's type (`type` in the JSON).
     #[serde(rename = "type")]
     pub kind: ParamKind,
+    /// `run-job` refuses to start without it.
     #[serde(default)]
     pub required: bool,
+    /// The value when none is given.
     #[serde(default)]
     pub default: Option<String>,
+    /// The line `jobs show` prints.
     #[serde(default)]
     pub help: String,
 }
@@ -158,13 +171,21 @@ pub struct ParamMetadata {
 /// The JSON the host passes to `run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
+    /// The run's id (a UUID), every event's `correlation_id`.
     pub run_id: String,
+    /// The job's package.
     pub package: String,
+    /// The job's name.
     pub job: String,
+    /// Which attempt of the run this is, from 1.
     pub attempt: u32,
+    /// `--account`.
     pub account: Option<String>,
+    /// `--since`, resolved.
     pub since: Option<TimeArg>,
+    /// `--until`, resolved.
     pub until: Option<TimeArg>,
+    /// The declared parameters, typed, defaults filled in.
     #[serde(default)]
     pub params: Map<String, Value>,
 }
@@ -172,9 +193,12 @@ pub struct RunRequest {
 /// The JSON a job passes to `emit`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmittedEvent {
+    /// The job's own type, e.g. `notes.counted`; `job.*` is lorch's.
     pub event_type: String,
+    /// Any JSON.
     #[serde(default)]
     pub payload: Option<Value>,
+    /// A key for consumers to de-duplicate re-run events.
     #[serde(default)]
     pub idem_key: Option<String>,
 }
@@ -182,14 +206,29 @@ pub struct EmittedEvent {
 /// The JSON a plugin passes to `fail`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// What went wrong, as the job said it.
     pub message: String,
+    /// The causes, outermost first.
     #[serde(default)]
     pub chain: Vec<String>,
+    /// Retrying cannot help: `--retries` does not try again.
     #[serde(default)]
     pub permanent: bool,
     /// `file:line:column` of a panic.
     #[serde(default)]
     pub location: Option<String>,
+}
+
+impl Failure {
+    /// A failure with only a message: no causes, worth retrying, not a panic.
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            chain: Vec::new(),
+            permanent: false,
+            location: None,
+        }
+    }
 }
 
 impl JobSpec {
@@ -273,13 +312,15 @@ pub fn run_registered(host: &Host, job: &[u8], request: &[u8]) -> i32 {
     let Some(spec) =
         registered_jobs().find(|spec| job.split_once('/') == Some((spec.package, spec.name)))
     else {
-        fail(failure(format!("this plugin has no job named `{job}`")));
+        fail(Failure::new(format!(
+            "this plugin has no job named `{job}`"
+        )));
         return RUN_UNKNOWN_JOB;
     };
     let request: RunRequest = match serde_json::from_slice(request) {
         Ok(request) => request,
         Err(e) => {
-            fail(failure(format!("invalid run request: {e}")));
+            fail(Failure::new(format!("invalid run request: {e}")));
             return RUN_BAD_REQUEST;
         }
     };
@@ -315,22 +356,11 @@ pub fn run_registered(host: &Host, job: &[u8], request: &[u8]) -> i32 {
                 .unwrap_or_else(|| "panic with a non-string payload".to_owned());
             let location = PANIC_LOCATION.with(|l| l.borrow_mut().take());
             fail(Failure {
-                message,
-                chain: Vec::new(),
-                permanent: false,
                 location,
+                ..Failure::new(message)
             });
             RUN_PANICKED
         }
-    }
-}
-
-fn failure(message: String) -> Failure {
-    Failure {
-        message,
-        chain: Vec::new(),
-        permanent: false,
-        location: None,
     }
 }
 

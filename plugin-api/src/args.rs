@@ -35,7 +35,9 @@ impl Args {
 /// `2024-01-01`, ...), kept so a job can log or record what was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeArg {
+    /// The text as typed: `-7d`, `today`, `2024-01-01T06:00:00+02:00`.
     pub raw: String,
+    /// The instant lorch resolved it to, once per run.
     pub utc: DateTime<Utc>,
 }
 

@@ -23,10 +23,15 @@ pub struct Context<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(i32)]
 pub enum Level {
+    /// Something failed.
     Error = 1,
+    /// Something the user should look at; the run goes on.
     Warn = 2,
+    /// Progress worth a line in a cron mail (not shown with `run-job --quiet`).
     Info = 3,
+    /// Detail for debugging (`LORCH_LOG=debug`).
     Debug = 4,
+    /// More detail still (`LORCH_LOG=trace`).
     Trace = 5,
 }
 
@@ -121,18 +126,22 @@ impl<'a> Context<'a> {
         unsafe { (self.host.log)(self.host.ctx, level as i32, Str::from(message.as_str())) }
     }
 
+    /// [`log`](Context::log) at [`Level::Error`].
     pub fn error(&self, message: impl fmt::Display) {
         self.log(Level::Error, message)
     }
 
+    /// [`log`](Context::log) at [`Level::Warn`].
     pub fn warn(&self, message: impl fmt::Display) {
         self.log(Level::Warn, message)
     }
 
+    /// [`log`](Context::log) at [`Level::Info`].
     pub fn info(&self, message: impl fmt::Display) {
         self.log(Level::Info, message)
     }
 
+    /// [`log`](Context::log) at [`Level::Debug`].
     pub fn debug(&self, message: impl fmt::Display) {
         self.log(Level::Debug, message)
     }

@@ -62,11 +62,15 @@ impl ParamKind {
 /// without a default is simply absent from [`Params`](crate::Params) when not given.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamSpec {
+    /// `[a-z0-9_]+`.
     pub name: &'static str,
+    /// The value's type.
     pub kind: ParamKind,
+    /// See [`required`](ParamSpec::required).
     pub required: bool,
     /// Written as a user would write it after `KEY=`; lorch checks it parses as `kind`.
     pub default: Option<&'static str>,
+    /// See [`help`](ParamSpec::help).
     pub help: &'static str,
 }
 

@@ -46,8 +46,10 @@
 //! # fn main() {}
 //! ```
 //!
-//! See `docs/jobs.md` in the lorch repository for the whole walk-through, from `cargo new --lib`
-//! to seeing the job in `lorch jobs list`.
+//! The [`guide`] walks through a whole plugin, from `cargo new --lib` to seeing the job in
+//! `lorch jobs list`, with its unit tests ([`testing`]).
+
+#![deny(missing_docs)]
 
 pub mod abi;
 mod args;
@@ -55,6 +57,14 @@ mod context;
 mod error;
 mod job;
 pub mod testing;
+
+/// Writing a job, step by step: `docs/jobs.md` of the lorch repository, included whole (its
+/// code is built and tested by lorch's own test suite, not as doctests here).
+#[cfg(not(doctest))]
+#[doc = include_str!("../../docs/jobs.md")]
+// `file=src/lib.rs` in a block's info string names the file for that test suite.
+#[allow(rustdoc::invalid_codeblock_attributes)]
+pub mod guide {}
 
 pub use args::{Args, Params, TimeArg};
 pub use context::{Context, Level};

@@ -31,46 +31,55 @@ pub struct Query {
 }
 
 pub fn list(query: Query, json: bool) -> Result<Exit> {
-    let job = match query.job {
-        None => None,
-        Some(id) => match id.split_once('/') {
-            Some((package, name)) if !package.is_empty() && !name.is_empty() => {
-                Some((package.to_owned(), name.to_owned()))
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "invalid --job '{id}': expected PACKAGE/JOB"
-                )));
-            }
-        },
-    };
-    let now = Utc::now();
-    let time = |flag: &str, value: Option<String>| {
-        value
-            .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
-            .transpose()
-    };
-    let since = time("--since", query.since)?;
-    let until = time("--until", query.until)?;
+    let filter = query.filter()?;
     let store = open_reaped()?;
-    let filter = RunFilter {
-        job,
-        status: query.status,
-        account: query.account,
-        since,
-        until,
-        limit: Some(query.limit),
-        ..RunFilter::default()
-    };
     let runs = store.runs(&filter)?;
     if json {
         output::print_json(&json!({ "runs": runs }))?;
-        return Ok(Exit::Success);
-    }
-    if runs.is_empty() {
+    } else if runs.is_empty() {
         say_why_none(&store, &filter)?;
-        return Ok(Exit::Success);
+    } else {
+        output::print(&table(&runs))?;
     }
+    Ok(Exit::Success)
+}
+
+impl Query {
+    /// The store's filter; a malformed `--job`, `--since` or `--until` is a usage error.
+    fn filter(self) -> Result<RunFilter> {
+        let job = match self.job {
+            None => None,
+            Some(id) => match id.split_once('/') {
+                Some((package, name)) if !package.is_empty() && !name.is_empty() => {
+                    Some((package.to_owned(), name.to_owned()))
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "invalid --job '{id}': expected PACKAGE/JOB"
+                    )));
+                }
+            },
+        };
+        let now = Utc::now();
+        let time = |flag: &str, value: Option<String>| {
+            value
+                .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
+                .transpose()
+        };
+        Ok(RunFilter {
+            job,
+            status: self.status,
+            account: self.account,
+            since: time("--since", self.since)?,
+            until: time("--until", self.until)?,
+            limit: Some(self.limit),
+            ..RunFilter::default()
+        })
+    }
+}
+
+/// One line a run, in aligned columns under a header.
+fn table(runs: &[RunRow]) -> String {
     let rows: Vec<[String; 7]> = runs
         .iter()
         .map(|run| {
@@ -111,8 +120,7 @@ pub fn list(query: Query, json: bool) -> Result<Exit> {
             .collect();
         writeln!(text, "{}", cells.join("  ").trim_end()).unwrap();
     }
-    output::print(&text)?;
-    Ok(Exit::Success)
+    text
 }
 
 /// Why `runs list` printed nothing, without claiming the store is empty when only the filters

@@ -112,12 +112,9 @@ fn work() -> Result<()> {
             );
             tracing::info_span!("job", id = %job.id()).in_scope(|| call.run(&job, request))
         }
-        Err(why) => CallResult::Refused(Failure {
-            message: format!("cannot load the job in the worker: {why}"),
-            chain: Vec::new(),
-            permanent: false,
-            location: None,
-        }),
+        Err(why) => CallResult::Refused(Failure::new(format!(
+            "cannot load the job in the worker: {why}"
+        ))),
     };
     channel.send(false, |out| protocol::encode_result(&result, out))
 }
