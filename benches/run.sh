@@ -170,6 +170,17 @@ unset LORCH_BQ_ENDPOINT BQ_PROJECT BQ_EVENTS_DATASET BQ_EVENTS_TABLE
 kill $emulator 2>/dev/null || true
 export LORCH_HOME=$work/home
 
+echo "== the installed binary (profile dist) against the release build"
+cargo build --profile dist --quiet -p lorch
+dist=$repo/target/dist/lorch
+size_mb() { python3 -c "import os,sys; print('%.1f' % (os.path.getsize(sys.argv[1]) / 1e6))" "$1"; }
+size_release=$(size_mb "$lorch")
+size_dist=$(size_mb "$dist")
+"$dist" --plugin-path "$p100" jobs list >/dev/null
+hf --export-json "$work/startup.json" "$lorch --version" "$dist --version" \
+  "$lorch --plugin-path $p100 jobs list" "$dist --plugin-path $p100 jobs list" >/dev/null
+read -r start_release start_dist list_release list_dist <<<"$(median_ms "$work/startup.json")"
+
 echo "== micro-benchmarks (criterion)"
 cargo bench --quiet --bench micro >/dev/null 2>&1
 micro=$(python3 - "$repo/target/criterion" <<'PY'
@@ -220,6 +231,16 @@ runs (GNU time).
 |---|---|---|
 | \`lorch jobs list\`, 1,000 plugins x 10 jobs, metadata cache warm | ≤ 10 ms | $list1000 ms |
 | \`lorch jobs list\` of a 1-plugin directory: alone in the cache / after 1,611 other plugins were listed | the same, within noise | $alone / $shared ms |
+
+## The installed binary
+
+\`cargo install --locked --profile dist --path .\` (README, Install) builds lorch without debug
+information, stripped, with one codegen unit and whole-program LTO:
+
+| build | size | \`lorch --version\` | \`jobs list\`, 100 plugins |
+|---|---|---|---|
+| release (what \`cargo build --release\` makes; line tables kept) | $size_release MB | $start_release ms | $list_release ms |
+| dist (what users install; target ≤ 15 MB) | $size_dist MB | $start_dist ms | $list_dist ms |
 
 Other figures: \`run-job --in-process\` $run_inproc ms (the supervised worker process costs the
 difference); \`jobs list\` with a cold metadata cache (every plugin \`dlopen\`ed) $cold ms.

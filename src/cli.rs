@@ -152,29 +152,7 @@ pub enum EventsCommand {
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// List runs, oldest first
-    List {
-        /// Only runs of this job
-        #[arg(long, value_name = "PACKAGE/JOB")]
-        job: Option<String>,
-        /// Only runs with this status
-        #[arg(long, value_enum)]
-        status: Option<RunStatus>,
-        /// Only runs for this account
-        #[arg(long, value_name = "ACCOUNT")]
-        account: Option<String>,
-        /// Only runs started at or after this time: -7d, today, 2024-01-01, ... (as run-job's)
-        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-        since: Option<String>,
-        /// Only runs started before this time, same forms
-        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-        until: Option<String>,
-        /// At most this many of the newest runs
-        #[arg(long, value_name = "N", default_value_t = 50)]
-        limit: usize,
-        /// One JSON document on stdout
-        #[arg(long)]
-        json: bool,
-    },
+    List(RunsQuery),
     /// Show a run and its events in order
     Show {
         /// The run id, or `last` for the newest run
@@ -185,6 +163,32 @@ pub enum RunsCommand {
     },
     /// Close runs whose lorch process is gone with job.failed, reason abandoned
     Reap,
+}
+
+/// `lorch runs list`: which runs, and how to print them.
+#[derive(Debug, Args)]
+pub struct RunsQuery {
+    /// Only runs of this job
+    #[arg(long, value_name = "PACKAGE/JOB")]
+    pub job: Option<String>,
+    /// Only runs with this status
+    #[arg(long, value_enum)]
+    pub status: Option<RunStatus>,
+    /// Only runs for this account
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+    /// Only runs started at or after this time: -7d, today, 2024-01-01, ... (as run-job's)
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Only runs started before this time, same forms
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// At most this many of the newest runs
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments common to every job (README, "Options of run-job and run").

@@ -66,25 +66,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             dry_run,
             events_table,
         }) => events::init(dry_run, events_table.as_deref()),
-        Command::Runs(RunsCommand::List {
-            job,
-            status,
-            account,
-            since,
-            until,
-            limit,
-            json,
-        }) => {
-            let query = runs::Query {
-                job,
-                status,
-                account,
-                since,
-                until,
-                limit,
-            };
-            runs::list(query, json)
-        }
+        Command::Runs(RunsCommand::List(query)) => runs::list(query),
         Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
         Command::Runs(RunsCommand::Reap) => runs::reap(),
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),

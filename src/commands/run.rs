@@ -10,6 +10,7 @@ use crate::bigquery::{self, Background, Finished};
 use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
+use crate::lifecycle::{Reason, RunStatus};
 use crate::output::stderr;
 use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan};
@@ -77,13 +78,13 @@ fn exit_code(report: &runner::RunReport, signal: Option<i32>) -> Exit {
 /// `--json`: the run as one document on stdout (README, "Options of run-job").
 fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
     let (status, reason, message) = match &report.outcome {
-        Outcome::Completed => ("completed", None, None),
+        Outcome::Completed => (RunStatus::Completed, None, None),
         Outcome::Failed(failed) => (
-            "failed",
-            Some(failed.reason.as_str()),
+            RunStatus::Failed,
+            Some(failed.reason),
             Some(&failed.message),
         ),
-        Outcome::Skipped(_) => ("skipped", None, None),
+        Outcome::Skipped(_) => (RunStatus::Skipped, Some(Reason::Locked), None),
     };
     let summary = serde_json::json!({
         "run_id": report.run_id,

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{format_events, report_reaped};
+use crate::cli::RunsQuery;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, RunFilter, RunRow};
-use crate::lifecycle::RunStatus;
 use crate::output::stderr;
 use crate::{history, output};
 
@@ -20,18 +20,9 @@ fn open_reaped() -> Result<LocalStore> {
     Ok(store)
 }
 
-/// What `runs list` was asked for.
-pub struct Query {
-    pub job: Option<String>,
-    pub status: Option<RunStatus>,
-    pub account: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub limit: usize,
-}
-
-pub fn list(query: Query, json: bool) -> Result<Exit> {
-    let filter = query.filter()?;
+pub fn list(query: RunsQuery) -> Result<Exit> {
+    let json = query.json;
+    let filter = filter(query)?;
     let store = open_reaped()?;
     let runs = store.runs(&filter)?;
     if json {
@@ -44,38 +35,36 @@ pub fn list(query: Query, json: bool) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-impl Query {
-    /// The store's filter; a malformed `--job`, `--since` or `--until` is a usage error.
-    fn filter(self) -> Result<RunFilter> {
-        let job = match self.job {
-            None => None,
-            Some(id) => match id.split_once('/') {
-                Some((package, name)) if !package.is_empty() && !name.is_empty() => {
-                    Some((package.to_owned(), name.to_owned()))
-                }
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "invalid --job '{id}': expected PACKAGE/JOB"
-                    )));
-                }
-            },
-        };
-        let now = Utc::now();
-        let time = |flag: &str, value: Option<String>| {
-            value
-                .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
-                .transpose()
-        };
-        Ok(RunFilter {
-            job,
-            status: self.status,
-            account: self.account,
-            since: time("--since", self.since)?,
-            until: time("--until", self.until)?,
-            limit: Some(self.limit),
-            ..RunFilter::default()
-        })
-    }
+/// The store's filter; a malformed `--job`, `--since` or `--until` is a usage error.
+fn filter(query: RunsQuery) -> Result<RunFilter> {
+    let job = match query.job {
+        None => None,
+        Some(id) => match id.split_once('/') {
+            Some((package, name)) if !package.is_empty() && !name.is_empty() => {
+                Some((package.to_owned(), name.to_owned()))
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "invalid --job '{id}': expected PACKAGE/JOB"
+                )));
+            }
+        },
+    };
+    let now = Utc::now();
+    let time = |flag: &str, value: Option<String>| {
+        value
+            .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
+            .transpose()
+    };
+    Ok(RunFilter {
+        job,
+        status: query.status,
+        account: query.account,
+        since: time("--since", query.since)?,
+        until: time("--until", query.until)?,
+        limit: Some(query.limit),
+        ..RunFilter::default()
+    })
 }
 
 /// One line a run, in aligned columns under a header.

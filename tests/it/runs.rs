@@ -31,6 +31,12 @@ fn a_second_run_of_the_same_job_and_account_is_skipped_with_exit_75() {
             .contains(&format!("- testkit/sleep skipped: run {holder_run} (pid ")),
         "{second:?}"
     );
+    let summary = quick(&["--account", "a", "--json"]);
+    summary.code(75);
+    assert_eq!(
+        (&summary.json()["status"], &summary.json()["reason"]),
+        (&json!("skipped"), &json!("locked"))
+    );
     let skipped = env.events(&second.run_id());
     assert_eq!(types(&skipped), ["job.skipped"]);
     assert_eq!(skipped[0]["status"], "ok");
