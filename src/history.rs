@@ -92,14 +92,25 @@ fn abandoned(store: &LocalStore, run: &RunRow) -> Result<Event> {
     event.error_message = Some(format!(
         "abandoned: the lorch process{pid} running it ended without recording an outcome"
     ));
-    // The attempt's own payload, closed: what the job was asked to do stays on record.
+    // The attempt's own payload, closed: what the job was asked to do stays on record. Without
+    // one (a damaged store), what the run's row knows.
+    let recorded = started.and_then(|e| Payload::read(&e.payload_value()));
     let payload = Payload {
         reason: Some(Reason::Abandoned),
         duration_seconds: started.map(|started| (Utc::now() - started.created_at).as_seconds_f64()),
         failure: None,
-        ..started
-            .and_then(|e| Payload::read(&e.payload_value()))
-            .unwrap_or_default()
+        ..recorded.unwrap_or_else(|| Payload {
+            package: run.package.clone(),
+            job: run.job.clone(),
+            parameters: lifecycle::Parameters {
+                account: run.account.clone(),
+                ..Default::default()
+            },
+            attempt: run.attempt,
+            host: run.host.clone().unwrap_or_default(),
+            pid: run.pid.unwrap_or_default(),
+            ..Payload::default()
+        })
     };
     event.set_payload(&payload.to_value());
     Ok(event)

@@ -56,12 +56,20 @@ fn filter(query: RunsQuery) -> Result<RunFilter> {
             .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
             .transpose()
     };
+    let (since, until) = (time("--since", query.since)?, time("--until", query.until)?);
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
+        return Err(Error::Usage(format!(
+            "--since ({since}) is later than --until ({until}): no run can match"
+        )));
+    }
     Ok(RunFilter {
         job,
         status: query.status,
         account: query.account,
-        since: time("--since", query.since)?,
-        until: time("--until", query.until)?,
+        since,
+        until,
         limit: Some(query.limit),
         ..RunFilter::default()
     })

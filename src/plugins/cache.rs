@@ -13,23 +13,50 @@
 //! Each file holds only what its directory held when last listed. The encoding is postcard (a
 //! compact binary serde format). Each file holds first every job's id and summary, which is all
 //! a listing reads, then the full metadata, read only for the job shown or run ([`Declared`]).
+//!
+//! What the cache says reaches a run (a parameter's default, whether it is required), so it is
+//! kept as private as the plugins are checked: the directory is made `0700` and must be yours and
+//! writable by nobody else, each file `0600`, yours, a regular file (a link is not followed);
+//! otherwise the cache is not used. postcard is not self-describing, so each header also carries
+//! a probe, a known job's metadata encoded: a lorch whose metadata types encode differently
+//! decodes it differently and ignores the file.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use lorch_plugin_api::ParamKind;
+use lorch_plugin_api::abi::{JobMetadata, ParamMetadata};
+
 use super::declared::{Declared, Head, Stored};
 use super::safety::Stamp;
-use crate::paths;
+use crate::{paths, sys};
 
 /// Bumped when the file format or what lorch validates changes.
 const FORMAT: u32 = 2;
+
+/// The probe's job: every field set, so a change to any field's encoding shows.
+fn probe() -> JobMetadata {
+    JobMetadata {
+        package: "probe-package".into(),
+        name: "probe".into(),
+        description: "A probe.\n\nSecond paragraph.".into(),
+        params: vec![ParamMetadata {
+            name: "limit".into(),
+            kind: ParamKind::Float,
+            required: true,
+            default: Some("1.5".into()),
+            help: "Help.".into(),
+        }],
+    }
+}
 
 /// A cache file is a little-endian `u64` (the header's length), the header (postcard), then
 /// each plugin's full metadata (postcard) at the offset its entry names, counted from the end
@@ -40,6 +67,8 @@ struct Header<'a> {
     lorch_version: &'a str,
     /// The directory's real path: a check against the (unlikely) collision of two names.
     dir: &'a [u8],
+    /// [`probe`], encoded by the lorch that wrote the file.
+    probe: &'a [u8],
     plugins: Vec<Entry<'a>>,
 }
 
@@ -59,6 +88,7 @@ struct HeaderIn<'a> {
     format: u32,
     lorch_version: &'a str,
     dir: &'a [u8],
+    probe: &'a [u8],
     #[serde(borrow)]
     plugins: Vec<EntryIn<'a>>,
 }
@@ -106,10 +136,23 @@ pub struct MetadataCache {
 }
 
 impl MetadataCache {
-    /// The user's cache; nothing is read until a directory is asked for.
+    /// The user's cache; nothing is read until a directory is asked for. A cache directory that
+    /// is not private is not used (and said so).
     pub fn open() -> MetadataCache {
+        let root = paths::cache_dir()
+            .map(|d| d.join("plugins"))
+            .filter(|root| match private(root) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        "not using the plugin metadata cache {}: {why}",
+                        root.display()
+                    );
+                    false
+                }
+            });
         MetadataCache {
-            root: paths::cache_dir().map(|d| d.join("plugins")),
+            root,
             dirs: HashMap::new(),
         }
     }
@@ -122,7 +165,12 @@ impl MetadataCache {
             .dirs
             .entry(dir.to_owned())
             .or_insert_with(|| Dir::read(root, dir));
-        let entry = dir.unseen.remove(name).filter(|e| e.stamp == *stamp)?;
+        let entry = dir.unseen.remove(name)?;
+        if entry.stamp != *stamp {
+            // A new version of the file: its entry goes when the file is rewritten.
+            dir.changed = true;
+            return None;
+        }
         let cache = dir.file.as_ref()?;
         let offset = cache.base.checked_add(entry.offset)?;
         // A file cut short (by hand: lorch writes it whole) is a miss, not jobs without metadata.
@@ -176,8 +224,16 @@ impl Dir {
     /// A directory's cache file; an unreadable or outdated one is treated as empty.
     fn read(root: &Path, dir: &Path) -> Dir {
         let read = || -> std::io::Result<(HeaderIn<'static>, CacheFile)> {
-            let mut file = File::open(file_name(root, dir))?;
-            let file_len = file.metadata()?.len();
+            // Not a link, and no waiting on a FIFO someone put there.
+            let mut file = File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(file_name(root, dir))?;
+            let meta = file.metadata()?;
+            if !meta.is_file() || meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
+                return Err(std::io::Error::other("not a private regular file"));
+            }
+            let file_len = meta.len();
             let mut len = [0; 8];
             file.read_exact(&mut len)?;
             let len = u64::from_le_bytes(len);
@@ -201,7 +257,8 @@ impl Dir {
             Ok((header, file))
                 if header.format == FORMAT
                     && header.lorch_version == env!("CARGO_PKG_VERSION")
-                    && header.dir == dir.as_os_str().as_bytes() =>
+                    && header.dir == dir.as_os_str().as_bytes()
+                    && postcard::from_bytes::<JobMetadata>(header.probe).ok() == Some(probe()) =>
             {
                 Dir {
                     unseen: header
@@ -252,10 +309,12 @@ fn write(
         });
         blobs.extend_from_slice(&blob);
     }
+    let probe = postcard::to_stdvec(&probe()).map_err(std::io::Error::other)?;
     let header = Header {
         format: FORMAT,
         lorch_version: env!("CARGO_PKG_VERSION"),
         dir: dir.as_os_str().as_bytes(),
+        probe: &probe,
         plugins: entries,
     };
     let header = postcard::to_stdvec(&header).map_err(std::io::Error::other)?;
@@ -266,11 +325,54 @@ fn write(
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let written = path
         .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&tmp, bytes))
+        .map_or(Ok(()), make_private_dir)
+        .and_then(|()| {
+            // A new file of our own (never one planted under this name), then renamed.
+            let mut file = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            file.write_all(&bytes)
+        })
         .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Creates the cache directory `0700` (whatever the umask) when it is missing.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    private(dir).map_err(std::io::Error::other)
+}
+
+/// A missing directory is fine (it is made private); an existing one must be yours and
+/// writable by nobody else, or another user could swap its files.
+fn private(dir: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+        Ok(meta) => meta,
+    };
+    if !meta.is_dir() {
+        return Err("it is not a directory".to_owned());
+    }
+    if meta.uid() != sys::euid() {
+        return Err(format!("it is owned by uid {}, not you", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "others can write to it (fix: chmod go-w {})",
+            dir.display()
+        ));
+    }
+    Ok(())
 }

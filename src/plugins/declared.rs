@@ -10,7 +10,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};
 
-use lorch_plugin_api::abi::JobMetadata;
+use lorch_plugin_api::abi::{JobMetadata, PluginMetadata};
+
+use super::metadata;
 use serde::Serialize;
 
 /// A job's id and the first line of its description. The text lives as long as the process:
@@ -80,12 +82,13 @@ impl Declared {
         &self.full.get_or_init(|| self.read())[index]
     }
 
-    /// The full metadata, encoded for a cache file.
+    /// The full metadata, encoded for a cache file: copied as it is from the cache it came
+    /// from (never what `read` made of a damaged one), or encoded from a plugin loaded now.
     pub fn encoded(&self) -> std::io::Result<Vec<u8>> {
-        match (self.full.get(), &self.stored) {
-            (None, Some(stored)) => read_stored(stored),
-            _ => postcard::to_stdvec(self.full.get_or_init(|| self.read()))
-                .map_err(std::io::Error::other),
+        match (&self.stored, self.full.get()) {
+            (Some(stored), _) => read_stored(stored),
+            (None, Some(jobs)) => postcard::to_stdvec(jobs).map_err(std::io::Error::other),
+            (None, None) => Err(std::io::Error::other("no metadata")),
         }
     }
 
@@ -97,6 +100,12 @@ impl Declared {
             .and_then(read_stored)
             .and_then(|bytes| {
                 postcard::from_bytes::<Vec<JobMetadata>>(&bytes).map_err(std::io::Error::other)
+            })
+            // Checked again as when the plugin was loaded: it reaches the run.
+            .and_then(|jobs| {
+                let metadata = PluginMetadata { jobs };
+                metadata::check(&metadata).map_err(std::io::Error::other)?;
+                Ok(metadata.jobs)
             });
         match decoded {
             Ok(jobs)

@@ -192,10 +192,12 @@ impl DirChecks {
                 dir
             };
             let real = shown.canonicalize()?;
-            let handle = File::options()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(&real)?;
+            // Only a handle to look names up in (O_PATH: not even read permission needed).
+            #[cfg(target_os = "linux")]
+            let flags = libc::O_PATH | libc::O_DIRECTORY;
+            #[cfg(not(target_os = "linux"))]
+            let flags = libc::O_DIRECTORY;
+            let handle = File::options().read(true).custom_flags(flags).open(&real)?;
             self.real.insert(dir.to_owned(), (real, handle));
         }
         let (real, handle) = &self.real[dir];

@@ -529,3 +529,43 @@ fn a_damaged_metadata_cache_is_ignored_and_rewritten() {
         );
     }
 }
+
+#[test]
+fn the_metadata_cache_is_private_and_an_open_one_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = plugin_dir(&["testkit"]);
+    let env = Env::new(&[dir.path()]);
+    // A umask that makes new files group-writable, as on many workstations.
+    let mut sh = std::process::Command::new("sh");
+    sh.args([
+        "-c",
+        "umask 002; exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_lorch"),
+    ]);
+    common::Run::from(env.cmd_in(sh, &["jobs", "list"]).output().unwrap()).code(0);
+    let root = env.home.path().join(".cache/lorch/plugins");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    let files = cache_files(&env);
+    assert_eq!(files.len(), 1);
+    assert_eq!(mode(&files[0]), 0o600);
+
+    // A cache file replaced by a link (to a copy of itself) is not read: rewritten, not followed.
+    let elsewhere = env.home.path().join("elsewhere.postcard");
+    std::fs::copy(&files[0], &elsewhere).unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &files[0]).unwrap();
+    env.run(&["jobs", "list"]).code(0).stderr_is("");
+    assert!(
+        !files[0].is_symlink(),
+        "the link was replaced by lorch's own file"
+    );
+
+    // A cache directory others can write to: its files could be anyone's, so it is not used.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = env.run(&["jobs", "list", "testkit"]);
+    out.code(0)
+        .stderr_has("not using the plugin metadata cache")
+        .stderr_has("chmod go-w");
+    assert!(out.stdout.contains("  echo\n"), "{out:?}");
+}

@@ -262,6 +262,9 @@ fn runs_list_filters_by_account_and_start_time() {
 
     let none = env.run(&["runs", "list", "--account", "three"]);
     none.stderr_has("no runs match");
+    env.run(&["runs", "list", "--since", "today", "--until", "-2d"])
+        .code(2)
+        .stderr_has("is later than --until");
     let bad = env.run(&["runs", "list", "--since", "24-01-01"]);
     bad.code(2);
     bad.stderr_has("invalid value '24-01-01' for --since");
