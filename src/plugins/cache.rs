@@ -77,12 +77,13 @@ struct Header<'a> {
 struct Entry<'a> {
     name: &'a [u8],
     stamp: &'a Stamp,
-    heads: &'a [Head],
+    heads: &'a [Head<'static>],
     offset: u64,
     len: u32,
 }
 
-/// [`Header`] as read back, its text borrowed from the header's bytes.
+/// [`Header`] as read back, its text borrowed from the header's bytes (kept for the rest of
+/// the process: `'a` is `'static`).
 #[derive(Deserialize)]
 struct HeaderIn<'a> {
     format: u32,
@@ -98,16 +99,9 @@ struct EntryIn<'a> {
     name: &'a [u8],
     stamp: Stamp,
     #[serde(borrow)]
-    heads: Vec<HeadIn<'a>>,
+    heads: Vec<Head<'a>>,
     offset: u64,
     len: u32,
-}
-
-#[derive(Deserialize)]
-struct HeadIn<'a> {
-    package: &'a str,
-    name: &'a str,
-    summary: &'a str,
 }
 
 /// One directory: its cache file as read, and what this command found in it.
@@ -182,12 +176,7 @@ impl MetadataCache {
             offset,
             len: entry.len,
         };
-        let heads = entry.heads.iter().map(|head| Head {
-            package: head.package,
-            name: head.name,
-            summary: head.summary,
-        });
-        let declared = Arc::new(Declared::cached(heads.collect(), stored));
+        let declared = Arc::new(Declared::cached(entry.heads, stored));
         dir.seen
             .push((name.to_owned(), entry.stamp, Arc::clone(&declared)));
         Some(declared)

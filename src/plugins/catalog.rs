@@ -143,7 +143,7 @@ impl Job {
         &self.source.location
     }
 
-    fn head(&self) -> &Head {
+    fn head(&self) -> &Head<'static> {
         &self.source.declared.heads()[self.index]
     }
 

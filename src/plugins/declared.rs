@@ -13,22 +13,22 @@ use std::sync::{Arc, OnceLock};
 use lorch_plugin_api::abi::{JobMetadata, PluginMetadata};
 
 use super::metadata;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A job's id and the first line of its description. The text lives as long as the process:
 /// read from the cache, it points into the cache's header, kept whole (no allocation per job);
 /// from a plugin loaded now, it is allocated once and kept.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Head {
-    pub package: &'static str,
-    pub name: &'static str,
-    pub summary: &'static str,
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Head<'a> {
+    pub package: &'a str,
+    pub name: &'a str,
+    pub summary: &'a str,
 }
 
 #[derive(Debug)]
 pub struct Declared {
     /// Sorted by package, then name.
-    heads: Vec<Head>,
+    heads: Vec<Head<'static>>,
     full: OnceLock<Vec<JobMetadata>>,
     /// Where the full metadata is when not decoded yet.
     stored: Option<Stored>,
@@ -65,7 +65,7 @@ impl Declared {
     }
 
     /// Ids and summaries from a cache, the rest left where it is.
-    pub fn cached(heads: Vec<Head>, stored: Stored) -> Declared {
+    pub fn cached(heads: Vec<Head<'static>>, stored: Stored) -> Declared {
         Declared {
             heads,
             full: OnceLock::new(),
@@ -73,7 +73,7 @@ impl Declared {
         }
     }
 
-    pub fn heads(&self) -> &[Head] {
+    pub fn heads(&self) -> &[Head<'static>] {
         &self.heads
     }
 

@@ -63,6 +63,11 @@ impl SearchPath {
         let mut seen = HashSet::new();
         let mut files = Vec::new();
         for (dir, origin) in &self.dirs {
+            // A directory reached twice (listed twice, or through a symlink) is read once.
+            let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            if !seen.insert(dir.canonicalize().unwrap_or_else(|_| shown.clone())) {
+                continue;
+            }
             let entries = match std::fs::read_dir(dir) {
                 Ok(entries) => entries,
                 Err(e)
@@ -85,15 +90,7 @@ impl SearchPath {
                 .map(|e| e.file_name())
                 .collect();
             found.sort();
-            // Resolved once per directory: the same file reached through two entries of the
-            // path (or a symlinked directory) is loaded once.
-            let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
-            let real = dir.canonicalize().unwrap_or_else(|_| shown.clone());
-            for name in found {
-                if seen.insert(real.join(&name)) {
-                    files.push(shown.join(&name));
-                }
-            }
+            files.extend(found.iter().map(|name| shown.join(name)));
         }
         files
     }
