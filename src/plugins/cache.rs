@@ -155,10 +155,10 @@ impl MetadataCache {
     /// file was seen before.
     pub fn get(&mut self, dir: &Path, name: &OsStr, stamp: &Stamp) -> Option<Arc<Declared>> {
         let root = self.root.as_deref()?;
-        let dir = self
-            .dirs
-            .entry(dir.to_owned())
-            .or_insert_with(|| Dir::read(root, dir));
+        if !self.dirs.contains_key(dir) {
+            self.dirs.insert(dir.to_owned(), Dir::read(root, dir));
+        }
+        let dir = self.dirs.get_mut(dir)?;
         let entry = dir.unseen.remove(name)?;
         if entry.stamp != *stamp {
             // A new version of the file: its entry goes when the file is rewritten.

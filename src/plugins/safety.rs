@@ -16,6 +16,7 @@ use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +96,7 @@ impl Facts {
 /// milliseconds, see docs/performance.md).
 pub struct Inspected {
     /// The real path of the directory the file was listed in (the metadata cache's key).
-    pub dir: PathBuf,
+    pub dir: Arc<Path>,
     /// The file's real path: no symbolic link left in it.
     pub real: PathBuf,
     pub stamp: Stamp,
@@ -113,7 +114,7 @@ pub struct Checked {
 pub struct DirChecks {
     chains: HashMap<PathBuf, Result<(), String>>,
     verdicts: HashMap<(PathBuf, bool), Result<(), String>>,
-    real: HashMap<PathBuf, (PathBuf, File)>,
+    real: HashMap<PathBuf, (Arc<Path>, File)>,
 }
 
 /// Finds the plugin at `path` and, unless `allow_insecure`, checks it and the directories that
@@ -141,7 +142,7 @@ pub fn inspect(
     if !allow_insecure {
         check(&real, "plugin file", &facts, false)?;
         dirs.check_chain(real.parent())?;
-        if Some(dir.as_path()) != real.parent() {
+        if Some(&*dir) != real.parent() {
             // Reached through a link: whoever can replace the link chooses the file.
             dirs.check_chain(Some(&dir))?;
         }
@@ -184,7 +185,7 @@ impl Inspected {
 impl DirChecks {
     /// The real path of directory `dir` (resolved and opened once), and what `lstat` says of
     /// `name` in it.
-    fn lstat_in(&mut self, dir: &Path, name: &OsStr) -> std::io::Result<(PathBuf, Facts)> {
+    fn lstat_in(&mut self, dir: &Path, name: &OsStr) -> std::io::Result<(Arc<Path>, Facts)> {
         if !self.real.contains_key(dir) {
             let shown = if dir.as_os_str().is_empty() {
                 Path::new(".")
@@ -198,7 +199,7 @@ impl DirChecks {
             #[cfg(not(target_os = "linux"))]
             let flags = libc::O_DIRECTORY;
             let handle = File::options().read(true).custom_flags(flags).open(&real)?;
-            self.real.insert(dir.to_owned(), (real, handle));
+            self.real.insert(dir.to_owned(), (real.into(), handle));
         }
         let (real, handle) = &self.real[dir];
         Ok((real.clone(), Facts::from(&sys::lstat_at(handle, name)?)))
