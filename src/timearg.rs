@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use lorch_plugin_api::TimeArg;
 
 /// The longest duration any option or variable takes: 100 years. Anything longer is a usage
 /// error, so no user's value can overflow a clock (`--timeout 300000000000y` panicked once).
@@ -45,15 +46,44 @@ pub const ACCEPTED: &str = "accepted: a duration in the past such as -7d, 7d, -3
 such as 2024-01-01 (00:00 UTC), or an RFC 3339 date-time such as 2024-01-01T06:00:00Z \
 (no offset means UTC)";
 
-/// Resolves the value of a time flag (`--since`) against `now`; the error names the flag, the
-/// value, what is wrong with it and every accepted form.
-pub fn resolve_flag(flag: &str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    resolve(value, now)
-        .map_err(|why| format!("invalid value '{value}' for {flag}: {why}; {ACCEPTED}"))
+/// `--since` and `--until` (of `run-job`, or `runs list`), resolved against one `now`, so that
+/// `--since -1d --until now` is exactly one day. The error names the flag, the value, what is
+/// wrong with it and every accepted form; or both flags, when the window ends before it starts.
+pub fn window(
+    since: Option<&str>,
+    until: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(Option<TimeArg>, Option<TimeArg>), String> {
+    let time = |flag: &str, value: Option<&str>| {
+        value
+            .map(|raw| match resolve(raw, now) {
+                Ok(utc) => Ok(TimeArg {
+                    raw: raw.to_owned(),
+                    utc,
+                }),
+                Err(why) => Err(format!(
+                    "invalid value '{raw}' for {flag}: {why}; {ACCEPTED}"
+                )),
+            })
+            .transpose()
+    };
+    let (since, until) = (time("--since", since)?, time("--until", until)?);
+    if let (Some(since), Some(until)) = (&since, &until)
+        && since.utc > until.utc
+    {
+        return Err(format!(
+            "--since '{}' ({}) is later than --until '{}' ({}); the window must not end before it starts",
+            since.raw,
+            since.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            until.raw,
+            until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    Ok((since, until))
 }
 
 /// Resolves `value` against `now`. The error says what is wrong with the value, without the
-/// list of accepted forms (see [`resolve_flag`]).
+/// list of accepted forms (see [`window`]).
 pub fn resolve(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let value = value.trim();
     let midnight = now.date_naive().and_time(NaiveTime::MIN).and_utc();

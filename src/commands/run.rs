@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use lorch_plugin_api::TimeArg;
 
 use crate::bigquery::{self, Background, Finished};
 use crate::cli::RunOptions;
@@ -263,29 +262,12 @@ fn print_dry_run(store: &LocalStore, run_id: &str, table: Option<&bigquery::Tabl
 }
 
 fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
-    // One `now` for both flags: `--since -1d --until now` is exactly one day.
-    let now = Utc::now();
-    let time = |flag: &str, value: &Option<String>| -> Result<Option<TimeArg>> {
-        let Some(raw) = value else { return Ok(None) };
-        let utc = timearg::resolve_flag(flag, raw, now).map_err(Error::Usage)?;
-        Ok(Some(TimeArg {
-            raw: raw.clone(),
-            utc,
-        }))
-    };
-    let since = time("--since", &options.since)?;
-    let until = time("--until", &options.until)?;
-    if let (Some(since), Some(until)) = (&since, &until)
-        && since.utc > until.utc
-    {
-        return Err(Error::Usage(format!(
-            "--since '{}' ({}) is later than --until '{}' ({}); the window must not end before it starts",
-            since.raw,
-            since.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            until.raw,
-            until.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )));
-    }
+    let (since, until) = timearg::window(
+        options.since.as_deref(),
+        options.until.as_deref(),
+        Utc::now(),
+    )
+    .map_err(Error::Usage)?;
     let params = params::resolve(job.meta(), &options.params).map_err(Error::Usage)?;
     Ok(RunPlan {
         job,

@@ -50,26 +50,15 @@ fn filter(query: RunsQuery) -> Result<RunFilter> {
             }
         },
     };
-    let now = Utc::now();
-    let time = |flag: &str, value: Option<String>| {
-        value
-            .map(|v| crate::timearg::resolve_flag(flag, &v, now).map_err(Error::Usage))
-            .transpose()
-    };
-    let (since, until) = (time("--since", query.since)?, time("--until", query.until)?);
-    if let (Some(since), Some(until)) = (since, until)
-        && since > until
-    {
-        return Err(Error::Usage(format!(
-            "--since ({since}) is later than --until ({until}): no run can match"
-        )));
-    }
+    let (since, until) =
+        crate::timearg::window(query.since.as_deref(), query.until.as_deref(), Utc::now())
+            .map_err(Error::Usage)?;
     Ok(RunFilter {
         job,
         status: query.status,
         account: query.account,
-        since,
-        until,
+        since: since.map(|t| t.utc),
+        until: until.map(|t| t.utc),
         limit: Some(query.limit),
         ..RunFilter::default()
     })
