@@ -64,6 +64,9 @@ pub enum Command {
     /// Run history: what ran, how it ended; abandoned runs are closed first
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// The objects jobs upserted (raw_objects): one row per idem key
+    #[command(subcommand)]
+    Objects(ObjectsCommand),
     /// Internal: runs one job attempt for a supervising lorch
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -163,6 +166,47 @@ pub enum RunsCommand {
     },
     /// Close runs whose lorch process is gone with job.failed, reason abandoned
     Reap,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectsCommand {
+    /// List objects, least recently seen first
+    List(ObjectsQuery),
+    /// Show one object, payload included
+    Show {
+        /// The object's idem key
+        idem_key: String,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count the objects, by type
+    Count {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lorch objects list`: which objects, and how to print them.
+#[derive(Debug, Args)]
+pub struct ObjectsQuery {
+    /// Only objects of this type
+    #[arg(long = "type", value_name = "TYPE")]
+    pub object_type: Option<String>,
+    /// Only objects of this account (their connection_name)
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+    /// Only objects seen (upserted) at or after this time: -7d, today, 2024-01-01, ... (as
+    /// run-job's)
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// At most this many of the most recently seen
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+    /// One JSON document on stdout, payloads included
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `lorch runs list`: which runs, and how to print them.

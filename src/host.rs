@@ -1,5 +1,5 @@
-//! The host side of the plugin ABI: the callbacks a running job calls to emit events, log and
-//! check for cancellation.
+//! The host side of the plugin ABI: the callbacks a running job calls to emit events, upsert
+//! objects, log and check for cancellation.
 
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
@@ -10,8 +10,8 @@ use lorch_plugin_api::abi::{self, Failure, Host, RunRequest, Str};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::events::{Event, EventSink};
-use crate::lifecycle;
+use crate::events::{Event, EventSink, Object};
+use crate::lifecycle::{self, ObjectCounts};
 use crate::plugins::Job;
 
 /// `abi::EmittedEvent` as the host reads it: the payload stays JSON text, borrowed.
@@ -22,6 +22,29 @@ struct Emitted<'a> {
     payload: Option<&'a RawValue>,
     #[serde(default)]
     idem_key: Option<String>,
+}
+
+/// `abi::Upsert` as the host reads it: each payload stays JSON text, borrowed.
+#[derive(Deserialize)]
+struct Upserted<'a> {
+    #[serde(borrow)]
+    objects: Vec<Incoming<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    object_type: String,
+    idem_key: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    #[serde(default)]
+    external_id: Option<String>,
+    #[serde(default)]
+    schema_ref: Option<String>,
+    #[serde(default)]
+    connection_name: Option<String>,
+    #[serde(default)]
+    source_system: Option<String>,
 }
 
 /// What one call of a job gave.
@@ -41,41 +64,49 @@ pub enum CallResult {
 /// the job starts, so everything in it is thread-safe.
 pub struct JobCall<'a> {
     sink: &'a dyn EventSink,
-    run_id: &'a str,
+    request: &'a RunRequest,
     source_system: String,
     trace_id: Option<&'a str>,
     cancelled: &'a AtomicBool,
     failure: Mutex<Option<Failure>>,
     unrecorded: AtomicUsize,
+    objects: Mutex<ObjectCounts>,
 }
 
 impl<'a> JobCall<'a> {
     pub fn new(
         job: &Job,
         sink: &'a dyn EventSink,
-        run_id: &'a str,
+        request: &'a RunRequest,
         trace_id: Option<&'a str>,
         cancelled: &'a AtomicBool,
     ) -> JobCall<'a> {
         JobCall {
             sink,
-            run_id,
+            request,
             source_system: job.id(),
             trace_id,
             cancelled,
             failure: Mutex::new(None),
             unrecorded: AtomicUsize::new(0),
+            objects: Mutex::default(),
         }
     }
 
-    /// How many of the job's events could not be stored (each was logged as an error and
-    /// reported to the job as a failed `emit`).
+    /// How many of the job's events and objects could not be stored (each time logged as an
+    /// error and reported to the job as a failed `emit` or `upsert`).
     pub fn unrecorded(&self) -> usize {
         self.unrecorded.load(Ordering::Relaxed)
     }
 
+    /// What the job's upserts did, as the sink reported it (a sink that forwards objects to
+    /// a supervisor reports nothing: the supervisor counts).
+    pub fn objects(&self) -> ObjectCounts {
+        *self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `job` and waits for it.
-    pub fn run(&self, job: &Job, request: &RunRequest) -> CallResult {
+    pub fn run(&self, job: &Job) -> CallResult {
         let host = Host {
             size: size_of::<Host>() as u32,
             ctx: self as *const JobCall as *mut c_void,
@@ -83,8 +114,9 @@ impl<'a> JobCall<'a> {
             log: host_log,
             is_cancelled: host_is_cancelled,
             fail: host_fail,
+            upsert: host_upsert,
         };
-        let request = serde_json::to_string(request).expect("a RunRequest always serializes");
+        let request = serde_json::to_string(self.request).expect("a RunRequest always serializes");
         let code = match job.call(&host, &request) {
             Ok(code) => code,
             Err(why) => {
@@ -132,7 +164,11 @@ impl<'a> JobCall<'a> {
             );
             return abi::EMIT_INVALID;
         }
-        let mut event = Event::new(&emitted.event_type, &self.source_system, self.run_id);
+        let mut event = Event::new(
+            &emitted.event_type,
+            &self.source_system,
+            &self.request.run_id,
+        );
         event.trace_id = self.trace_id.map(str::to_owned);
         event.idem_key = emitted.idem_key;
         event.payload = emitted.payload.map(RawValue::to_owned);
@@ -143,9 +179,63 @@ impl<'a> JobCall<'a> {
                 tracing::error!(
                     "event {} of run {} was not recorded: {e:#}",
                     event.event_type,
-                    self.run_id
+                    self.request.run_id
                 );
                 abi::EMIT_NOT_RECORDED
+            }
+        }
+    }
+
+    /// Checks and stores an `abi::Upsert`, filling in the connection (the run's account) and
+    /// the source system (the job's package) the job left unset.
+    fn upsert(&self, json: &[u8]) -> i32 {
+        let refuse = |why: &dyn std::fmt::Display| {
+            tracing::error!(
+                "{} upserted objects lorch refuses: {why}",
+                self.source_system
+            );
+            abi::UPSERT_INVALID
+        };
+        let upserted: Upserted = match serde_json::from_slice(json) {
+            Ok(upserted) => upserted,
+            Err(e) => return refuse(&format!("not the JSON of an upsert: {e}")),
+        };
+        let now = chrono::Utc::now();
+        let mut objects = Vec::with_capacity(upserted.objects.len());
+        for o in upserted.objects {
+            if let Err(why) =
+                lorch_plugin_api::check_object(&o.object_type, &o.idem_key, o.payload.get().len())
+            {
+                return refuse(&why);
+            }
+            objects.push(Object {
+                idem_key: o.idem_key,
+                source_system: o
+                    .source_system
+                    .unwrap_or_else(|| self.request.package.clone()),
+                connection_name: o.connection_name.or_else(|| self.request.account.clone()),
+                object_type: o.object_type,
+                schema_ref: o.schema_ref,
+                external_id: o.external_id,
+                payload: o.payload.to_owned(),
+                first_seen: now,
+                last_seen: now,
+                correlation_id: self.request.run_id.clone(),
+            });
+        }
+        match self.sink.store(&[], &objects) {
+            Ok(counts) => {
+                *self.objects.lock().unwrap_or_else(|p| p.into_inner()) += counts;
+                abi::UPSERT_OK
+            }
+            Err(e) => {
+                self.unrecorded.fetch_add(objects.len(), Ordering::Relaxed);
+                tracing::error!(
+                    "{} objects of run {} were not stored: {e:#}",
+                    objects.len(),
+                    self.request.run_id
+                );
+                abi::UPSERT_NOT_RECORDED
             }
         }
     }
@@ -163,6 +253,12 @@ unsafe extern "C" fn host_emit(ctx: *mut c_void, event: Str) -> i32 {
     // SAFETY: the plugin passes a string valid for this call.
     let bytes = unsafe { event.as_bytes() };
     with_call(ctx, abi::EMIT_NOT_RECORDED, |call| call.emit(bytes))
+}
+
+unsafe extern "C" fn host_upsert(ctx: *mut c_void, objects: Str) -> i32 {
+    // SAFETY: as in `host_emit`.
+    let bytes = unsafe { objects.as_bytes() };
+    with_call(ctx, abi::UPSERT_NOT_RECORDED, |call| call.upsert(bytes))
 }
 
 unsafe extern "C" fn host_log(ctx: *mut c_void, level: i32, message: Str) {

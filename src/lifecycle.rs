@@ -159,6 +159,9 @@ pub struct Payload {
     /// Terminal events: the job's events lorch could not store.
     #[serde(skip_serializing_if = "is_zero")]
     pub events_not_recorded: usize,
+    /// Terminal events: what the attempt's upserts did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectCounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     /// `job.skipped`: the run holding the lock.
@@ -167,6 +170,30 @@ pub struct Payload {
     /// `job.failed` of an attempt: what the job or the system reported.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureDetail>,
+}
+
+/// What a run's upserts did to the objects table (docs/objects.md): a key not stored before
+/// was inserted; a stored one was updated when any of its columns but `last_seen` and
+/// `correlation_id` changed, and was unchanged otherwise (it was seen again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+}
+
+impl ObjectCounts {
+    pub fn total(self) -> u64 {
+        self.inserted + self.updated + self.unchanged
+    }
+}
+
+impl std::ops::AddAssign for ObjectCounts {
+    fn add_assign(&mut self, other: ObjectCounts) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+    }
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -18,6 +18,31 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 }
 
 /// Writes one JSON document and a newline.
+/// Rows in aligned columns under a header, two spaces apart, one line each.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let width = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|cell| cell.chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
 pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     write_stdout(&clean(&format!("{value:#}\n"), Style::Json))
 }

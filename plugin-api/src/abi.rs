@@ -88,6 +88,14 @@ pub const EMIT_INVALID: i32 = 1;
 /// The host could not store the event.
 pub const EMIT_NOT_RECORDED: i32 = 2;
 
+/// `upsert` return codes: every object was stored.
+pub const UPSERT_OK: i32 = 0;
+/// Nothing was stored: not valid JSON, or an object breaks the rules of
+/// [`check_object`](crate::check_object) (the host logs which).
+pub const UPSERT_INVALID: i32 = 1;
+/// Nothing was stored: the host could not store the objects.
+pub const UPSERT_NOT_RECORDED: i32 = 2;
+
 /// What `lorch_plugin_entry` points to. Static, never freed.
 #[repr(C)]
 #[derive(Debug)]
@@ -119,6 +127,19 @@ pub struct Host {
     pub is_cancelled: unsafe extern "C" fn(ctx: *mut c_void) -> i32,
     /// Reports why the run failed, as a [`Failure`] JSON; called before `run` returns a failure.
     pub fail: unsafe extern "C" fn(ctx: *mut c_void, failure: Str),
+    /// Stores objects, an [`Upsert`] JSON, all or none; returns an `UPSERT_*` code. Appended
+    /// after version 1 was first published: present only when `size` covers it (see
+    /// [`Host::upsert_callback`]).
+    pub upsert: unsafe extern "C" fn(ctx: *mut c_void, objects: Str) -> i32,
+}
+
+impl Host {
+    /// The `upsert` callback, when the host that built this struct has one: a lorch older than
+    /// the callback passes a shorter struct, whose memory ends before the field.
+    pub fn upsert_callback(&self) -> Option<unsafe extern "C" fn(*mut c_void, Str) -> i32> {
+        let end = std::mem::offset_of!(Host, upsert) + size_of::<usize>();
+        (self.size as usize >= end).then_some(self.upsert)
+    }
 }
 
 // SAFETY: the ABI requires the host's callbacks to be thread-safe and `ctx` to stay valid for
@@ -201,6 +222,13 @@ pub struct EmittedEvent {
     /// A key for consumers to de-duplicate re-run events.
     #[serde(default)]
     pub idem_key: Option<String>,
+}
+
+/// The JSON a job passes to `upsert`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upsert {
+    /// Stored in one transaction: all of them or none.
+    pub objects: Vec<crate::Object>,
 }
 
 /// The JSON a plugin passes to `fail`.

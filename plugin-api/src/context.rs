@@ -2,12 +2,14 @@
 
 use std::fmt;
 
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::JobError;
 use crate::abi::{self, EmittedEvent, Host, Str};
+use crate::{JobError, Object};
 
-/// The job's handle on lorch for one run: emit events, log, check for cancellation.
+/// The job's handle on lorch for one run: emit events, store objects, log, check for
+/// cancellation.
 ///
 /// It is `Send + Sync`, so a job may share it with the threads it starts (for example with
 /// `std::thread::scope`).
@@ -109,6 +111,75 @@ impl<'a> Context<'a> {
             _ => Err(JobError::new(format!(
                 "lorch could not record event `{event_type}`"
             ))),
+        }
+    }
+
+    /// Stores one object under its idempotency key (lorchestra's `raw_objects`): the first time
+    /// a key is stored it is inserted, later it is updated (payload, `last_seen`, the run that
+    /// wrote it) and its `first_seen` stays. `payload` is anything that serializes to JSON.
+    ///
+    /// As with [`emit`](Context::emit), when this returns `Ok` lorch has the object: it is kept
+    /// even if the job crashes right after. An object that breaks the rules of
+    /// [`Object::check`] (an empty key, a type with spaces, a payload that is not JSON) is
+    /// refused with an error saying which.
+    ///
+    /// ```
+    /// # use lorch_plugin_api::{Context, JobResult, json};
+    /// fn store(ctx: &Context) -> JobResult {
+    ///     ctx.upsert("gmail_message", "gmail:acct1:18c2f", json!({"subject": "Hi"}))
+    /// }
+    /// ```
+    pub fn upsert(
+        &self,
+        object_type: &str,
+        idem_key: &str,
+        payload: impl Serialize,
+    ) -> Result<(), JobError> {
+        let payload = serde_json::to_value(payload).map_err(|e| {
+            JobError::new(format!(
+                "the payload of object {idem_key:?} is not JSON: {e}"
+            ))
+        })?;
+        self.upsert_objects(&[Object::new(object_type, idem_key, payload)])
+    }
+
+    /// Stores several objects at once, all or none, with the optional columns of [`Object`]
+    /// (`external_id`, `schema_ref`, ...). One call for a page of results is much cheaper
+    /// than one call per object. A key given twice in one call ends up with the later object.
+    pub fn upsert_objects(&self, objects: &[Object]) -> Result<(), JobError> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        for (i, object) in objects.iter().enumerate() {
+            object.check().map_err(|why| {
+                let which = match objects.len() {
+                    1 => String::new(),
+                    n => format!(" (object {} of {n})", i + 1),
+                };
+                JobError::new(format!("lorch refused the upsert{which}: {why}"))
+            })?;
+        }
+        let Some(upsert) = self.host.upsert_callback() else {
+            return Err(JobError::new(
+                "this lorch cannot store objects: it is older than the job's lorch-plugin-api; upgrade lorch",
+            ));
+        };
+        // Serialized as an `abi::Upsert`, without copying the objects into one.
+        #[derive(Serialize)]
+        struct Objects<'a> {
+            objects: &'a [Object],
+        }
+        let json = serde_json::to_string(&Objects { objects })?;
+        // SAFETY: as in `send`.
+        let status = unsafe { upsert(self.host.ctx, Str::from(json.as_str())) };
+        let what = match objects {
+            [one] => format!("object {:?}", one.idem_key),
+            _ => format!("{} objects", objects.len()),
+        };
+        match status {
+            abi::UPSERT_OK => Ok(()),
+            abi::UPSERT_INVALID => Err(JobError::new(format!("lorch refused {what}"))),
+            _ => Err(JobError::new(format!("lorch could not store {what}"))),
         }
     }
 

@@ -56,6 +56,7 @@ mod args;
 mod context;
 mod error;
 mod job;
+mod object;
 pub mod testing;
 
 /// Writing a job, step by step: `docs/jobs.md` of the lorch repository, included whole (its
@@ -70,8 +71,9 @@ pub use args::{Args, Params, TimeArg};
 pub use context::{Context, Level};
 pub use error::{JobError, JobResult};
 pub use job::{__check_declaration, JobFn, JobSpec, ParamKind, ParamSpec};
+pub use object::{MAX_KEY_BYTES, MAX_PAYLOAD_BYTES, MAX_TYPE_BYTES, Object, check_object};
 
-/// Re-exported so jobs can build event payloads without naming `serde_json` themselves.
+/// Re-exported so jobs can build event and object payloads without naming `serde_json` themselves.
 pub use serde_json::{Value, json};
 
 /// Used by [`job!`]; not part of the API.

@@ -20,7 +20,8 @@
 //! ```
 //!
 //! The context behaves as lorch's does where a job can tell: event types that are empty or
-//! start with `job.` are refused with the same error, [`Context::is_cancelled`] turns true after
+//! start with `job.` are refused with the same error, objects are checked by the same rules
+//! ([`Object::check`](crate::Object::check)) and recorded as given ([`TestRun::objects`]), [`Context::is_cancelled`] turns true after
 //! [`TestRun::cancel`] (from any thread), and [`Context::attempt`] is what
 //! [`TestRun::attempt`] set. What it does not do is isolate the job: a panic or a crash in
 //! the job is the test's own.
@@ -32,14 +33,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::abi::{self, EmittedEvent, Host, RunRequest, Str};
-use crate::{Args, Context, JobResult, Level, TimeArg};
+use crate::abi::{self, EmittedEvent, Host, RunRequest, Str, Upsert};
+use crate::{Args, Context, JobResult, Level, Object, TimeArg};
 
 /// One run of a job under test, and what it recorded.
 pub struct TestRun {
     request: RunRequest,
     cancelled: AtomicBool,
     events: Mutex<Vec<Emitted>>,
+    objects: Mutex<Vec<Object>>,
     logs: Mutex<Vec<(Level, String)>>,
 }
 
@@ -70,6 +72,7 @@ impl TestRun {
             },
             cancelled: AtomicBool::new(false),
             events: Mutex::default(),
+            objects: Mutex::default(),
             logs: Mutex::default(),
         }
     }
@@ -94,6 +97,7 @@ impl TestRun {
             log,
             is_cancelled,
             fail,
+            upsert,
         };
         let ctx = Context::new(&host, &self.request);
         job(&ctx, args)
@@ -102,6 +106,15 @@ impl TestRun {
     /// The events emitted so far, in order.
     pub fn events(&self) -> Vec<Emitted> {
         self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The objects upserted so far, in order, as the job gave them (lorch would fill in the
+    /// connection and source system the job left unset, and keep only the last of each key).
+    pub fn objects(&self) -> Vec<Object> {
+        self.objects
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -140,6 +153,24 @@ unsafe extern "C" fn emit(ctx: *mut c_void, event: Str) -> i32 {
             idem_key: event.idem_key,
         });
     abi::EMIT_OK
+}
+
+unsafe extern "C" fn upsert(ctx: *mut c_void, objects: Str) -> i32 {
+    // SAFETY: as in `emit`.
+    let json = unsafe { objects.as_bytes() };
+    let Ok(upsert) = serde_json::from_slice::<Upsert>(json) else {
+        return abi::UPSERT_INVALID;
+    };
+    if upsert.objects.iter().any(|o| o.check().is_err()) {
+        return abi::UPSERT_INVALID;
+    }
+    // SAFETY: see `run`.
+    let run = unsafe { run(ctx) };
+    run.objects
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(upsert.objects);
+    abi::UPSERT_OK
 }
 
 unsafe extern "C" fn log(ctx: *mut c_void, level: i32, message: Str) {
@@ -243,6 +274,7 @@ mod tests {
             "k1",
             json!({ "window": args.in_window(Utc::now()) }),
         )?;
+        ctx.upsert("t_item", "t:1", json!({ "n": 1 }))?;
         ctx.emit("job.completed", json!({}))
     }
 
@@ -264,12 +296,43 @@ mod tests {
                 idem_key: Some("k1".into()),
             }]
         );
+        assert_eq!(
+            run.objects(),
+            [Object::new("t_item", "t:1", json!({ "n": 1 }))]
+        );
         assert_eq!(run.logs(), [(Level::Warn, "attempt 3".to_owned())]);
 
         let cancelled = TestRun::new("t", "busy");
         cancelled.cancel();
         assert!(cancelled.call(busy, &args).is_err());
         assert!(cancelled.events().is_empty());
+    }
+
+    #[test]
+    fn refused_objects_are_not_recorded_and_the_error_says_why() {
+        let run = TestRun::new("t", "store");
+        let job = |ctx: &Context, _: &Args| {
+            ctx.upsert_objects(&[
+                Object::new("t_item", "t:1", json!(1)),
+                Object::new("t item", "t:2", json!(2)),
+            ])
+        };
+        let err = run.call(job, &Args::default()).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "lorch refused the upsert (object 2 of 2): object type \"t item\" contains ' ': use letters, digits, `_`, `.`, `:` and `-`"
+        );
+        assert!(run.objects().is_empty(), "all or none");
+        let err = run
+            .call(
+                |ctx, _| ctx.upsert("t_item", "", json!(1)),
+                &Args::default(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "lorch refused the upsert: the idem key of a t_item object is empty"
+        );
     }
 
     #[test]

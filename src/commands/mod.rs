@@ -2,13 +2,16 @@
 
 mod events;
 mod jobs;
+mod objects;
 mod plugins;
 mod run;
 mod runs;
 
 use std::fmt::Write as _;
 
-use crate::cli::{Cli, Command, EventsCommand, JobsCommand, PluginsCommand, RunsCommand};
+use crate::cli::{
+    Cli, Command, EventsCommand, JobsCommand, ObjectsCommand, PluginsCommand, RunsCommand,
+};
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
 use crate::output::stderr;
@@ -69,6 +72,9 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Runs(RunsCommand::List(query)) => runs::list(query),
         Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
         Command::Runs(RunsCommand::Reap) => runs::reap(),
+        Command::Objects(ObjectsCommand::List(query)) => objects::list(query),
+        Command::Objects(ObjectsCommand::Show { idem_key, json }) => objects::show(&idem_key, json),
+        Command::Objects(ObjectsCommand::Count { json }) => objects::count(json),
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
 }

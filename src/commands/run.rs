@@ -95,6 +95,7 @@ fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
         "attempts": report.attempts,
         "duration_ms": u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
         "events_not_recorded": report.events_not_recorded,
+        "objects": report.objects,
         "exit_code": exit as u8,
     });
     // Printing cannot change the exit code, so a closed or full stdout is ignored here.
@@ -112,14 +113,24 @@ fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
     let run = &report.run_id;
     let lost = match report.events_not_recorded {
         0 => String::new(),
-        n => format!(", but {n} of its events were not recorded (see the errors above)"),
+        n => {
+            format!(", but {n} of its events and objects were not recorded (see the errors above)")
+        }
+    };
+    let counts = report.objects;
+    let objects = match counts.total() {
+        0 => String::new(),
+        _ => format!(
+            "; objects: {} inserted, {} updated, {} unchanged",
+            counts.inserted, counts.updated, counts.unchanged
+        ),
     };
     match &report.outcome {
         Outcome::Completed if lost.is_empty() && quiet => {}
         Outcome::Completed if lost.is_empty() => {
             let took = output::round_duration(report.duration);
             let _ = output::print(&format!(
-                "✓ {id} completed in {took} (run {run}{attempt})\n"
+                "✓ {id} completed in {took} (run {run}{attempt}){objects}\n"
             ));
         }
         Outcome::Completed => stderr!("✗ {id} completed{lost} (run {run}{attempt})"),

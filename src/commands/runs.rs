@@ -66,7 +66,7 @@ fn filter(query: RunsQuery) -> Result<RunFilter> {
 
 /// One line a run, in aligned columns under a header.
 fn table(runs: &[RunRow]) -> String {
-    let rows: Vec<[String; 7]> = runs
+    let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|run| {
             [
@@ -82,31 +82,15 @@ fn table(runs: &[RunRow]) -> String {
                 run.attempt.to_string(),
                 duration(run),
             ]
+            .into()
         })
         .collect();
-    let header = [
-        "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION",
-    ]
-    .map(str::to_owned);
-    let widths: Vec<usize> = (0..7)
-        .map(|i| {
-            rows.iter()
-                .chain([&header])
-                .map(|r| r[i].len())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut text = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:w$}"))
-            .collect();
-        writeln!(text, "{}", cells.join("  ").trim_end()).unwrap();
-    }
-    text
+    output::table(
+        &[
+            "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION",
+        ],
+        &rows,
+    )
 }
 
 /// Why `runs list` printed nothing, without claiming the store is empty when only the filters

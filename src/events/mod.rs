@@ -1,4 +1,5 @@
-//! Events: the rows of lorchestra's `event_log` (docs/events.md), and where they are recorded.
+//! Events and objects: the rows of lorchestra's `event_log` and `raw_objects` (docs/events.md,
+//! docs/objects.md), and where they are recorded.
 
 mod store;
 
@@ -9,8 +10,11 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 pub use store::{
-    DeadLetter, DeliveryStatus, EventFilter, LocalStore, Outbox, Pending, RunFilter, RunRow,
+    DeadLetter, DeliveryStatus, EventFilter, LocalStore, ObjectFilter, Outbox, Pending,
+    PendingObject, RunFilter, RunRow,
 };
+
+use crate::lifecycle::ObjectCounts;
 
 /// One event, with exactly the columns of the `event_log` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +65,24 @@ impl Event {
     }
 }
 
+/// One object, with exactly the columns of the `raw_objects` table. Written with `first_seen`
+/// and `last_seen` both the moment the job upserted it; the store keeps the first `first_seen`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Object {
+    pub idem_key: String,
+    pub source_system: String,
+    pub connection_name: Option<String>,
+    pub object_type: String,
+    pub schema_ref: Option<String>,
+    pub external_id: Option<String>,
+    /// JSON text, as the job sent it.
+    pub payload: Box<RawValue>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// The run that last wrote it.
+    pub correlation_id: String,
+}
+
 /// Where events go. The runner only knows this trait: it records into the local store, and
 /// BigQuery delivery reads from the store's outbox (`crate::bigquery`), never from the runner.
 ///
@@ -72,5 +94,11 @@ pub trait EventSink: Sync {
     }
 
     /// Records several events at once, all or none: a sink can make one durable write of them.
-    fn record_batch(&self, events: &[Event]) -> anyhow::Result<()>;
+    fn record_batch(&self, events: &[Event]) -> anyhow::Result<()> {
+        self.store(events, &[]).map(drop)
+    }
+
+    /// Records events and upserts objects, all or none, and says what the upserts did (a sink
+    /// that only forwards them says nothing: zero counts).
+    fn store(&self, events: &[Event], objects: &[Object]) -> anyhow::Result<ObjectCounts>;
 }

@@ -1,4 +1,5 @@
-//! The embedded event store: one SQLite file under `LORCH_HOME`.
+//! The embedded event store: one SQLite file under `LORCH_HOME`, holding events, runs and
+//! objects.
 //!
 //! SQLite in WAL mode lets several lorch processes append at once (writers queue on a busy
 //! timeout instead of failing) while readers see committed rows. Every `record` is its own
@@ -16,13 +17,15 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Event, EventSink};
-use crate::lifecycle::{EventType, Payload, Reason, RunStatus};
+use super::{Event, EventSink, Object};
+use crate::lifecycle::{EventType, ObjectCounts, Payload, Reason, RunStatus};
 
 mod file;
+mod objects;
 mod outbox;
 
 use file::SharedMemory;
+pub use objects::{ObjectFilter, PendingObject};
 pub use outbox::{DeadLetter, DeliveryStatus, Pending};
 
 /// How long a command waits for another process's write transaction before giving up, unless
@@ -96,6 +99,36 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at TEXT,
     PRIMARY KEY (state, seq)
 ) WITHOUT ROWID;
+
+-- One row per idem_key: the latest version of every object jobs upserted (docs/objects.md),
+-- written in the transaction of the run's events. `version` counts the writes of the key.
+CREATE TABLE IF NOT EXISTS objects (
+    idem_key        TEXT PRIMARY KEY,
+    source_system   TEXT NOT NULL,
+    connection_name TEXT,
+    object_type     TEXT NOT NULL,
+    schema_ref      TEXT,
+    external_id     TEXT,
+    payload         TEXT NOT NULL,
+    first_seen      TEXT NOT NULL,
+    last_seen       TEXT NOT NULL,
+    correlation_id  TEXT NOT NULL,
+    version         INTEGER NOT NULL
+);
+
+-- The objects waiting for BigQuery: one row per key and table however often the key was
+-- upserted since its last delivery (only the newest version needs sending); delivery sends the
+-- object as it is then and removes the row only if the version it sent is still the newest.
+CREATE TABLE IF NOT EXISTS object_outbox (
+    seq        INTEGER PRIMARY KEY,
+    idem_key   TEXT NOT NULL,
+    target     TEXT NOT NULL,     -- the run's --events-table; '': the configured tables
+    version    INTEGER NOT NULL,  -- objects.version when queued
+    tries      INTEGER NOT NULL DEFAULT 0,
+    error      TEXT,              -- the last delivery error
+    updated_at TEXT,
+    UNIQUE (target, idem_key)
+);
 ";
 
 pub struct LocalStore {
@@ -463,27 +496,39 @@ impl LocalStore {
 }
 
 impl EventSink for LocalStore {
-    fn record_batch(&self, events: &[Event]) -> Result<()> {
-        let context = || match events {
-            [event] => format!(
+    fn store(&self, events: &[Event], objects: &[Object]) -> Result<ObjectCounts> {
+        let context = || match (events, objects) {
+            ([event], []) => format!(
                 "cannot write event {} to {}",
                 event.event_type,
                 self.path.display()
             ),
-            _ => format!(
+            (_, []) => format!(
                 "cannot write {} events to {}",
                 events.len(),
                 self.path.display()
             ),
+            _ => format!(
+                "cannot write {} events and {} objects to {}",
+                events.len(),
+                objects.len(),
+                self.path.display()
+            ),
         };
-        self.write(|conn| self.insert(conn, events))
+        self.write(|conn| self.insert(conn, events, objects))
             .with_context(context)
     }
 }
 
 impl LocalStore {
-    /// Inserts `events` (and queues them, and keeps the runs table in step) in one transaction.
-    fn insert(&self, conn: &mut Connection, events: &[Event]) -> Result<()> {
+    /// Inserts `events` and upserts `objects` (and queues them, and keeps the runs table in
+    /// step) in one transaction.
+    fn insert(
+        &self,
+        conn: &mut Connection,
+        events: &[Event],
+        objects: &[Object],
+    ) -> Result<ObjectCounts> {
         // IMMEDIATE: take the write lock up front, so a busy store waits instead of failing.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
@@ -512,7 +557,10 @@ impl LocalStore {
                     .execute(params![first, last, outbox.table])?;
             }
         }
-        Ok(tx.commit()?)
+        // Objects come from the run's own lorch, like job events.
+        let counts = objects::upsert(&tx, objects, self.outbox.as_ref())?;
+        tx.commit()?;
+        Ok(counts)
     }
 }
 

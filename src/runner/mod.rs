@@ -24,7 +24,7 @@ use crate::backoff;
 use crate::events::{Event, EventSink};
 use crate::host::{CallResult, JobCall};
 pub use crate::lifecycle::Reason;
-use crate::lifecycle::{self, EventType, FailureDetail, Parameters, Payload};
+use crate::lifecycle::{self, EventType, FailureDetail, ObjectCounts, Parameters, Payload};
 use crate::locks::{self, Acquired, Holder};
 use crate::plugins::Job;
 use crate::signals::Signals;
@@ -92,6 +92,15 @@ impl Failed {
 /// How an attempt ended.
 pub type Attempt = Result<(), Failed>;
 
+/// What became of what an attempt sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Events and objects the job sent that could not be stored.
+    pub not_recorded: usize,
+    /// What its upserts did.
+    pub objects: ObjectCounts,
+}
+
 /// How a run ended: its last attempt's outcome, or skipped.
 #[derive(Debug)]
 pub enum Outcome {
@@ -132,9 +141,11 @@ pub struct RunReport {
     /// The last attempt's outcome, which decides the exit code.
     pub outcome: Outcome,
     pub duration: Duration,
-    /// The job's events that could not be stored, over every attempt (each attempt's terminal
-    /// event names its own count).
+    /// The job's events and objects that could not be stored, over every attempt (each
+    /// attempt's terminal event names its own count).
     pub events_not_recorded: usize,
+    /// What the upserts of every attempt did (each attempt's terminal event has its own).
+    pub objects: ObjectCounts,
     /// Set when a terminal event could not be stored; the outcome above still stands.
     pub record_error: Option<anyhow::Error>,
 }
@@ -168,6 +179,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
     };
     let mut attempt = 1;
     let mut events_not_recorded = 0;
+    let mut objects = ObjectCounts::default();
     loop {
         let base = lifecycle_payload(plan, attempt);
         let started = lifecycle_event(EventType::Started, &run_id, plan, &base);
@@ -181,11 +193,12 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
         })?;
 
         let start = Instant::now();
-        let (outcome, unrecorded) = execute(plan, &run_id, attempt, sink, signals);
+        let (outcome, tally) = execute(plan, &run_id, attempt, sink, signals);
         let duration = start.elapsed();
-        events_not_recorded += unrecorded;
+        events_not_recorded += tally.not_recorded;
+        objects += tally.objects;
 
-        let terminal = terminal_event(&run_id, plan, base, &outcome, duration, unrecorded);
+        let terminal = terminal_event(&run_id, plan, base, &outcome, duration, tally);
         let record_error = sink
             .record(&terminal)
             .with_context(|| format!("cannot record {} of run {run_id}", terminal.event_type))
@@ -217,6 +230,7 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
             outcome,
             duration,
             events_not_recorded,
+            objects,
             record_error,
         });
     }
@@ -246,6 +260,7 @@ fn skipped(
         outcome: Outcome::Skipped(holder),
         duration: Duration::ZERO,
         events_not_recorded: 0,
+        objects: ObjectCounts::default(),
         record_error: None,
     })
 }
@@ -256,7 +271,7 @@ fn execute(
     attempt: u32,
     sink: &dyn EventSink,
     signals: &Signals,
-) -> (Attempt, usize) {
+) -> (Attempt, Tally) {
     let request = RunRequest {
         run_id: run_id.to_owned(),
         package: plan.job.package().to_owned(),
@@ -273,9 +288,9 @@ fn execute(
             supervisor::run(plan.job, &request, trace_id, sink, limits, signals)
         }
         Mode::InProcess => {
-            let call = JobCall::new(plan.job, sink, run_id, trace_id, signals.cancel_flag());
-            let result = tracing::info_span!("job", id = %plan.job.id())
-                .in_scope(|| call.run(plan.job, &request));
+            let call = JobCall::new(plan.job, sink, &request, trace_id, signals.cancel_flag());
+            let result =
+                tracing::info_span!("job", id = %plan.job.id()).in_scope(|| call.run(plan.job));
             let outcome = match (signals.received(), Failed::from_call(result)) {
                 // The job returned after lorch was asked to stop: the run was cancelled.
                 (Some(signal), Err(_)) => {
@@ -287,7 +302,11 @@ fn execute(
                 }
                 (_, outcome) => outcome,
             };
-            (outcome, call.unrecorded())
+            let tally = Tally {
+                not_recorded: call.unrecorded(),
+                objects: call.objects(),
+            };
+            (outcome, tally)
         }
     }
 }
@@ -298,11 +317,12 @@ fn terminal_event(
     base: Payload,
     outcome: &Attempt,
     duration: Duration,
-    unrecorded: usize,
+    tally: Tally,
 ) -> Event {
     let payload = Payload {
         duration_seconds: Some(duration.as_secs_f64()),
-        events_not_recorded: unrecorded,
+        events_not_recorded: tally.not_recorded,
+        objects: Some(tally.objects),
         ..base
     };
     match outcome {

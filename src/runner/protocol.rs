@@ -1,5 +1,5 @@
 //! What a worker process tells its supervisor over the [`ring`](super::ring): each event the job
-//! emits, then how the call ended. stdout and stderr stay the job's own.
+//! emits and each object it upserts, then how the call ended. stdout and stderr stay the job's own.
 //!
 //! Events travel in a small binary form, not JSON: a job may emit hundreds of thousands, and
 //! the fields are already strings (the payload is JSON text, checked again on arrival).
@@ -11,7 +11,7 @@ use lorch_plugin_api::abi::RunRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::events::Event;
+use crate::events::{Event, Object};
 use crate::host::CallResult;
 
 /// The worker's inherited descriptors: the pipe that wakes the supervisor (its closing is how
@@ -37,12 +37,15 @@ pub struct WorkerInput {
 pub enum Message {
     /// An event the job emitted, complete with its id and creation time.
     Event(Event),
+    /// An object the job upserted, as it was when the job gave it.
+    Object(Object),
     /// How the job's call ended; the last message.
     Result(CallResult),
 }
 
 const EVENT: u8 = b'E';
 const RESULT: u8 = b'R';
+const OBJECT: u8 = b'O';
 const NONE: u32 = u32::MAX;
 
 /// Appends the message for `event` to `out`.
@@ -60,6 +63,22 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
     put_opt(out, event.idem_key.as_deref());
     put_opt(out, event.error_message.as_deref());
     put_opt(out, event.payload.as_deref().map(RawValue::get));
+}
+
+/// Appends the message for `object` to `out`. Its `first_seen` is its `last_seen`: the moment
+/// the job upserted it.
+pub fn encode_object(object: &Object, out: &mut Vec<u8>) {
+    out.push(OBJECT);
+    put(out, &object.idem_key);
+    put(out, &object.source_system);
+    put_opt(out, object.connection_name.as_deref());
+    put(out, &object.object_type);
+    put_opt(out, object.schema_ref.as_deref());
+    put_opt(out, object.external_id.as_deref());
+    put(out, object.payload.get());
+    out.extend_from_slice(&object.last_seen.timestamp().to_le_bytes());
+    out.extend_from_slice(&object.last_seen.timestamp_subsec_nanos().to_le_bytes());
+    put(out, &object.correlation_id);
 }
 
 /// Appends the message for the call's result to `out`.
@@ -104,6 +123,30 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
                 },
             };
             r.0.is_empty().then_some(Message::Event(event))
+        }
+        OBJECT => {
+            let mut r = Reader(rest);
+            let idem_key = r.string()?;
+            let source_system = r.string()?;
+            let connection_name = r.opt()?;
+            let object_type = r.string()?;
+            let schema_ref = r.opt()?;
+            let external_id = r.opt()?;
+            let payload = RawValue::from_string(r.string()?).ok()?;
+            let seen = DateTime::from_timestamp(r.i64()?, r.u32()?)?;
+            let object = Object {
+                idem_key,
+                source_system,
+                connection_name,
+                object_type,
+                schema_ref,
+                external_id,
+                payload,
+                first_seen: seen,
+                last_seen: seen,
+                correlation_id: r.string()?,
+            };
+            r.0.is_empty().then_some(Message::Object(object))
         }
         _ => None,
     }
@@ -192,6 +235,38 @@ mod tests {
             (failure.message.as_str(), failure.permanent),
             ("boom", true)
         );
+    }
+
+    #[test]
+    fn objects_come_back_as_they_were_sent() {
+        let object = Object {
+            idem_key: "gmail:1".into(),
+            source_system: "ingester".into(),
+            connection_name: Some("acct1".into()),
+            object_type: "gmail_message".into(),
+            schema_ref: None,
+            external_id: Some("1".into()),
+            payload: RawValue::from_string(r#"{"subject":"é"}"#.into()).unwrap(),
+            first_seen: chrono::Utc::now(),
+            last_seen: chrono::Utc::now(),
+            correlation_id: "run-1".into(),
+        };
+        let mut bytes = Vec::new();
+        encode_object(&object, &mut bytes);
+        let Some(Message::Object(back)) = decode(&bytes) else {
+            panic!("not an object");
+        };
+        let expected = Object {
+            first_seen: object.last_seen,
+            ..object
+        };
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
     }
 
     #[test]

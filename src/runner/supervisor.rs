@@ -19,8 +19,8 @@ use lorch_plugin_api::abi::RunRequest;
 
 use super::protocol::{self, CHANNEL_FD, Message, PLUGIN_FD, RING_FD, ROOM_FD, WorkerInput};
 use super::ring;
-use super::{Failed, Reason};
-use crate::events::{Event, EventSink};
+use super::{Failed, Reason, Tally};
+use crate::events::{Event, EventSink, Object};
 use crate::host::CallResult;
 use crate::plugins::Job;
 use crate::signals::Signals;
@@ -45,14 +45,14 @@ enum Heard {
     ChannelClosed,
 }
 
-/// The most events stored in one transaction.
+/// The most events and objects stored in one transaction.
 const MAX_BATCH: usize = 4096;
 
 /// What the storing thread found in the worker's messages.
 #[derive(Default)]
 struct Intake {
     result: Option<CallResult>,
-    unrecorded: usize,
+    tally: Tally,
 }
 
 /// The storing thread's state: what it has heard, and the events not stored yet.
@@ -62,6 +62,7 @@ struct Storing<'a> {
     /// Set once the result arrived: the job returned, so no time-out or signal applies now.
     returned: &'a AtomicBool,
     pending: Vec<Event>,
+    objects: Vec<Object>,
     intake: Intake,
     closed: bool,
 }
@@ -75,7 +76,7 @@ impl Storing<'_> {
             let Ok(first) = rx.recv() else { break };
             self.take(first, rx);
         }
-        self.intake.unrecorded += self.control.refused() as usize;
+        self.intake.tally.not_recorded += self.control.refused() as usize;
         self.intake
     }
 
@@ -84,7 +85,7 @@ impl Storing<'_> {
     /// is stored at once.
     fn take(&mut self, first: Heard, rx: &mpsc::Receiver<Heard>) {
         self.hear(first);
-        while self.pending.len() < MAX_BATCH
+        while self.pending.len() + self.objects.len() < MAX_BATCH
             && !self.closed
             && let Ok(more) = rx.try_recv()
         {
@@ -99,6 +100,7 @@ impl Storing<'_> {
                 for message in messages {
                     match message {
                         Message::Event(event) => self.pending.push(event),
+                        Message::Object(object) => self.objects.push(object),
                         Message::Result(result) => {
                             self.intake.result = Some(result);
                             self.returned.store(true, Ordering::SeqCst);
@@ -108,7 +110,7 @@ impl Storing<'_> {
             }
             // Most likely an event lorch could not read: counted, like any event not stored.
             Heard::Garbage(what) => {
-                self.intake.unrecorded += 1;
+                self.intake.tally.not_recorded += 1;
                 tracing::error!("unreadable message from the job's worker, not recorded: {what}");
             }
             Heard::ChannelClosed => self.closed = true,
@@ -116,19 +118,26 @@ impl Storing<'_> {
     }
 
     fn flush(&mut self) {
-        if self.pending.is_empty() {
+        let count = self.pending.len() + self.objects.len();
+        if count == 0 {
             return;
         }
-        if let Err(e) = self.sink.record_batch(&self.pending) {
-            self.intake.unrecorded += self.pending.len();
-            self.control.refuse_events();
-            tracing::error!(
-                "{} events of run {} were not recorded: {e:#}",
-                self.pending.len(),
-                self.pending[0].correlation_id
-            );
+        match self.sink.store(&self.pending, &self.objects) {
+            Ok(objects) => self.intake.tally.objects += objects,
+            Err(e) => {
+                self.intake.tally.not_recorded += count;
+                self.control.refuse_events();
+                let run = self.pending.first().map(|e| &e.correlation_id);
+                let run = run.or(self.objects.first().map(|o| &o.correlation_id));
+                tracing::error!(
+                    "{} events and objects of run {} were not recorded: {e:#}",
+                    count,
+                    run.map_or("?", String::as_str)
+                );
+            }
         }
         self.pending.clear();
+        self.objects.clear();
     }
 }
 
@@ -145,8 +154,8 @@ struct Spec<'a> {
     signals: &'a Signals,
 }
 
-/// Runs one attempt of `job` in a worker and returns its outcome and how many of its events
-/// could not be stored.
+/// Runs one attempt of `job` in a worker and returns its outcome and what became of what it
+/// sent.
 pub fn run(
     job: &Job,
     request: &RunRequest,
@@ -154,7 +163,7 @@ pub fn run(
     sink: &dyn EventSink,
     limits: Limits,
     signals: &Signals,
-) -> (super::Attempt, usize) {
+) -> (super::Attempt, Tally) {
     let spec = Spec { limits, signals };
     match supervise(job, request, trace_id, sink, &spec) {
         Ok(result) => result,
@@ -163,7 +172,7 @@ pub fn run(
                 Reason::Error,
                 format!("cannot start the job's worker process: {error:#}"),
             )),
-            0,
+            Tally::default(),
         ),
     }
 }
@@ -174,7 +183,7 @@ fn supervise(
     trace_id: Option<&str>,
     sink: &dyn EventSink,
     spec: &Spec,
-) -> anyhow::Result<(super::Attempt, usize)> {
+) -> anyhow::Result<(super::Attempt, Tally)> {
     let plugin = job.open_plugin().map_err(|why| anyhow::anyhow!(why))?;
     let (consumer, files) = ring::create()?;
     let control = consumer.control();
@@ -209,6 +218,7 @@ fn supervise(
             control,
             returned: &returned,
             pending: Vec::new(),
+            objects: Vec::new(),
             intake: Intake::default(),
             closed: false,
         };
@@ -221,7 +231,7 @@ fn supervise(
     let elapsed = started.elapsed();
     Ok((
         outcome(stop, intake.result, status, spec, elapsed),
-        intake.unrecorded,
+        intake.tally,
     ))
 }
 

@@ -15,8 +15,9 @@ use lorch_plugin_api::abi::Failure;
 
 use super::protocol::{self, CHANNEL_FD, PLUGIN_FD, RING_FD, ROOM_FD, WorkerInput};
 use super::ring::Producer;
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, Object};
 use crate::host::{CallResult, JobCall};
+use crate::lifecycle::ObjectCounts;
 use crate::output::stderr;
 use crate::plugins::Job;
 use crate::sys;
@@ -43,15 +44,15 @@ impl Channel {
         })))
     }
 
-    /// Sends one message, which `encode` writes. An event is refused when the supervisor said
-    /// it cannot store events any more: then the job's `emit` fails, instead of succeeding for
-    /// an event that would be lost.
-    fn send(&self, is_event: bool, encode: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+    /// Sends one message, which `encode` writes. An event or object is refused when the
+    /// supervisor said it cannot store them any more: then the job's `emit` or `upsert` fails,
+    /// instead of succeeding for data that would be lost.
+    fn send(&self, is_data: bool, encode: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
         let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let Outgoing { producer, buffer } = &mut *out;
-        if is_event && producer.refuse_event() {
+        if is_data && producer.refuse_event() {
             anyhow::bail!(
-                "lorch cannot store this run's events (the event store failed; see lorch's errors)"
+                "lorch cannot store this run's events and objects (the event store failed; see lorch's errors)"
             );
         }
         buffer.clear();
@@ -61,10 +62,15 @@ impl Channel {
 }
 
 impl EventSink for Channel {
-    fn record_batch(&self, events: &[Event]) -> Result<()> {
-        events
-            .iter()
-            .try_for_each(|event| self.send(true, |out| protocol::encode_event(event, out)))
+    /// The supervisor stores and counts; the counts here are zero.
+    fn store(&self, events: &[Event], objects: &[Object]) -> Result<ObjectCounts> {
+        for event in events {
+            self.send(true, |out| protocol::encode_event(event, out))?;
+        }
+        for object in objects {
+            self.send(true, |out| protocol::encode_object(object, out))?;
+        }
+        Ok(ObjectCounts::default())
     }
 }
 
@@ -106,11 +112,11 @@ fn work() -> Result<()> {
             let call = JobCall::new(
                 &job,
                 &channel,
-                &request.run_id,
+                request,
                 input.trace_id.as_deref(),
                 &cancelled,
             );
-            tracing::info_span!("job", id = %job.id()).in_scope(|| call.run(&job, request))
+            tracing::info_span!("job", id = %job.id()).in_scope(|| call.run(&job))
         }
         Err(why) => CallResult::Refused(Failure::new(format!(
             "cannot load the job in the worker: {why}"

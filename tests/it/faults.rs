@@ -300,7 +300,7 @@ fn events_lorch_cannot_store_fail_the_job_emit_and_the_run() {
     let out = Run::from(child.wait_with_output().unwrap());
     out.code(3);
     out.stderr_has("was removed or replaced");
-    out.stderr_has("of its events were not recorded");
+    out.stderr_has("of its events and objects were not recorded");
     let refused: usize = std::fs::read_to_string(format!("{}.refused", go.display()))
         .unwrap()
         .parse()

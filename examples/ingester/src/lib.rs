@@ -6,7 +6,7 @@
 
 mod export;
 
-use lorch_plugin_api::{Args, Context, JobResult, ParamSpec, json};
+use lorch_plugin_api::{Args, Context, JobResult, Object, ParamSpec, json};
 
 use export::Export;
 
@@ -17,7 +17,9 @@ lorch_plugin_api::job! {
     ///
     /// Reads a mailbox export (JSON Lines: id, account, date, from, subject), keeps the
     /// messages of `--account` (every account when not given) dated in `--since`/`--until`,
-    /// and emits one `ingester.messages_extracted` event with the count and the message ids.
+    /// stores each as a `gmail_message` object (idem key `gmail:ACCOUNT:ID`; `lorch objects
+    /// list` shows them), and emits one `ingester.messages_extracted` event with the count and
+    /// the message ids.
     ///
     /// Without `--param mailbox=PATH` it reads the sample mailbox bundled with this example,
     /// whose dates are shifted so its newest message is one hour old: `--since -7d` always
@@ -45,6 +47,23 @@ fn extract_gmail(ctx: &Context, args: &Args) -> JobResult {
     for message in &messages {
         ctx.debug(format!("{} {}", message.at, message.record["subject"]));
     }
+    // One upsert for the whole page: one call across the plugin boundary, one transaction.
+    let objects: Vec<Object> = messages
+        .iter()
+        .map(|m| {
+            let id = m.record["id"].as_str().unwrap_or_default();
+            let account = m.record["account"].as_str().unwrap_or_default();
+            Object::new(
+                "gmail_message",
+                format!("gmail:{account}:{id}"),
+                m.record.clone(),
+            )
+            .external_id(id)
+            .connection_name(account)
+            .schema_ref("ingester.gmail_message.v1")
+        })
+        .collect();
+    ctx.upsert_objects(&objects)?;
     ctx.info(format!(
         "extracted {} of {} messages from {}",
         messages.len(),

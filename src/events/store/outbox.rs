@@ -39,6 +39,10 @@ pub struct DeliveryStatus {
     pub oldest_pending: Option<String>,
     /// The last error a pending event met.
     pub last_error: Option<String>,
+    /// Objects waiting for BigQuery (one per key and table, however often it was upserted).
+    pub objects_pending: u64,
+    /// The last error a pending object met.
+    pub objects_last_error: Option<String>,
 }
 
 impl LocalStore {
@@ -132,7 +136,7 @@ impl LocalStore {
         Ok(count)
     }
 
-    fn outbox_write(
+    pub(super) fn outbox_write(
         &self,
         mut write: impl FnMut(&Transaction<'_>, &str) -> rusqlite::Result<()>,
     ) -> Result<()> {
@@ -166,6 +170,13 @@ impl LocalStore {
                      ORDER BY updated_at DESC LIMIT 1)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        (status.objects_pending, status.objects_last_error) = conn.query_row(
+            "SELECT (SELECT count(*) FROM object_outbox),
+                    (SELECT error FROM object_outbox WHERE error IS NOT NULL
+                     ORDER BY updated_at DESC LIMIT 1)",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
         )?;
         Ok(status)
     }
