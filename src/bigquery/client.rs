@@ -151,31 +151,7 @@ impl Client {
             "{}/projects/{}/datasets/{}/tables/{}/insertAll",
             self.base, table.project, table.dataset, table.table
         );
-        let answer = self.runtime.block_on(async {
-            // The token endpoint gets the same time as the request: it may hang just the same.
-            let token = tokio::time::timeout(timeout, self.auth.access_token())
-                .await
-                .map_err(|_| {
-                    Failure::Transient(format!(
-                        "the token endpoint did not answer within {}",
-                        crate::output::round_duration(timeout)
-                    ))
-                })?
-                .map_err(|e| classify(&e, table, &self.endpoint))?;
-            let mut request = self.http.post(&url).json(&body).timeout(timeout);
-            // An emulator takes no credentials: then no Authorization header at all.
-            if !token.is_empty() {
-                request = request.bearer_auth(token);
-            }
-            let response = request.send().await.map_err(|e| self.unsent(&e, timeout))?;
-            let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| self.unsent(&e, timeout))?;
-            Ok((status, bytes))
-        });
-        let (status, bytes) = answer?;
+        let (status, bytes) = self.post(&url, &body, table, timeout)?;
         if !status.is_success() {
             return Err(answered(status, &bytes, table, &self.endpoint));
         }
@@ -204,6 +180,102 @@ impl Client {
                 }
             })
             .collect())
+    }
+
+    /// Upserts `objects` (one per key) into `table` with one MERGE statement
+    /// ([`schema::merge_statement`]), sent with `jobs.query`. The statement is idempotent, so
+    /// an answer that was lost ([`Failure::Unanswered`]) only means sending it again; so does
+    /// a statement still running when `timeout` is up. `request_id` makes a repeated request
+    /// the same job for BigQuery.
+    pub fn merge(
+        &self,
+        table: &Table,
+        objects: &[crate::events::Object],
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let body = serde_json::json!({
+            "query": schema::merge_statement(table),
+            "useLegacySql": false,
+            "parameterMode": "NAMED",
+            "queryParameters": [schema::merge_parameter(objects)],
+            "timeoutMs": timeout.as_millis() as u64,
+            "requestId": request_id,
+        });
+        let url = format!("{}/projects/{}/queries", self.base, table.project);
+        let (status, bytes) = self.post(&url, &body, table, timeout)?;
+        if !status.is_success() {
+            return Err(answered(status, &bytes, table, &self.endpoint));
+        }
+        let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Failure::Fatal(format!(
+                "{} answered {status} with something that is not BigQuery's JSON: {}",
+                self.endpoint,
+                first_bytes(&bytes)
+            ))
+        })?;
+        // The emulator answers 200 with the errors of a statement that failed.
+        let error = answer["errors"].get(0).or(answer["status"]["errorResult"]
+            .as_object()
+            .map(|_| &answer["status"]["errorResult"]));
+        if let Some(error) = error {
+            let reason = error["reason"].as_str().unwrap_or("");
+            let message = format!(
+                "{} refused the MERGE into {table}: {reason}: {}",
+                self.endpoint,
+                error["message"].as_str().unwrap_or("")
+            );
+            return Err(match reason {
+                "backendError" | "internalError" | "rateLimitExceeded" | "jobRateLimitExceeded" => {
+                    Failure::Transient(message)
+                }
+                "notFound" => {
+                    Failure::NotFound(format!("{message} (`lorch events init` creates {table})"))
+                }
+                _ => Failure::Fatal(message),
+            });
+        }
+        if answer["jobComplete"] != Value::Bool(true) {
+            return Err(Failure::Unanswered(format!(
+                "the MERGE into {table} did not finish within {}",
+                crate::output::round_duration(timeout)
+            )));
+        }
+        Ok(())
+    }
+
+    /// POSTs `body` with a token, giving the request (and the token endpoint) `timeout`.
+    fn post(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+        table: &Table,
+        timeout: Duration,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
+        self.runtime.block_on(async {
+            // The token endpoint gets the same time as the request: it may hang just the same.
+            let token = tokio::time::timeout(timeout, self.auth.access_token())
+                .await
+                .map_err(|_| {
+                    Failure::Transient(format!(
+                        "the token endpoint did not answer within {}",
+                        crate::output::round_duration(timeout)
+                    ))
+                })?
+                .map_err(|e| classify(&e, table, &self.endpoint))?;
+            let mut request = self.http.post(url).json(body).timeout(timeout);
+            // An emulator takes no credentials: then no Authorization header at all.
+            if !token.is_empty() {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| self.unsent(&e, timeout))?;
+            let status = response.status();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| self.unsent(&e, timeout))?;
+            Ok((status, bytes.to_vec()))
+        })
     }
 
     /// A request that failed on the way: never connected (nothing was sent), or sent and left
@@ -250,9 +322,14 @@ impl Client {
         }
     }
 
-    /// Creates the events table when it does not exist; says how an existing one differs from
-    /// what lorch writes.
-    pub fn ensure_table(&self, table: &Table, timeout: Duration) -> Result<Ensured, Failure> {
+    /// Creates the table of `layout` when it does not exist; says how an existing one differs
+    /// from what lorch writes.
+    pub fn ensure_table(
+        &self,
+        table: &Table,
+        layout: &schema::Layout,
+        timeout: Duration,
+    ) -> Result<Ensured, Failure> {
         let found = self.call(timeout, table, async {
             self.api
                 .table()
@@ -260,13 +337,16 @@ impl Client {
                 .await
         });
         match found {
-            Ok(existing) => match schema::differences(&existing.schema) {
+            Ok(existing) => match schema::differences(layout, &existing.schema) {
                 differences if differences.is_empty() => Ok(Ensured::Existed),
                 differences => Ok(Ensured::Differs(differences)),
             },
             Err(Failure::NotFound(_)) => {
                 self.call(timeout, table, async {
-                    self.api.table().create(schema::definition(table)).await
+                    self.api
+                        .table()
+                        .create(schema::definition(layout, table))
+                        .await
                 })?;
                 Ok(Ensured::Created)
             }

@@ -13,6 +13,9 @@ use serde_json::Value;
 /// The variables that ask for BigQuery delivery.
 pub const DATASET_VAR: &str = "BQ_EVENTS_DATASET";
 pub const TABLE_VAR: &str = "BQ_EVENTS_TABLE";
+/// The objects table, in the events dataset (docs/objects.md).
+pub const OBJECTS_TABLE_VAR: &str = "BQ_OBJECTS_TABLE";
+pub const DEFAULT_OBJECTS_TABLE: &str = "raw_objects";
 const PROJECT_VARS: [&str; 2] = ["BQ_PROJECT", "GOOGLE_CLOUD_PROJECT"];
 const CREDENTIALS_VAR: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 const ENDPOINT_VAR: &str = "LORCH_BQ_ENDPOINT";
@@ -63,6 +66,9 @@ pub enum Credentials {
 pub struct Config {
     /// The table every event goes to unless its run chose another (`--events-table`).
     pub table: Table,
+    /// The table objects are merged into: `BQ_OBJECTS_TABLE` (default `raw_objects`) in the
+    /// events dataset.
+    pub objects_table: Table,
     pub credentials: Credentials,
     /// The REST base URL up to `/bigquery/v2`, when not Google's.
     pub endpoint: Option<String>,
@@ -95,7 +101,18 @@ impl Config {
                     "no BigQuery project: set BQ_PROJECT (or GOOGLE_CLOUD_PROJECT), or use credentials that name one",
                 )
             })?;
+        let objects = var(OBJECTS_TABLE_VAR).unwrap_or_else(|| DEFAULT_OBJECTS_TABLE.to_owned());
+        if !matches!(parse_table(&objects), Ok((None, None, _))) {
+            return Err(problem(format!(
+                "{OBJECTS_TABLE_VAR} '{objects}' is not a table name: letters, digits, _ and - only, no dots (the table is in {DATASET_VAR})"
+            )));
+        }
         Ok(Config {
+            objects_table: Table {
+                project: project.clone(),
+                dataset: dataset.clone(),
+                table: objects,
+            },
             table: Table {
                 project,
                 dataset,
@@ -104,6 +121,19 @@ impl Config {
             credentials,
             endpoint,
         })
+    }
+
+    /// The table a run's objects go to: with its own events table (`--events-table`, a test
+    /// run), `test_` and the objects table's name in that table's dataset, as lorchestra's
+    /// `--test-table` did; otherwise the configured objects table.
+    pub fn objects_table_for(&self, events_table: Option<&str>) -> Result<Table, Problem> {
+        match events_table {
+            None => Ok(self.objects_table.clone()),
+            Some(events_table) => Ok(Table {
+                table: format!("test_{}", self.objects_table.table),
+                ..self.table_for(Some(events_table))?
+            }),
+        }
     }
 
     /// The table a run's events go to: its own (`--events-table`) or the configured one.
@@ -317,6 +347,11 @@ mod tests {
                 dataset: "d".into(),
                 table: "t".into(),
             },
+            objects_table: Table {
+                project: "p".into(),
+                dataset: "d".into(),
+                table: "raw_objects".into(),
+            },
             credentials: Credentials::None,
             endpoint: None,
         };
@@ -327,6 +362,11 @@ mod tests {
             config.table_for(Some("q.e.x")).unwrap().to_string(),
             "q.e.x"
         );
+        // A test run's objects go beside its events, in test_raw_objects.
+        let objects = |t| config.objects_table_for(t).unwrap().to_string();
+        assert_eq!(objects(None), "p.d.raw_objects");
+        assert_eq!(objects(Some("test_events")), "p.d.test_raw_objects");
+        assert_eq!(objects(Some("q.e.x")), "q.e.test_raw_objects");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The `event_log` table (docs/events.md, "BigQuery") and an event as one of its rows.
+//! The `event_log` table (docs/events.md, "BigQuery"), the `raw_objects` table
+//! (docs/objects.md), and an event or an object as one of their rows.
 
 use chrono::SecondsFormat;
 use gcp_bigquery_client::model::clustering::Clustering;
@@ -9,10 +10,54 @@ use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use serde_json::{Map, Value};
 
 use super::config::Table;
-use crate::events::Event;
+use crate::events::{Event, Object};
 
-/// `(column, type, required)`, in the documented order.
-pub const COLUMNS: [(&str, &str, bool); 11] = [
+/// A column: `(name, type, required)`.
+pub type Column = (&'static str, &'static str, bool);
+
+/// What lorch creates and writes: a table's columns, partitioning and clustering.
+pub struct Layout {
+    pub columns: &'static [Column],
+    pub description: &'static str,
+    pub partition: (&'static str, &'static str),
+    pub clustering: &'static [&'static str],
+}
+
+/// The events table: partitioned by day on `created_at`, clustered on `event_type,
+/// source_system` (the filters of nearly every query on it).
+pub const EVENTS: Layout = Layout {
+    columns: &COLUMNS,
+    description: "lorch events: job runs and what jobs emitted (one row per event)",
+    partition: ("DAY", "created_at"),
+    clustering: &["event_type", "source_system"],
+};
+
+/// The objects table: partitioned by month on `first_seen` (a row never moves, and a month
+/// keeps 4,000 partitions good for 333 years), clustered on `object_type, idem_key`, so a
+/// query by type and the MERGE on `idem_key` read only the blocks they need.
+pub const OBJECTS: Layout = Layout {
+    columns: &OBJECT_COLUMNS,
+    description: "lorch objects: what jobs upserted (one row per idem_key)",
+    partition: ("MONTH", "first_seen"),
+    clustering: &["object_type", "idem_key"],
+};
+
+/// The `raw_objects` columns, in the documented order.
+pub const OBJECT_COLUMNS: [Column; 10] = [
+    ("idem_key", "STRING", true),
+    ("source_system", "STRING", true),
+    ("connection_name", "STRING", false),
+    ("object_type", "STRING", true),
+    ("schema_ref", "STRING", false),
+    ("external_id", "STRING", false),
+    ("payload", "JSON", false),
+    ("first_seen", "TIMESTAMP", true),
+    ("last_seen", "TIMESTAMP", true),
+    ("correlation_id", "STRING", true),
+];
+
+/// The `event_log` columns, in the documented order.
+pub const COLUMNS: [Column; 11] = [
     ("event_id", "STRING", true),
     ("event_type", "STRING", true),
     ("source_system", "STRING", true),
@@ -26,10 +71,10 @@ pub const COLUMNS: [(&str, &str, bool); 11] = [
     ("payload", "JSON", false),
 ];
 
-/// The table `lorch events init` creates: partitioned by day on `created_at`, clustered on
-/// `event_type, source_system` (the filters of nearly every query on it).
-pub fn definition(table: &Table) -> TableDefinition {
-    let fields = COLUMNS
+/// The table of `layout` that `lorch events init` creates.
+pub fn definition(layout: &Layout, table: &Table) -> TableDefinition {
+    let fields = layout
+        .columns
         .iter()
         .map(|(name, kind, required)| {
             let mut field = match *kind {
@@ -47,17 +92,19 @@ pub fn definition(table: &Table) -> TableDefinition {
         &table.table,
         TableSchema::new(fields),
     )
-    .description("lorch events: job runs and what jobs emitted (one row per event)")
-    .time_partitioning(TimePartitioning::per_day().field("created_at"))
+    .description(layout.description)
+    .time_partitioning(
+        TimePartitioning::new(layout.partition.0.to_owned()).field(layout.partition.1),
+    )
     .clustering(Clustering {
-        fields: Some(vec!["event_type".to_owned(), "source_system".to_owned()]),
+        fields: Some(layout.clustering.iter().map(|f| (*f).to_owned()).collect()),
     })
 }
 
 /// How an existing table differs from what lorch writes, one sentence each: a column missing or
 /// of another type, a column lorch may leave empty that the table requires, a required column
 /// lorch does not write. Empty when every row lorch sends fits.
-pub fn differences(found: &TableSchema) -> Vec<String> {
+pub fn differences(layout: &Layout, found: &TableSchema) -> Vec<String> {
     let fields = found.fields.as_deref().unwrap_or_default();
     let kind = |field: &TableFieldSchema| {
         serde_json::to_value(&field.r#type)
@@ -67,7 +114,7 @@ pub fn differences(found: &TableSchema) -> Vec<String> {
     };
     let required = |field: &TableFieldSchema| field.mode.as_deref() == Some("REQUIRED");
     let mut differences = Vec::new();
-    for (name, expected, lorch_requires) in COLUMNS {
+    for &(name, expected, lorch_requires) in layout.columns {
         match fields.iter().find(|f| f.name == name) {
             None => differences.push(format!("column {name} ({expected}) is missing")),
             Some(field) if kind(field) != expected => differences.push(format!(
@@ -81,7 +128,7 @@ pub fn differences(found: &TableSchema) -> Vec<String> {
         }
     }
     for field in fields {
-        if required(field) && !COLUMNS.iter().any(|(name, ..)| *name == field.name) {
+        if required(field) && !layout.columns.iter().any(|(name, ..)| *name == field.name) {
             differences.push(format!(
                 "column {} is REQUIRED and lorch does not write it",
                 field.name
@@ -121,6 +168,105 @@ pub fn row(event: &Event) -> Value {
     Value::Object(row)
 }
 
+/// The source columns of the MERGE, as `(column, type)`: the objects table's columns with an
+/// `s_` prefix (the emulator cannot bind a source column that has a target column's name).
+const MERGE_SOURCE: [(&str, &str); 10] = [
+    ("idem_key", "STRING"),
+    ("source_system", "STRING"),
+    ("connection_name", "STRING"),
+    ("object_type", "STRING"),
+    ("schema_ref", "STRING"),
+    ("external_id", "STRING"),
+    ("payload", "STRING"),
+    ("first_seen", "TIMESTAMP"),
+    ("last_seen", "TIMESTAMP"),
+    ("correlation_id", "STRING"),
+];
+
+/// The statement that upserts `@rows` (one per key) into `table`: a key not there is inserted;
+/// one that is there is updated unless the row sent is older than the stored one, so a batch
+/// delivered twice, or late, changes nothing. `first_seen` is the earliest ever sent.
+pub fn merge_statement(table: &Table) -> String {
+    let source = MERGE_SOURCE
+        .iter()
+        .map(|(name, _)| format!("r.{name} AS s_{name}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let value = |name: &str| match name {
+        "payload" => "PARSE_JSON(s.s_payload)".to_owned(),
+        "first_seen" => "LEAST(t.first_seen, s.s_first_seen)".to_owned(),
+        _ => format!("s.s_{name}"),
+    };
+    let update = MERGE_SOURCE
+        .iter()
+        .filter(|(name, _)| *name != "idem_key")
+        .map(|(name, _)| format!("{name} = {}", value(name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let columns = MERGE_SOURCE.map(|(name, _)| name).join(", ");
+    let values = MERGE_SOURCE
+        .map(|(name, _)| match name {
+            "payload" => "PARSE_JSON(s.s_payload)".to_owned(),
+            _ => format!("s.s_{name}"),
+        })
+        .join(", ");
+    format!(
+        "MERGE `{}.{}.{}` AS t USING (SELECT {source} FROM UNNEST(@rows) AS r) AS s \
+         ON t.idem_key = s.s_idem_key \
+         WHEN MATCHED AND s.s_last_seen >= t.last_seen THEN UPDATE SET {update} \
+         WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})",
+        table.project, table.dataset, table.table
+    )
+}
+
+/// The `@rows` query parameter of [`merge_statement`]: an array of structs, one per object.
+pub fn merge_parameter(objects: &[Object]) -> Value {
+    let fields: Vec<Value> = MERGE_SOURCE
+        .iter()
+        .map(|(name, kind)| serde_json::json!({"name": name, "type": {"type": kind}}))
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|object| {
+            let row = object_row(object);
+            let values: Map<String, Value> = MERGE_SOURCE
+                .iter()
+                .map(|(name, _)| {
+                    // A NULL is a value left out.
+                    let value = match &row[name] {
+                        Value::Null => serde_json::json!({}),
+                        value => serde_json::json!({ "value": value }),
+                    };
+                    ((*name).to_owned(), value)
+                })
+                .collect();
+            serde_json::json!({ "structValues": values })
+        })
+        .collect();
+    serde_json::json!({
+        "name": "rows",
+        "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRUCT", "structTypes": fields}},
+        "parameterValue": {"arrayValues": rows},
+    })
+}
+
+/// The object as a row of the MERGE's source: the JSON column as JSON text, times as RFC 3339.
+pub fn object_row(object: &Object) -> Value {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    serde_json::json!({
+        "idem_key": object.idem_key,
+        "source_system": object.source_system,
+        "connection_name": object.connection_name,
+        "object_type": object.object_type,
+        "schema_ref": object.schema_ref,
+        "external_id": object.external_id,
+        "payload": object.payload.get(),
+        "first_seen": time(&object.first_seen),
+        "last_seen": time(&object.last_seen),
+        "correlation_id": object.correlation_id,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,7 +295,7 @@ mod tests {
             dataset: "d".into(),
             table: "t".into(),
         };
-        let definition = serde_json::to_value(definition(&table)).unwrap();
+        let definition = serde_json::to_value(definition(&EVENTS, &table)).unwrap();
         assert_eq!(definition["timePartitioning"]["type"], "DAY");
         assert_eq!(definition["timePartitioning"]["field"], "created_at");
         assert_eq!(

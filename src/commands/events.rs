@@ -95,6 +95,8 @@ pub fn status(json: bool) -> Result<Exit> {
             "oldest_pending_age_seconds": age.map(|a| a.as_secs_f64()),
             "last_error": status.last_error,
             "dead_letters": dead_letters,
+            "objects_pending": status.objects_pending,
+            "objects_last_error": status.objects_last_error,
         }))?;
         return Ok(Exit::Success);
     }
@@ -120,6 +122,10 @@ pub fn status(json: bool) -> Result<Exit> {
         writeln!(text, "oldest     {oldest} ({age} ago)").unwrap();
     }
     if let Some(error) = &status.last_error {
+        writeln!(text, "last error {error}").unwrap();
+    }
+    writeln!(text, "objects    {} pending", status.objects_pending).unwrap();
+    if let Some(error) = &status.objects_last_error {
         writeln!(text, "last error {error}").unwrap();
     }
     if !dead_letters.is_empty() {
@@ -161,15 +167,26 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
         retry: true,
     })?;
     let elapsed = start.elapsed();
-    let pending = store.delivery_status()?.pending;
+    let status = store.delivery_status()?;
+    let pending = status.pending;
     let rate = report.delivered as f64 / elapsed.as_secs_f64().max(1e-6);
-    output::print(&format!(
+    let mut text = format!(
         "delivered {} events to {} in {} requests ({:.2}s, {rate:.0} events/s); {pending} pending\n",
         report.delivered,
         config.table,
         report.requests,
         elapsed.as_secs_f64()
-    ))?;
+    );
+    if report.objects > 0 || status.objects_pending > 0 {
+        writeln!(
+            text,
+            "merged {} objects into {}; {} pending",
+            report.objects, config.objects_table, status.objects_pending
+        )
+        .unwrap();
+    }
+    output::print(&text)?;
+    let pending = pending + status.objects_pending;
     if report.dead > 0 {
         stderr!(
             "warning: BigQuery refused {} events; they are kept as dead letters: see `lorch events status`",
@@ -188,25 +205,44 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
         (None, true) => "another lorch kept the delivery lock".to_owned(),
         (None, false) => format!("not done within {}", humantime::format_duration(timeout)),
     };
+    let waiting = match status.objects_pending {
+        0 => format!("{} events are", status.pending),
+        objects => format!("{} events and {objects} objects are", status.pending),
+    };
     Err(Error::Environment(anyhow::anyhow!(
-        "{pending} events are still pending: {why}"
+        "{waiting} still pending: {why}"
     )))
 }
 
-/// `lorch events init`: the dataset and the table of docs/events.md, created when missing.
+/// `lorch events init`: the dataset, the events table (docs/events.md) and the objects table
+/// (docs/objects.md), created when missing.
 pub fn init(dry_run: bool, events_table: Option<&str>) -> Result<Exit> {
     let config = bigquery::Config::from_env().map_err(cannot_deliver)?;
-    let table = config
-        .table_for(events_table)
-        .map_err(|p| Error::Usage(p.to_string()))?;
+    let usage = |p: bigquery::Problem| Error::Usage(p.to_string());
+    let table = config.table_for(events_table).map_err(usage)?;
+    let objects = config.objects_table_for(events_table).map_err(usage)?;
+    let tables = [
+        (&table, &bigquery::schema::EVENTS),
+        (&objects, &bigquery::schema::OBJECTS),
+    ];
     if dry_run {
         let mut text = format!(
-            "would create, if missing:\n  dataset {}.{}\n  table   {table}, partitioned by day on created_at, clustered on event_type, source_system\n",
+            "would create, if missing:\n  dataset {}.{}\n",
             table.project, table.dataset
         );
-        for (name, kind, required) in bigquery::schema::COLUMNS {
-            let mode = if required { "REQUIRED" } else { "NULLABLE" };
-            writeln!(text, "    {name:15} {kind:10} {mode}").unwrap();
+        for (table, layout) in tables {
+            let (period, field) = layout.partition;
+            writeln!(
+                text,
+                "  table   {table}, partitioned by {} on {field}, clustered on {}",
+                period.to_lowercase(),
+                layout.clustering.join(", ")
+            )
+            .unwrap();
+            for &(name, kind, required) in layout.columns {
+                let mode = if required { "REQUIRED" } else { "NULLABLE" };
+                writeln!(text, "    {name:15} {kind:10} {mode}").unwrap();
+            }
         }
         output::print(&text)?;
         return Ok(Exit::Success);
@@ -230,16 +266,18 @@ pub fn init(dry_run: bool, events_table: Option<&str>) -> Result<Exit> {
         table.dataset,
         said(&dataset)
     ))?;
-    let created = client
-        .ensure_table(&table, timeout)
-        .map_err(|f| cannot_deliver(f.message()))?;
-    if let bigquery::Ensured::Differs(_) = created {
-        return Err(cannot_deliver(format!(
-            "table {table} {}; fix or replace it (docs/events.md lists the columns), or send events elsewhere with BQ_EVENTS_TABLE",
-            said(&created)
-        )));
+    for (table, layout) in tables {
+        let created = client
+            .ensure_table(table, layout, timeout)
+            .map_err(|f| cannot_deliver(f.message()))?;
+        if let bigquery::Ensured::Differs(_) = created {
+            return Err(cannot_deliver(format!(
+                "table {table} {}; fix or replace it (docs/events.md and docs/objects.md list the columns), or use another table (BQ_EVENTS_TABLE, BQ_OBJECTS_TABLE)",
+                said(&created)
+            )));
+        }
+        output::print(&format!("table {table}: {}\n", said(&created)))?;
     }
-    output::print(&format!("table {table}: {}\n", said(&created)))?;
     Ok(Exit::Success)
 }
 

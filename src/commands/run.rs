@@ -54,8 +54,8 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
             ),
         }
     }
-    if let Route::DryRun(table) = &route {
-        print_dry_run(&store, &report.run_id, table.as_ref())?;
+    if let Route::DryRun(tables) = route {
+        print_dry_run(&store, &report.run_id, tables)?;
     }
     if let Some(error) = report.record_error {
         return Err(Error::Environment(error));
@@ -154,8 +154,8 @@ fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
 enum Route {
     /// BigQuery is not configured.
     Local,
-    /// `--dry-run`: nothing is queued; the rows are printed, with the table they would go to.
-    DryRun(Option<bigquery::Table>),
+    /// `--dry-run`: nothing is queued; the rows are printed, with the tables they would go to.
+    DryRun(Option<DryRunTables>),
     /// Queued for BigQuery, and delivered during the run unless the configuration is wrong.
     Queue {
         outbox: Outbox,
@@ -179,10 +179,10 @@ impl Route {
             }
         }
         if options.dry_run {
-            let table = bigquery::Config::from_env()
+            let tables = bigquery::Config::from_env()
                 .ok()
-                .and_then(|c| c.table_for(table).ok());
-            return Ok(Route::DryRun(table));
+                .and_then(|c| Some((c.table_for(table).ok()?, c.objects_table_for(table).ok()?)));
+            return Ok(Route::DryRun(tables));
         }
         if !bigquery::config::requested() {
             return Ok(Route::Local);
@@ -234,43 +234,56 @@ fn warn_undelivered(finished: Finished, store: &LocalStore) {
             finished.dead[0].reason
         );
     }
-    if finished.pending == 0 {
-        return;
-    }
+    let waiting = match (finished.pending, finished.objects_pending) {
+        (0, 0) => return,
+        (events, 0) => format!("{events} events are"),
+        (0, objects) => format!("{objects} objects are"),
+        (events, objects) => format!("{events} events and {objects} objects are"),
+    };
     let why = finished
         .problem
         .unwrap_or_else(|| "delivery did not finish in time".to_owned());
     stderr!(
-        "warning: {} events are not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
-        finished.pending,
+        "warning: {waiting} not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
         store.path().display()
     );
 }
 
-/// `--dry-run`: the run's rows as insertAll would receive them, one JSON object per line.
-fn print_dry_run(store: &LocalStore, run_id: &str, table: Option<&bigquery::Table>) -> Result<()> {
+/// `--dry-run`: the run's event rows as insertAll would receive them, then the rows of the
+/// objects it upserted as the MERGE would (README, "Options of run-job"), one JSON object per
+/// line.
+fn print_dry_run(store: &LocalStore, run_id: &str, tables: Option<DryRunTables>) -> Result<()> {
     let events = store.list(&EventFilter {
         run_id: Some(run_id.to_owned()),
         limit: None,
     })?;
-    match table {
-        Some(table) => stderr!(
-            "dry run: {} rows would be sent to {table}; nothing was sent",
-            events.len()
-        ),
-        None => stderr!(
-            "dry run: {} rows; BigQuery is not configured, nothing was sent",
-            events.len()
-        ),
+    let objects = store.objects_of_run(run_id)?;
+    let rows = format!(
+        "{} event rows and {} object rows",
+        events.len(),
+        objects.len()
+    );
+    match tables {
+        Some((events, objects)) => {
+            stderr!("dry run: {rows} would be sent to {events} and {objects}; nothing was sent")
+        }
+        None => stderr!("dry run: {rows}; BigQuery is not configured, nothing was sent"),
     }
     let mut text = String::new();
     for event in &events {
         text.push_str(&bigquery::schema::row(event).to_string());
         text.push('\n');
     }
+    for object in &objects {
+        text.push_str(&bigquery::schema::object_row(object).to_string());
+        text.push('\n');
+    }
     output::print(&text)?;
     Ok(())
 }
+
+/// The events table and the objects table a dry run would have sent to.
+type DryRunTables = (bigquery::Table, bigquery::Table);
 
 fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
     let (since, until) = timearg::window(

@@ -159,6 +159,17 @@ impl LocalStore {
             .with_context(|| format!("cannot read the objects of {}", self.path.display()))
     }
 
+    /// The objects whose last write was the run `run_id`'s, by key.
+    pub fn objects_of_run(&self, run_id: &str) -> Result<Vec<Object>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM objects WHERE correlation_id = ?1 ORDER BY idem_key"
+        ))?;
+        let rows = stmt.query_map([run_id], |row| object_from_row(row, 0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read the objects of {}", self.path.display()))
+    }
+
     /// The object stored under `idem_key`.
     pub fn object(&self, idem_key: &str) -> Result<Option<Object>> {
         let conn = self.conn();
