@@ -4,7 +4,8 @@
  *   cc -shared -fPIC -I ../../plugin-api/include -o libgreeter.so greeter.c
  *   lorch --plugin-path . run-job greeter hello --param who=Ada
  *
- * Package `greeter`, job `hello`: logs a greeting and emits one `greeter.hello` event.
+ * Package `greeter`, job `hello`: logs a greeting, stores a `greeter_greeting` object (keyed
+ * `greeter:WHO`) and emits one `greeter.hello` event.
  * `--param who=nobody` makes it fail, to show how a C job reports an error.
  */
 #include <stdio.h>
@@ -61,6 +62,19 @@ static int32_t run(const LorchHost *host, LorchStr job, LorchStr request) {
     char line[256];
     snprintf(line, sizeof line, "hello, %s", who);
     host->log(host->ctx, LORCH_LOG_INFO, str_of(line));
+
+    /* One object per person greeted; an older lorch has no upsert, and the greeting goes on. */
+    if (LORCH_HOST_HAS_UPSERT(host)) {
+        char object[512];
+        snprintf(object, sizeof object,
+                 "{\"objects\": [{\"object_type\": \"greeter_greeting\", \"idem_key\": \"greeter:%s\", "
+                 "\"payload\": {\"who\": \"%s\"}}]}",
+                 who, who);
+        if (host->upsert(host->ctx, str_of(object)) != LORCH_UPSERT_OK) {
+            host->fail(host->ctx, str_of("lorch did not store the greeting (see its log for why)"));
+            return LORCH_RUN_FAILED;
+        }
+    }
 
     char event[512];
     snprintf(event, sizeof event, "{\"event_type\": \"greeter.hello\", \"payload\": {\"who\": \"%s\"}}", who);

@@ -40,6 +40,11 @@ extern "C" {
 #define LORCH_EMIT_INVALID 1      /* not JSON, empty event_type, or a reserved `job.*` type */
 #define LORCH_EMIT_NOT_RECORDED 2 /* the host could not store it */
 
+/* Return codes of `upsert`: all objects stored, or none. */
+#define LORCH_UPSERT_OK 0           /* stored */
+#define LORCH_UPSERT_INVALID 1      /* not JSON, or an object breaks the rules (lorch logs which) */
+#define LORCH_UPSERT_NOT_RECORDED 2 /* the host could not store them */
+
 /* Log levels. */
 #define LORCH_LOG_ERROR 1
 #define LORCH_LOG_WARN 2
@@ -64,7 +69,15 @@ typedef struct LorchHost {
     /* {"message": "...", "chain": ["cause", ...], "permanent": false}; plain text is accepted
        as the message */
     void (*fail)(void *ctx, LorchStr failure_json);
+    /* Appended to version 1: call only when LORCH_HOST_HAS_UPSERT(host).
+       {"objects": [{"object_type": "...", "idem_key": "...", "payload": {...},
+       "external_id"?, "schema_ref"?, "connection_name"?, "source_system"?}]} -> LORCH_UPSERT_* */
+    int32_t (*upsert)(void *ctx, LorchStr objects_json);
 } LorchHost;
+
+/* Whether the lorch running the job has `upsert` (an older one passes a shorter LorchHost). */
+#define LORCH_HOST_HAS_UPSERT(host) \
+    ((host)->size >= offsetof(LorchHost, upsert) + sizeof((host)->upsert))
 
 /* What `lorch_plugin_entry` returns. */
 typedef struct LorchPluginHeader {

@@ -1006,3 +1006,250 @@ fn a_full_disk_stops_delivery_before_rows_it_could_not_mark_delivered_are_sent()
     assert_eq!(while_full.inserts(), 0, "rows were sent with the disk full");
     assert_eq!(emulator.counts(&dataset, "event_log"), (2002, 2002));
 }
+
+/// `SELECT` of every object row of `dataset.table`, by idem key: payload as JSON text, times
+/// in microseconds, as `(payload, first_seen, last_seen, correlation_id)`.
+fn bq_objects(emulator: &Emulator, dataset: &str, table: &str) -> Vec<(String, [Value; 4])> {
+    // A page at a time: one answer holds at most 10,000 rows.
+    let mut rows = Vec::new();
+    loop {
+        let page = emulator.query(&format!(
+            "SELECT idem_key, TO_JSON_STRING(payload) AS payload, UNIX_MICROS(first_seen) AS f,
+                    UNIX_MICROS(last_seen) AS l, correlation_id AS c
+             FROM `{PROJECT}.{dataset}.{table}` ORDER BY idem_key LIMIT 10000 OFFSET {}",
+            rows.len()
+        ));
+        let done = page.len() < 10_000;
+        rows.extend(page);
+        if done {
+            break;
+        }
+    }
+    rows.into_iter()
+        .map(|r| {
+            let payload: Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+            let key = r["idem_key"].as_str().unwrap().to_owned();
+            (
+                key,
+                [payload, r["f"].clone(), r["l"].clone(), r["c"].clone()],
+            )
+        })
+        .collect()
+}
+
+/// Asserts BigQuery's rows are the local ones, naming the first that differs.
+#[track_caller]
+fn assert_same_objects(bq: &[(String, [Value; 4])], local: &[(String, [Value; 4])]) {
+    assert_eq!(
+        bq.len(),
+        local.len(),
+        "rows in BigQuery and in the local store"
+    );
+    if let Some((b, l)) = bq.iter().zip(local).find(|(b, l)| b != l) {
+        panic!("BigQuery has {b:?}, the local store {l:?}");
+    }
+}
+
+/// The local store's objects, in the shape of [`bq_objects`].
+fn local_objects(env: &Env) -> Vec<(String, [Value; 4])> {
+    let out = env.run(&["objects", "list", "--limit", "1000000", "--json"]);
+    out.code(0);
+    let micros = |v: &Value| {
+        let at: chrono::DateTime<chrono::Utc> = v.as_str().unwrap().parse().unwrap();
+        json!(at.timestamp_micros().to_string())
+    };
+    let mut objects: Vec<_> = out.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let key = o["idem_key"].as_str().unwrap().to_owned();
+            let fields = [
+                o["payload"].clone(),
+                micros(&o["first_seen"]),
+                micros(&o["last_seen"]),
+                o["correlation_id"].clone(),
+            ];
+            (key, fields)
+        })
+        .collect();
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    objects
+}
+
+fn run_upsert(env: &Env, vars: &[(&str, String)], params: &[&str]) -> common::Run {
+    let mut args = vec!["run-job", "testkit", "upsert"];
+    for param in params {
+        args.extend(["--param", param]);
+    }
+    bigquery::run(env, vars, &args)
+}
+
+#[test]
+fn objects_are_merged_into_raw_objects_one_row_per_key_equal_to_the_local_store() {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        mut vars,
+        _plugins,
+    }) = Bq::new("objects")
+    else {
+        return;
+    };
+    vars.push(("LORCH_BQ_FLUSH_TIMEOUT", "5m".to_owned()));
+    let init = bigquery::run(&env, &vars, &["events", "init"]);
+    init.code(0);
+    init.stdout_has(&format!("table {PROJECT}.{dataset}.raw_objects: created"));
+
+    // 100,000 upserts in one run, 10% of them a second upsert of a key: 90,000 keys.
+    let first = run_upsert(&env, &vars, &["count=90000", "twice=9"]);
+    first.code(0);
+    first.stdout_has("; objects: 90000 inserted, 10000 updated, 0 unchanged\n");
+    assert!(!first.stderr.contains("warning"), "{first:?}");
+    let local = local_objects(&env);
+    assert_eq!(local.len(), 90_000);
+    assert_same_objects(&bq_objects(emulator, &dataset, "raw_objects"), &local);
+
+    // 50,000 of them again with new payloads: updated, first_seen kept, in both places.
+    let second = run_upsert(&env, &vars, &["count=50000", "version=v2"]);
+    second.code(0);
+    second.stdout_has("; objects: 0 inserted, 50000 updated, 0 unchanged\n");
+    let updated = local_objects(&env);
+    for ((key, before), (_, after)) in local.iter().zip(&updated).take(50_000) {
+        assert_eq!(after[0]["version"], "v2", "{key}");
+        assert_eq!(after[1], before[1], "{key}: first_seen moved");
+        assert_ne!(after[2], before[2], "{key}: last_seen did not move");
+        assert_eq!(after[3].as_str(), Some(second.run_id().as_str()));
+    }
+    assert_eq!(updated[50_000..], local[50_000..]);
+    assert_same_objects(&bq_objects(emulator, &dataset, "raw_objects"), &updated);
+    let status = assert_nothing_pending(&env, &vars);
+    assert_eq!(status["objects_pending"], 0, "{status}");
+}
+
+#[test]
+fn objects_wait_out_an_outage_and_a_repeated_delivery_leaves_one_row_per_key() {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("objects_outage")
+    else {
+        return;
+    };
+    bigquery::run(&env, &vars, &["events", "init"]).code(0);
+    let proxy = emulator.proxy(Fault::Drop);
+    let down = bigquery::vars(&proxy.url, &dataset);
+
+    let run = run_upsert(&env, &down, &["count=2000"]);
+    run.code(0);
+    run.stderr_has("2000 objects are not in BigQuery yet");
+    // Acknowledged, then the job's process crashed: kept, and delivered like the others.
+    let crashed = run_upsert(&env, &down, &["count=500", "from=2000", "then=segfault"]);
+    crashed.code(1);
+    let status = bigquery::run(&env, &down, &["events", "status", "--json"]).json();
+    assert_eq!(status["objects_pending"], 2500, "{status}");
+    bigquery::run(&env, &down, &["events", "flush", "--timeout", "1s"])
+        .code(3)
+        .stderr_has("and 2500 objects are still pending");
+
+    proxy.always(Fault::Forward);
+    let flush = bigquery::run(&env, &down, &["events", "flush"]);
+    flush.code(0);
+    flush.stdout_has(&format!(
+        "merged 2500 objects into {PROJECT}.{dataset}.raw_objects; 0 pending"
+    ));
+    assert_same_objects(
+        &bq_objects(emulator, &dataset, "raw_objects"),
+        &local_objects(&env),
+    );
+
+    // BigQuery took the MERGE but lorch never heard: the outbox still holds every object, and
+    // they are sent again.
+    let store = rusqlite::Connection::open(env.home.path().join("lorch/events.db")).unwrap();
+    store
+        .execute(
+            "INSERT INTO object_outbox (idem_key, target, version)
+             SELECT idem_key, '', version FROM objects",
+            [],
+        )
+        .unwrap();
+    let again = bigquery::run(&env, &down, &["events", "flush"]);
+    again.code(0);
+    again.stdout_has("merged 2500 objects");
+    assert_same_objects(
+        &bq_objects(emulator, &dataset, "raw_objects"),
+        &local_objects(&env),
+    );
+}
+
+#[test]
+fn a_test_run_merges_into_test_raw_objects_and_dry_run_prints_object_rows() {
+    let Some(Bq {
+        emulator,
+        env,
+        dataset,
+        vars,
+        _plugins,
+    }) = Bq::new("objects_test")
+    else {
+        return;
+    };
+    let init = bigquery::run(
+        &env,
+        &vars,
+        &["events", "init", "--events-table", "test_events"],
+    );
+    init.code(0);
+    init.stdout_has(&format!(
+        "table {PROJECT}.{dataset}.test_raw_objects: created"
+    ));
+    bigquery::run(&env, &vars, &["events", "init"]).code(0);
+
+    let test = bigquery::run(
+        &env,
+        &vars,
+        &[
+            "run-job",
+            "testkit",
+            "upsert",
+            "--events-table",
+            "test_events",
+        ],
+    );
+    test.code(0);
+    assert_eq!(bq_objects(emulator, &dataset, "test_raw_objects").len(), 10);
+    assert!(bq_objects(emulator, &dataset, "raw_objects").is_empty());
+
+    let dry = bigquery::run(
+        &env,
+        &vars,
+        &[
+            "run-job",
+            "testkit",
+            "upsert",
+            "--dry-run",
+            "--param",
+            "key_prefix=d",
+        ],
+    );
+    dry.code(0);
+    dry.stderr_has(&format!(
+        "dry run: 2 event rows and 10 object rows would be sent to {PROJECT}.{dataset}.event_log and {PROJECT}.{dataset}.raw_objects; nothing was sent"
+    ));
+    let printed: Vec<Value> = dry
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|row: &Value| {
+            row.get("idem_key")
+                .is_some_and(|k| k.as_str().is_some_and(|k| k.starts_with('d')))
+        })
+        .collect();
+    assert_eq!(printed.len(), 10, "{dry:?}");
+    assert_eq!(printed[0]["payload"], r#"{"i":0,"version":"v1"}"#);
+    assert!(bq_objects(emulator, &dataset, "raw_objects").is_empty());
+}

@@ -2,7 +2,7 @@
 
 use crate::common;
 use crate::common::{Env, c_compiler, c_plugin, compile_c, plugin_dir};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::Path;
 
 #[test]
@@ -257,6 +257,23 @@ fn a_c_plugin_written_against_the_header_loads_and_runs() {
     assert_eq!(events[1]["source_system"], "greeter/hello");
     assert_eq!(events[1]["payload"], json!({"who": "Ada"}));
     assert_eq!(events[2]["event_type"], "job.completed");
+    // Its upsert, with the defaults lorch fills in: the package, the run's (absent) account.
+    let object = env.run(&["objects", "show", "greeter:Ada", "--json"]);
+    object.code(0);
+    let object = object.json();
+    assert_eq!(
+        (
+            &object["object_type"],
+            &object["payload"],
+            &object["source_system"]
+        ),
+        (
+            &json!("greeter_greeting"),
+            &json!({"who": "Ada"}),
+            &json!("greeter")
+        )
+    );
+    assert_eq!(object["connection_name"], Value::Null);
 
     let out = env.run(&["run-job", "greeter", "hello", "--param", "who=nobody"]);
     out.code(1);

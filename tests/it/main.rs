@@ -11,5 +11,6 @@ mod concurrency;
 mod discovery;
 mod docs_jobs;
 mod faults;
+mod objects;
 mod runs;
 mod supervision;

@@ -339,3 +339,65 @@ fn ansi(ctx: &Context, _: &Args) -> JobResult {
     ctx.emit("testkit.\u{1b}[31mred\u{7f}\u{202e}", json!({}))?;
     Err(JobError::new("\u{1b}[2J\u{1b}]0;pwned\u{7}screen cleared"))
 }
+
+lorch_plugin_api::job! {
+    /// Upserts `count` objects `testkit_item` keyed `KEY_PREFIX` + a six-digit number from
+    /// `from`, payload `{"i", "version"}`, in batches; every `twice`-th key is upserted again
+    /// in the same run with `"again": true`. `then=segfault` crashes after the last upsert;
+    /// `bad=empty_key|type_space|not_json` upserts one object lorch refuses.
+    package = "testkit",
+    name = "upsert",
+    params = [
+        ParamSpec::int("count").default("10").help("How many keys"),
+        ParamSpec::int("from").default("0").help("The first key's number"),
+        ParamSpec::int("twice").default("0").help("Upsert every N-th key twice (0: none)"),
+        ParamSpec::string("version").default("v1").help("Put in every payload"),
+        ParamSpec::string("key_prefix").default("k").help("Before each key's number"),
+        ParamSpec::int("batch").default("1000").help("Objects per upsert call"),
+        ParamSpec::string("then").help("segfault: crash after the last upsert"),
+        ParamSpec::string("bad").help("empty_key, type_space or not_json"),
+    ],
+    run = upsert,
+}
+
+fn upsert(ctx: &Context, args: &Args) -> JobResult {
+    use lorch_plugin_api::Object;
+    let p = &args.params;
+    match p.string("bad") {
+        Some("empty_key") => ctx.upsert("testkit_item", "", json!({}))?,
+        Some("type_space") => ctx.upsert("testkit item", "k", json!({}))?,
+        Some("not_json") => {
+            let map: std::collections::HashMap<(i32, i32), i32> = [((1, 2), 3)].into();
+            ctx.upsert("testkit_item", "k", map)?
+        }
+        _ => {}
+    }
+    let (from, count) = (p.int("from").unwrap_or(0), p.int("count").unwrap_or(10));
+    let twice = p.int("twice").unwrap_or(0);
+    let version = p.string("version").unwrap_or("v1");
+    let prefix = p.string("key_prefix").unwrap_or("k");
+    let item = |i: i64, again: bool| {
+        let mut payload = json!({ "i": i, "version": version });
+        if again {
+            payload["again"] = json!(true);
+        }
+        Object::new("testkit_item", format!("{prefix}{i:06}"), payload)
+    };
+    let mut batch = Vec::new();
+    for i in from..from + count {
+        batch.push(item(i, false));
+        if twice > 0 && i % twice == 0 {
+            batch.push(item(i, true));
+        }
+        if batch.len() as i64 >= p.int("batch").unwrap_or(1000) {
+            ctx.upsert_objects(&batch)?;
+            batch.clear();
+        }
+    }
+    ctx.upsert_objects(&batch)?;
+    if p.string("then") == Some("segfault") {
+        // SAFETY: none; crashing is this job's purpose.
+        unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+    }
+    Ok(())
+}
