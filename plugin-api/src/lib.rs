@@ -5,6 +5,10 @@
 //! description (the doc comment) and its extra parameters, so `lorch jobs show` can print them
 //! and `lorch run-job` can check `--param KEY=VALUE` before anything runs.
 //!
+//! Through its [`Context`] a job emits events (`ctx.emit`), stores what it fetched as objects
+//! keyed by an idempotency key (`ctx.upsert`, one row per key: lorchestra's `raw_objects`),
+//! logs, and checks for cancellation.
+//!
 //! The same crate works both ways lorch finds jobs:
 //!
 //! - **as a plugin**: build it as a `cdylib`, call [`export_plugin!`] once, and drop the `.so`

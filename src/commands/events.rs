@@ -178,9 +178,10 @@ pub fn flush(timeout: std::time::Duration, retry_dead: bool) -> Result<Exit> {
         elapsed.as_secs_f64()
     );
     if report.objects > 0 || status.objects_pending > 0 {
+        let rate = report.objects as f64 / elapsed.as_secs_f64().max(1e-6);
         writeln!(
             text,
-            "merged {} objects into {}; {} pending",
+            "merged {} objects into {} ({rate:.0} objects/s); {} pending",
             report.objects, config.objects_table, status.objects_pending
         )
         .unwrap();

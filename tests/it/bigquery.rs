@@ -1160,8 +1160,9 @@ fn objects_wait_out_an_outage_and_a_repeated_delivery_leaves_one_row_per_key() {
     let flush = bigquery::run(&env, &down, &["events", "flush"]);
     flush.code(0);
     flush.stdout_has(&format!(
-        "merged 2500 objects into {PROJECT}.{dataset}.raw_objects; 0 pending"
+        "merged 2500 objects into {PROJECT}.{dataset}.raw_objects ("
     ));
+    flush.stdout_has(" objects/s); 0 pending\n");
     assert_same_objects(
         &bq_objects(emulator, &dataset, "raw_objects"),
         &local_objects(&env),

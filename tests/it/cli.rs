@@ -121,7 +121,6 @@ fn run_job_records_started_job_events_and_completed_under_one_run_id() {
         "{out:?}"
     );
     let run_id = out.run_id();
-    assert!(out.stdout.ends_with(&format!("(run {run_id})\n")));
     assert_eq!(uuid_version(&run_id), '7');
 
     let events = env.events(&run_id);
@@ -139,6 +138,14 @@ fn run_job_records_started_job_events_and_completed_under_one_run_id() {
         assert_eq!(event["error_message"], Value::Null);
     }
     let (started, extracted, completed) = (&events[0], &events[1], &events[2]);
+    // Each extracted message is stored as an object (docs/objects.md).
+    let count = &extracted["payload"]["count"];
+    assert!(
+        out.stdout.ends_with(&format!(
+            "(run {run_id}); objects: {count} inserted, 0 updated, 0 unchanged\n"
+        )),
+        "{out:?}"
+    );
     assert_eq!(started["source_system"], "lorch");
     assert_eq!(started["object_type"], "job_run");
     let payload = &started["payload"];
