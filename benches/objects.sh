@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Objects throughput (docs/performance.md, "Objects"): 100,000 objects upserted into the local
-# store by one run, and merged into the BigQuery emulator by `lorch events flush`. Not part of
-# CI. Takes about two minutes; needs the emulator's virtualenv, which `cargo test` installs
-# under target/tmp the first time (without it the MERGE figure is skipped, loudly).
+# Objects throughput: 100,000 objects upserted into the local store by one run, and merged into
+# the BigQuery emulator by `lorch events flush`. Rewrites the section of docs/performance.md
+# from its `<!-- benches/objects.sh -->` line to the end (benches/run.sh keeps that section).
+# Not part of CI. Takes about two minutes; needs the emulator's virtualenv, which `cargo test`
+# installs under target/tmp the first time (without it the MERGE figure is left out, loudly).
 #
 #   bash benches/objects.sh
 set -euo pipefail
@@ -29,16 +30,50 @@ upsert() {
 }
 
 echo "== local store: 100,000 objects, pages of 1,000 (5 runs, each in a fresh store)"
-for i in 1 2 3 4 5; do upsert "$work/home-$i" count=100000; done
+inserts=()
+for i in 1 2 3 4 5; do inserts+=("$(upsert "$work/home-$i" count=100000)"); echo "${inserts[-1]}"; done
 echo "== the same 100,000 again with new payloads (updated), then unchanged"
-upsert "$work/home-1" count=100000 version=v2
-upsert "$work/home-1" count=100000 version=v2
+updates=$(upsert "$work/home-1" count=100000 version=v2) && echo "$updates"
+unchanged=$(upsert "$work/home-1" count=100000 version=v2) && echo "$unchanged"
 echo "== 10,000 objects, one upsert call each"
-upsert "$work/home-single" count=10000 batch=1
+single=$(upsert "$work/home-single" count=10000 batch=1) && echo "$single"
+
+merge="not measured: no BigQuery emulator under target/tmp (run \`cargo test\` once)"
+write_section() {
+  local rate
+  rate=$(printf '%s\n' "${inserts[@]}" | sed 's/.*: \([0-9]*\) objects\/s.*/\1/' | sort -n | sed -n 3p)
+  python3 - "$repo/docs/performance.md" <<PY
+import sys
+path = sys.argv[1]
+text = open(path).read()
+marker = "<!-- benches/objects.sh -->"
+head = text.split(marker)[0].rstrip("\n")
+section = """<!-- benches/objects.sh -->
+## Objects (issue 18)
+
+\`bash benches/objects.sh\`, release build, $(date -u +%Y-%m-%d): the testkit job \`upsert\` stores
+100,000 objects (payload \`{"i": N, "version": "v1"}\`, pages of 1,000 per \`upsert_objects\`
+call) in one run; objects/s is over the attempt, storing included (\`run-job --json\`'s
+\`duration_ms\`).
+
+| what | measured |
+|---|---|
+| 100,000 objects into a fresh local store, median of 5 runs | $rate objects/s |
+| each run | $(printf '%s; ' "${inserts[@]}" | sed 's/; $//') |
+| the same 100,000 with new payloads | $updates |
+| the same 100,000 unchanged | $unchanged |
+| 10,000 objects, one \`upsert\` call each | $single |
+| \`lorch events flush\` of 100,000 pending objects to the BigQuery emulator (batches of 5,000, one MERGE each) | $merge |
+"""
+open(path, "w").write(head + "\n\n" + section)
+PY
+  echo "== wrote docs/performance.md (objects)"
+}
 
 python=$repo/target/tmp/bqemulator-venv/bin/python
 if [ ! -x "$python" ]; then
-  echo "!! no BigQuery emulator under target/tmp (run cargo test once): MERGE figure skipped" >&2
+  echo "!! no BigQuery emulator under target/tmp (run cargo test once): MERGE figure left out" >&2
+  write_section
   exit 0
 fi
 echo "== MERGE of 100,000 objects into the emulator (lorch events flush)"
@@ -52,6 +87,9 @@ LORCH_HOME=$home LORCH_BQ_ENDPOINT=http://127.0.0.1:$port "$lorch" events init >
 # Queued while BigQuery is unreachable (nothing listens on port 9), then delivered in one flush.
 LORCH_HOME=$home LORCH_BQ_ENDPOINT=http://127.0.0.1:9 LORCH_BQ_FLUSH_TIMEOUT=1s \
   "$lorch" --plugin-path "$work/plugins" run-job testkit upsert --quiet --param count=100000 2>/dev/null || true
-LORCH_HOME=$home LORCH_BQ_ENDPOINT=http://127.0.0.1:$port /usr/bin/time -f "lorch: %e s wall, %U s user, %S s system, %M KiB peak" \
-  "$lorch" events flush --timeout 10m
+flushed=$(LORCH_HOME=$home LORCH_BQ_ENDPOINT=http://127.0.0.1:$port /usr/bin/time -f "lorch: %e s wall, %U s user, %S s system, %M KiB peak" \
+  "$lorch" events flush --timeout 10m 2>&1)
+echo "$flushed"
 pkill -f "rest-port $port" || true
+merge="$(echo "$flushed" | grep '^merged' | sed 's/ into [^ ]*//'); $(echo "$flushed" | grep '^lorch:' | sed 's/^lorch: /lorch: /')"
+write_section

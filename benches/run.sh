@@ -205,6 +205,8 @@ PY
 )
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+# The objects section is benches/objects.sh's: kept as it is.
+objects_section=$(sed -n '/^<!-- benches\/objects.sh -->/,$p' docs/performance.md)
 cat > docs/performance.md <<MD
 # Performance
 
@@ -295,4 +297,5 @@ $micro
   is the emulator's (a Python server writing to DuckDB); lorch itself reads the outbox, encodes
   the rows and marks them delivered (\`flush\` above: user + system CPU over wall time).
 MD
+[ -z "$objects_section" ] || printf '\n%s\n' "$objects_section" >> docs/performance.md
 echo "== wrote docs/performance.md"
