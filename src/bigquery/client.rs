@@ -151,17 +151,7 @@ impl Client {
             "{}/projects/{}/datasets/{}/tables/{}/insertAll",
             self.base, table.project, table.dataset, table.table
         );
-        let (status, bytes) = self.post(&url, &body, table, timeout)?;
-        if !status.is_success() {
-            return Err(answered(status, &bytes, table, &self.endpoint));
-        }
-        let answer: TableDataInsertAllResponse = serde_json::from_slice(&bytes).map_err(|_| {
-            Failure::Fatal(format!(
-                "{} answered {status} with something that is not BigQuery's JSON: {}",
-                self.endpoint,
-                first_bytes(&bytes)
-            ))
-        })?;
+        let answer: TableDataInsertAllResponse = self.post(&url, &body, table, timeout)?;
         Ok(answer
             .insert_errors
             .unwrap_or_default()
@@ -203,17 +193,7 @@ impl Client {
             "requestId": request_id,
         });
         let url = format!("{}/projects/{}/queries", self.base, table.project);
-        let (status, bytes) = self.post(&url, &body, table, timeout)?;
-        if !status.is_success() {
-            return Err(answered(status, &bytes, table, &self.endpoint));
-        }
-        let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Failure::Fatal(format!(
-                "{} answered {status} with something that is not BigQuery's JSON: {}",
-                self.endpoint,
-                first_bytes(&bytes)
-            ))
-        })?;
+        let answer: Value = self.post(&url, &body, table, timeout)?;
         // The emulator answers 200 with the errors of a statement that failed.
         let error = answer["errors"].get(0).or(answer["status"]["errorResult"]
             .as_object()
@@ -244,15 +224,17 @@ impl Client {
         Ok(())
     }
 
-    /// POSTs `body` with a token, giving the request (and the token endpoint) `timeout`.
-    fn post(
+    /// POSTs `body` with a token, giving the request (and the token endpoint) `timeout`, and
+    /// reads BigQuery's JSON answer; an error status, or an answer that is not BigQuery's JSON
+    /// (a proxy's page), is a [`Failure`] saying which.
+    fn post<T: serde::de::DeserializeOwned>(
         &self,
         url: &str,
         body: &impl serde::Serialize,
         table: &Table,
         timeout: Duration,
-    ) -> Result<(reqwest::StatusCode, Vec<u8>), Failure> {
-        self.runtime.block_on(async {
+    ) -> Result<T, Failure> {
+        let (status, bytes) = self.runtime.block_on(async {
             // The token endpoint gets the same time as the request: it may hang just the same.
             let token = tokio::time::timeout(timeout, self.auth.access_token())
                 .await
@@ -274,7 +256,17 @@ impl Client {
                 .bytes()
                 .await
                 .map_err(|e| self.unsent(&e, timeout))?;
-            Ok((status, bytes.to_vec()))
+            Ok::<_, Failure>((status, bytes))
+        })?;
+        if !status.is_success() {
+            return Err(answered(status, &bytes, table, &self.endpoint));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| {
+            Failure::Fatal(format!(
+                "{} answered {status} with something that is not BigQuery's JSON: {}",
+                self.endpoint,
+                first_bytes(&bytes)
+            ))
         })
     }
 

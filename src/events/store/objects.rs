@@ -72,41 +72,27 @@ pub(super) fn upsert(
          ON CONFLICT (target, idem_key) DO UPDATE SET version = excluded.version",
     )?;
     for o in objects {
-        let payload = o.payload.get();
-        let same: Option<bool> = stored
-            .query_row(
-                params![
-                    o.idem_key,
-                    o.source_system,
-                    o.connection_name,
-                    o.object_type,
-                    o.schema_ref,
-                    o.external_id,
-                    payload
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
+        // ?1 to ?7 of both statements: the key and the columns the job gives.
+        let (first_seen, last_seen) = (timestamp(&o.first_seen), timestamp(&o.last_seen));
+        let columns = params![
+            o.idem_key,
+            o.source_system,
+            o.connection_name,
+            o.object_type,
+            o.schema_ref,
+            o.external_id,
+            o.payload.get(),
+            first_seen,
+            last_seen,
+            o.correlation_id,
+        ];
+        let same: Option<bool> = stored.query_row(&columns[..7], |r| r.get(0)).optional()?;
         match same {
             None => counts.inserted += 1,
             Some(true) => counts.unchanged += 1,
             Some(false) => counts.updated += 1,
         }
-        let version: i64 = write.query_row(
-            params![
-                o.idem_key,
-                o.source_system,
-                o.connection_name,
-                o.object_type,
-                o.schema_ref,
-                o.external_id,
-                payload,
-                timestamp(&o.first_seen),
-                timestamp(&o.last_seen),
-                o.correlation_id,
-            ],
-            |r| r.get(0),
-        )?;
+        let version: i64 = write.query_row(columns, |r| r.get(0))?;
         if let Some(outbox) = outbox {
             let target = outbox.table.as_deref().unwrap_or_default();
             queue.execute(params![o.idem_key, target, version])?;
