@@ -67,6 +67,10 @@ pub enum Command {
     /// The objects jobs upserted (raw_objects): one row per idem key
     #[command(subcommand)]
     Objects(ObjectsCommand),
+    /// Watermarks: where each job and account's last completed window ends (--since
+    /// last-success starts there)
+    #[command(subcommand)]
+    State(StateCommand),
     /// Internal: runs one job attempt for a supervising lorch
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -188,6 +192,41 @@ pub enum ObjectsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Show the watermarks, by job and account
+    Show {
+        /// Only this job
+        #[arg(value_name = "PACKAGE/JOB")]
+        job: Option<String>,
+        /// Only this account
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a watermark by hand: the next --since last-success run starts there
+    Set {
+        #[arg(value_name = "PACKAGE/JOB")]
+        job: String,
+        /// The account (none: the runs without --account)
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+        /// The new watermark: -7d, today, 2024-01-01, 2024-01-01T06:00:00Z, ...
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        to: String,
+    },
+    /// Remove a watermark: the next --since last-success run needs --initial-since again
+    Reset {
+        #[arg(value_name = "PACKAGE/JOB")]
+        job: String,
+        /// The account (none: the runs without --account)
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+    },
+}
+
 /// `lorch objects list`: which objects, and how to print them.
 #[derive(Debug, Args)]
 pub struct ObjectsQuery {
@@ -241,9 +280,14 @@ pub struct RunOptions {
     /// The account the job works on
     #[arg(long, value_name = "ACCOUNT")]
     pub account: Option<String>,
-    /// Start of the window: -7d, 36h, today, 2024-01-01, 2024-01-01T06:00:00Z, ...
+    /// Start of the window: -7d, 36h, today, 2024-01-01, 2024-01-01T06:00:00Z, ..., or
+    /// last-success: where the last completed run of this job and account ended
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub since: Option<String>,
+    /// With --since last-success: the start when no run of this job and account has completed
+    /// yet (same forms as --since)
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub initial_since: Option<String>,
     /// End of the window, same forms as --since
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,

@@ -17,6 +17,50 @@ pub const OBJECT_TYPE: &str = "job_run";
 /// Event types beginning with this are lorch's own; a job may not emit them.
 pub const RESERVED_PREFIX: &str = "job.";
 
+/// The `object_type` of the events that change a watermark by hand (`lorch state set|reset`).
+pub const WATERMARK_OBJECT: &str = "watermark";
+
+/// `--since last-success`: the end of the window of the last completed run (docs/windows.md).
+pub const LAST_SUCCESS: &str = "last-success";
+
+/// A change of a job's watermark made by hand, recorded as an event of lorch's own
+/// (`source_system` `lorch`, `object_type` `watermark`) that the store applies in the
+/// transaction that records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange {
+    /// `lorch state set`: the watermark is now the payload's `until`.
+    Set,
+    /// `lorch state reset`: the job and account have no watermark any more.
+    Reset,
+}
+
+impl StateChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateChange::Set => "state.set",
+            StateChange::Reset => "state.reset",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StateChange> {
+        [StateChange::Set, StateChange::Reset]
+            .into_iter()
+            .find(|c| c.as_str() == text)
+    }
+}
+
+/// The payload of a [`StateChange`] event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkPayload {
+    pub package: String,
+    pub job: String,
+    pub account: Option<String>,
+    /// The new watermark (UTC, RFC 3339, microseconds); `None` for a reset.
+    pub until: Option<String>,
+    /// The watermark before the change.
+    pub previous: Option<String>,
+}
+
 /// The lifecycle event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -146,6 +190,9 @@ pub struct Payload {
     pub package: String,
     pub job: String,
     pub parameters: Parameters,
+    /// The window the run works on (docs/windows.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
     /// From 1.
     pub attempt: u32,
     pub host: String,
@@ -198,6 +245,14 @@ impl std::ops::AddAssign for ObjectCounts {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// The window of a run: `[since, until)`, UTC, RFC 3339 with microseconds. `until` is always
+/// set (the run's start instant when not given); `since` is `None` for a run with no start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub since: Option<String>,
+    pub until: String,
 }
 
 /// The run's arguments, as resolved.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, Days, DurationRound, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 use lorch_plugin_api::TimeArg;
 
 /// The longest duration any option or variable takes: 100 years. Anything longer is a usage
@@ -38,6 +38,32 @@ pub fn after(duration: Duration) -> Instant {
     now.checked_add(duration)
         .or_else(|| now.checked_add(MAX_DURATION))
         .unwrap_or(now)
+}
+
+/// The variable that sets lorch's clock, for tests (docs/configuration.md, "The clock").
+pub const NOW_VAR: &str = "LORCH_NOW";
+
+/// Now, to the microsecond (the precision the store keeps, so a window ending now is recorded
+/// exactly): `LORCH_NOW` when set (an RFC 3339 instant: tests move time without sleeping),
+/// else the system clock. Windows, watermarks and schedules read time here; event timestamps
+/// are the system clock's.
+pub fn now() -> Result<DateTime<Utc>, String> {
+    let now = match std::env::var(NOW_VAR) {
+        Err(_) => Utc::now(),
+        Ok(text) => DateTime::parse_from_rfc3339(text.trim())
+            .map_err(|e| {
+                format!("invalid {NOW_VAR} '{text}': {e}; expected an RFC 3339 instant such as 2026-11-22T06:00:00Z")
+            })?
+            .with_timezone(&Utc),
+    };
+    Ok(now
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or(now))
+}
+
+/// An instant as the store and messages write it: RFC 3339, UTC, microseconds.
+pub fn micros(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// The accepted forms, as error messages list them.

@@ -6,11 +6,13 @@ mod objects;
 mod plugins;
 mod run;
 mod runs;
+mod state;
 
 use std::fmt::Write as _;
 
 use crate::cli::{
     Cli, Command, EventsCommand, JobsCommand, ObjectsCommand, PluginsCommand, RunsCommand,
+    StateCommand,
 };
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
@@ -47,13 +49,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             run::run(job, &options)
         }
         Command::Run { job, options } => {
-            let catalog = discover();
-            catalog.report_problems();
-            let job = match job.split_once('/') {
-                Some((package, name)) => catalog.find(package, name),
-                None => catalog.find_unique(&job),
-            };
-            run::run(job.map_err(|e| nowhere(&search_path, e))?, &options)
+            run::run(find_job(discover(), &search_path, &job)?, &options)
         }
         Command::Plugins(PluginsCommand::List { json }) => {
             plugins::list(&search_path, discover(), json)
@@ -75,8 +71,34 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Objects(ObjectsCommand::List(query)) => objects::list(query),
         Command::Objects(ObjectsCommand::Show { idem_key, json }) => objects::show(&idem_key, json),
         Command::Objects(ObjectsCommand::Count { json }) => objects::count(json),
+        Command::State(StateCommand::Show { job, account, json }) => {
+            state::show(job.as_deref(), account.as_deref(), json)
+        }
+        Command::State(StateCommand::Set { job, account, to }) => {
+            let job = find_job(discover(), &search_path, &job)?;
+            state::set(job, account.as_deref(), Some(&to))
+        }
+        Command::State(StateCommand::Reset { job, account }) => {
+            let job = find_job(discover(), &search_path, &job)?;
+            state::set(job, account.as_deref(), None)
+        }
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
+}
+
+/// The job `PACKAGE/JOB` (or `JOB` when no other package has a job of that name), after
+/// reporting the plugins that failed to load.
+fn find_job<'a>(
+    catalog: &'a Catalog,
+    search_path: &SearchPath,
+    id: &str,
+) -> Result<&'a crate::plugins::Job> {
+    catalog.report_problems();
+    let job = match id.split_once('/') {
+        Some((package, name)) => catalog.find(package, name),
+        None => catalog.find_unique(id),
+    };
+    job.map_err(|e| nowhere(search_path, e))
 }
 
 /// A name that is not there is the user's mistake; a plugin that failed to load is the

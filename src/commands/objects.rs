@@ -12,8 +12,9 @@ use crate::events::{Object, ObjectFilter};
 use crate::output::{self, stderr};
 
 pub fn list(query: ObjectsQuery) -> Result<Exit> {
+    let now = crate::timearg::now().map_err(Error::Usage)?;
     let (since, _) =
-        crate::timearg::window(query.since.as_deref(), None, Utc::now()).map_err(Error::Usage)?;
+        crate::timearg::window(query.since.as_deref(), None, now).map_err(Error::Usage)?;
     let filter = ObjectFilter {
         object_type: query.object_type,
         connection: query.account,

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::Utc;
+use lorch_plugin_api::TimeArg;
 
 use crate::bigquery::{self, Background, Finished};
 use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
-use crate::lifecycle::{Reason, RunStatus};
+use crate::lifecycle::{LAST_SUCCESS, Reason, RunStatus};
 use crate::output::stderr;
 use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan};
@@ -19,12 +19,15 @@ use crate::{history, output, params, timearg};
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
-    let plan = plan(job, options, super::lorch_home()?)?;
+    let mut plan = plan(job, options, super::lorch_home()?)?;
     let route = Route::choose(options)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     // The run's events wait through a busy store for as long as the run lasts.
     let mut store = LocalStore::open_in(&plan.home)?.wait_while_busy(signals.shared_cancel_flag());
+    if last_success(options) {
+        resume_from_last_success(&mut plan, &store, options.initial_since.as_deref())?;
+    }
     if let Route::Queue { outbox, .. } = &route {
         store = store.queue_for_delivery(outbox.clone());
     }
@@ -285,19 +288,77 @@ fn print_dry_run(store: &LocalStore, run_id: &str, tables: Option<DryRunTables>)
 /// The events table and the objects table a dry run would have sent to.
 type DryRunTables = (bigquery::Table, bigquery::Table);
 
+/// Whether `--since` is `last-success`.
+fn last_success(options: &RunOptions) -> bool {
+    options.since.as_deref().map(str::trim) == Some(LAST_SUCCESS)
+}
+
+/// `--since last-success` (docs/windows.md): the end of the newest window this job and account
+/// completed, else `--initial-since`, else a usage error (never "all time"). The window ends at
+/// `--until`, or at the run's start: the next run starts exactly there.
+fn resume_from_last_success(
+    plan: &mut RunPlan,
+    store: &LocalStore,
+    initial: Option<&str>,
+) -> Result<()> {
+    let (package, name, account) = (plan.job.package(), plan.job.name(), plan.account.as_deref());
+    let start = match store.watermark(package, name, account)? {
+        Some(mark) => TimeArg {
+            utc: mark.until.parse().map_err(|e| {
+                Error::Environment(anyhow::anyhow!(
+                    "the watermark {} of {package}/{name} in {} is not a time: {e}",
+                    mark.until,
+                    store.path().display()
+                ))
+            })?,
+            raw: LAST_SUCCESS.to_owned(),
+        },
+        None => {
+            let Some(initial) = initial else {
+                let of = account.map_or(String::new(), |a| format!(" for account {a}"));
+                return Err(Error::Usage(format!(
+                    "--since last-success: no run of {package}/{name}{of} has completed yet, so there is no window to start from; give the first start with --initial-since (e.g. --initial-since -30d), or set one with `lorch state set {package}/{name} --to TIME`"
+                )));
+            };
+            let (since, _) = timearg::window(Some(initial), None, plan.now)
+                .map_err(|e| Error::Usage(e.replace("for --since", "for --initial-since")))?;
+            since.expect("a value was given")
+        }
+    };
+    let until = plan.until.get_or_insert_with(|| TimeArg {
+        raw: "now".to_owned(),
+        utc: plan.now,
+    });
+    if start.utc > until.utc {
+        return Err(Error::Usage(format!(
+            "--since last-success is {} (the end of the last completed window of {package}/{name}), later than --until '{}' ({}); nothing is left to run",
+            timearg::micros(&start.utc),
+            until.raw,
+            timearg::micros(&until.utc)
+        )));
+    }
+    plan.since = Some(start);
+    Ok(())
+}
+
 fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
-    let (since, until) = timearg::window(
-        options.since.as_deref(),
-        options.until.as_deref(),
-        Utc::now(),
-    )
-    .map_err(Error::Usage)?;
+    let now = timearg::now().map_err(Error::Usage)?;
+    let resumes = last_success(options);
+    if options.initial_since.is_some() && !resumes {
+        return Err(Error::Usage(
+            "--initial-since is the start of the first window of --since last-success; give --since last-success with it".to_owned(),
+        ));
+    }
+    let since = options.since.as_deref().filter(|_| !resumes);
+    let (since, until) =
+        timearg::window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
     let params = params::resolve(job.meta(), &options.params).map_err(Error::Usage)?;
     Ok(RunPlan {
         job,
         account: options.account.clone(),
         since,
         until,
+        now,
         params,
         trace_id: options.trace_id.clone().filter(|t| !t.is_empty()),
         mode: if options.in_process {

@@ -50,8 +50,9 @@ fn filter(query: RunsQuery) -> Result<RunFilter> {
             }
         },
     };
+    let now = crate::timearg::now().map_err(Error::Usage)?;
     let (since, until) =
-        crate::timearg::window(query.since.as_deref(), query.until.as_deref(), Utc::now())
+        crate::timearg::window(query.since.as_deref(), query.until.as_deref(), now)
             .map_err(Error::Usage)?;
     Ok(RunFilter {
         job,
@@ -178,6 +179,10 @@ pub fn show(run_id: &str, json: bool) -> Result<Exit> {
     );
     if let Some(account) = &run.account {
         writeln!(text, "Account: {account}").unwrap();
+    }
+    if let Some(until) = &run.window_until {
+        let since = run.window_since.as_deref().unwrap_or("(no start)");
+        writeln!(text, "Window: {since} to {until}").unwrap();
     }
     writeln!(
         text,

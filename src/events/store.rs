@@ -18,15 +18,19 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Event, EventSink, Object};
-use crate::lifecycle::{EventType, ObjectCounts, Payload, Reason, RunStatus};
+use crate::lifecycle::{
+    self, EventType, ObjectCounts, Payload, Reason, RunStatus, StateChange, WatermarkPayload,
+};
 
 mod file;
 mod objects;
 mod outbox;
+mod state;
 
 use file::SharedMemory;
 pub use objects::{ObjectFilter, PendingObject};
 pub use outbox::{DeadLetter, DeliveryStatus, Pending};
+pub use state::Watermark;
 
 /// How long a command waits for another process's write transaction before giving up, unless
 /// `LORCH_STORE_BUSY_TIMEOUT` says otherwise. A run's own events wait longer: see
@@ -82,8 +86,25 @@ CREATE TABLE IF NOT EXISTS runs (
     -- table) or not (0), decided when it started: its terminal event follows, whoever records
     -- it. NULL: a run from a lorch that did not record this.
     queued        INTEGER,
-    queue_target  TEXT
+    queue_target  TEXT,
+    -- The run's window [window_since, window_until) (docs/windows.md); window_since NULL: no
+    -- start. NULL window_until: a run from a lorch that did not record windows.
+    window_since  TEXT,
+    window_until  TEXT
 );
+
+-- The end of the newest window each job and account completed: what `--since last-success`
+-- starts from. Moved only forward by a completed run (in its job.completed's transaction), or
+-- set and reset by hand (`lorch state`, recorded as events too). account '' is no account.
+CREATE TABLE IF NOT EXISTS watermarks (
+    package    TEXT NOT NULL,
+    job        TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    until      TEXT NOT NULL,
+    run_id     TEXT,             -- the run that completed it; NULL when set by hand
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (package, job, account)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (package, job, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
 
@@ -164,6 +185,9 @@ pub struct RunRow {
     pub pid: Option<u32>,
     pub host: Option<String>,
     pub error_message: Option<String>,
+    /// The run's window (docs/windows.md): `[window_since, window_until)`.
+    pub window_since: Option<String>,
+    pub window_until: Option<String>,
 }
 
 /// Which runs `runs` returns.
@@ -413,7 +437,16 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
             .exists([])
             .map(|current| !current)
     };
-    if !runs_outdated(conn)? && !outbox_outdated(conn)? && !queueing_unknown(conn)? {
+    let windows_unknown = |conn: &Connection| {
+        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'window_until'")?
+            .exists([])
+            .map(|current| !current)
+    };
+    if !runs_outdated(conn)?
+        && !outbox_outdated(conn)?
+        && !queueing_unknown(conn)?
+        && !windows_unknown(conn)?
+    {
         return Ok(());
     }
     // Another lorch may be upgrading too: look again once holding the write lock.
@@ -433,6 +466,12 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(
             "ALTER TABLE runs ADD COLUMN queued INTEGER;
              ALTER TABLE runs ADD COLUMN queue_target TEXT;",
+        )?;
+    }
+    if windows_unknown(&tx)? {
+        tx.execute_batch(
+            "ALTER TABLE runs ADD COLUMN window_since TEXT;
+             ALTER TABLE runs ADD COLUMN window_until TEXT;",
         )?;
     }
     if outbox_outdated(&tx)? {
@@ -541,6 +580,8 @@ impl LocalStore {
                 seqs = Some((first, seq));
                 if is_lifecycle(event) {
                     update_run(&tx, event, seq, self.outbox.as_ref())?;
+                } else if let Some(change) = state_change(event) {
+                    change_watermark(&tx, event, change)?;
                 }
             }
             // A run's lifecycle event goes where its run's events go, whichever lorch records
@@ -603,6 +644,58 @@ fn is_lifecycle(event: &Event) -> bool {
     event.source_system == "lorch" && event.object_type.as_deref() == Some("job_run")
 }
 
+/// The hand-made watermark change `event` records, if it is one.
+fn state_change(event: &Event) -> Option<StateChange> {
+    (event.source_system == lifecycle::SOURCE
+        && event.object_type.as_deref() == Some(lifecycle::WATERMARK_OBJECT))
+    .then(|| StateChange::parse(&event.event_type))
+    .flatten()
+}
+
+/// Applies a `lorch state set|reset` event to the watermarks table.
+fn change_watermark(
+    tx: &Transaction<'_>,
+    event: &Event,
+    change: StateChange,
+) -> rusqlite::Result<()> {
+    let Ok(w) = serde_json::from_value::<WatermarkPayload>(event.payload_value()) else {
+        return Ok(());
+    };
+    let account = w.account.unwrap_or_default();
+    match (change, w.until) {
+        (StateChange::Set, Some(until)) => {
+            tx.execute(
+                "INSERT INTO watermarks (package, job, account, until, run_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+                 ON CONFLICT (package, job, account) DO UPDATE SET until = excluded.until,
+                     run_id = NULL, updated_at = excluded.updated_at",
+                params![
+                    w.package,
+                    w.job,
+                    account,
+                    until,
+                    timestamp(&event.created_at)
+                ],
+            )?;
+        }
+        _ => {
+            tx.execute(
+                "DELETE FROM watermarks WHERE package = ?1 AND job = ?2 AND account = ?3",
+                params![w.package, w.job, account],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A window bound of a payload (any RFC 3339 form) in the store's one fixed form, so that text
+/// order is time order.
+fn window_bound(text: &str) -> Option<String> {
+    text.parse::<chrono::DateTime<chrono::Utc>>()
+        .ok()
+        .map(|t| timestamp(&t))
+}
+
 /// Where a run's events are queued for BigQuery, as recorded when it started: `Some(None)` not
 /// at all; `None` when the store does not know (no such run, or one from an earlier lorch).
 fn run_queue(tx: &Transaction<'_>, run: &str) -> rusqlite::Result<Option<Option<Outbox>>> {
@@ -639,10 +732,12 @@ fn update_run(
                 EventType::Started => (None, None),
                 _ => (Some(&at), Some(seq)),
             };
+            let window = payload.window.as_ref();
             tx.execute(
                 "INSERT INTO runs (run_id, package, job, account, status, reason, attempt, started_at,
-                     ended_at, pid, host, first_seq, last_seq, queued, queue_target)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ended_at, pid, host, first_seq, last_seq, queued, queue_target, window_since,
+                     window_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
                      reason = NULL, ended_at = NULL, error_message = NULL, pid = excluded.pid,
                      last_seq = NULL",
@@ -662,6 +757,8 @@ fn update_run(
                     last_seq,
                     outbox.is_some(),
                     outbox.and_then(|o| o.table.as_deref()),
+                    window.and_then(|w| w.since.as_deref()).and_then(window_bound),
+                    window.and_then(|w| window_bound(&w.until)),
                 ],
             )?;
         }
@@ -672,6 +769,18 @@ fn update_run(
                  WHERE run_id = ?1",
                 params![run, status, reason, at, event.error_message, seq],
             )?;
+            if kind == EventType::Completed {
+                // Only forward: a backfill of older windows leaves it where it is.
+                tx.execute(
+                    "INSERT INTO watermarks (package, job, account, until, run_id, updated_at)
+                     SELECT package, job, coalesce(account, ''), window_until, run_id, ?2
+                     FROM runs WHERE run_id = ?1 AND window_until IS NOT NULL
+                     ON CONFLICT (package, job, account) DO UPDATE SET until = excluded.until,
+                         run_id = excluded.run_id, updated_at = excluded.updated_at
+                     WHERE excluded.until > watermarks.until",
+                    params![run, at],
+                )?;
+            }
         }
     }
     Ok(())
@@ -685,7 +794,7 @@ impl LocalStore {
         let limit = filter.limit.map_or(-1, |n| n as i64);
         let mut stmt = conn.prepare(
             "SELECT run_id, package, job, account, status, reason, attempt, started_at, ended_at,
-                    pid, host, error_message
+                    pid, host, error_message, window_since, window_until
              FROM (SELECT rowid AS seq, * FROM runs
                    WHERE (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR job = ?2)
                      AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR run_id = ?5)
@@ -722,6 +831,8 @@ impl LocalStore {
                     pid: row.get(9)?,
                     host: row.get(10)?,
                     error_message: row.get(11)?,
+                    window_since: row.get(12)?,
+                    window_until: row.get(13)?,
                 })
             },
         )?;

@@ -24,7 +24,7 @@ use crate::backoff;
 use crate::events::{Event, EventSink};
 use crate::host::{CallResult, JobCall};
 pub use crate::lifecycle::Reason;
-use crate::lifecycle::{self, EventType, FailureDetail, ObjectCounts, Parameters, Payload};
+use crate::lifecycle::{self, EventType, FailureDetail, ObjectCounts, Parameters, Payload, Window};
 use crate::locks::{self, Acquired, Holder};
 use crate::plugins::Job;
 use crate::signals::Signals;
@@ -45,6 +45,8 @@ pub struct RunPlan<'a> {
     pub account: Option<String>,
     pub since: Option<TimeArg>,
     pub until: Option<TimeArg>,
+    /// The instant the run starts from: the window's end when `until` is not given.
+    pub now: chrono::DateTime<chrono::Utc>,
     pub params: Map<String, Value>,
     pub trace_id: Option<String>,
     pub mode: Mode,
@@ -371,6 +373,14 @@ fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Payload {
             until_input: raw(&plan.until),
             params: plan.params.clone(),
         },
+        window: Some(Window {
+            since: instant(&plan.since),
+            until: plan
+                .until
+                .as_ref()
+                .map_or(plan.now, |t| t.utc)
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+        }),
         attempt,
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         pid: std::process::id(),

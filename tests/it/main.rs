@@ -14,3 +14,4 @@ mod faults;
 mod objects;
 mod runs;
 mod supervision;
+mod windows;

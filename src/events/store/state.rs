@@ -1,0 +1,65 @@
+//! Watermarks (docs/windows.md): where each job and account's completed windows end, read by
+//! `--since last-success` and `lorch state`. They are written only where the events that move
+//! them are recorded (`job.completed`, `state.set`, `state.reset`), in the same transaction.
+
+use anyhow::{Context as _, Result};
+use rusqlite::params;
+use serde::Serialize;
+
+use super::LocalStore;
+
+/// One job and account's watermark.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Watermark {
+    pub package: String,
+    pub job: String,
+    pub account: Option<String>,
+    /// The end of the newest completed window (UTC, RFC 3339, microseconds).
+    pub until: String,
+    /// The run that completed it; `None` when it was set by hand.
+    pub run_id: Option<String>,
+    pub updated_at: String,
+}
+
+impl LocalStore {
+    /// The watermark of one job and account.
+    pub fn watermark(
+        &self,
+        package: &str,
+        job: &str,
+        account: Option<&str>,
+    ) -> Result<Option<Watermark>> {
+        Ok(self
+            .watermarks(Some((package, job)), account.or(Some("")))?
+            .pop())
+    }
+
+    /// The watermarks, by job and account; only those of `job` and of `account` (`""`: no
+    /// account) when given.
+    pub fn watermarks(
+        &self,
+        job: Option<(&str, &str)>,
+        account: Option<&str>,
+    ) -> Result<Vec<Watermark>> {
+        let conn = self.conn();
+        let (package, name) = job.unzip();
+        let mut stmt = conn.prepare(
+            "SELECT package, job, account, until, run_id, updated_at FROM watermarks
+             WHERE (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR job = ?2)
+               AND (?3 IS NULL OR account = ?3)
+             ORDER BY package, job, account",
+        )?;
+        let rows = stmt.query_map(params![package, name, account], |r| {
+            Ok(Watermark {
+                package: r.get(0)?,
+                job: r.get(1)?,
+                account: Some(r.get::<_, String>(2)?).filter(|a| !a.is_empty()),
+                until: r.get(3)?,
+                run_id: r.get(4)?,
+                updated_at: r.get(5)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read the watermarks of {}", self.path.display()))
+    }
+}

@@ -1,0 +1,229 @@
+//! Windows and watermarks (docs/windows.md): `--since last-success` starts where the last
+//! completed window of the job and account ended, only a completion moves that point, and
+//! consecutive windows tile time to the microsecond. Time is `LORCH_NOW`: nothing sleeps.
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Env};
+
+const T0: &str = "2026-11-01T06:00:00Z";
+
+/// `lorch run-job testkit ARGS` at the instant `now`.
+fn run_at(env: &Env, now: &str, args: &[&str]) -> common::Run {
+    env.lorch()
+        .args(["run-job", "testkit"])
+        .args(args)
+        .env("LORCH_NOW", now)
+        .run()
+}
+
+/// The recorded window of a run: `(window_since, window_until)`.
+fn window(env: &Env, run_id: &str) -> (Value, Value) {
+    let out = env.run(&["runs", "show", run_id, "--json"]);
+    out.code(0);
+    let run = &out.json()["run"];
+    (run["window_since"].clone(), run["window_until"].clone())
+}
+
+fn watermark(env: &Env, job: &str, account: Option<&str>) -> Value {
+    let mut args = vec!["state", "show", job, "--json"];
+    args.extend(account.map(|a| ["--account", a]).into_iter().flatten());
+    let out = env.run(&args);
+    out.code(0);
+    let marks = out.json()["watermarks"].as_array().unwrap().clone();
+    marks.first().map_or(Value::Null, |m| m["until"].clone())
+}
+
+#[test]
+fn last_success_resumes_where_the_last_completed_window_ended() {
+    let (_plugins, env) = common::testkit_env();
+    let first = run_at(&env, T0, &["echo", "--since", "last-success"]);
+    first.code(2);
+    first.stderr_has("no run of testkit/echo has completed yet");
+    first.stderr_has("--initial-since");
+    assert!(env.all_events().is_empty(), "a usage error records nothing");
+
+    let first = run_at(
+        &env,
+        T0,
+        &["echo", "--since", "last-success", "--initial-since", "-1d"],
+    );
+    first.code(0);
+    let args = &env.events(&first.run_id())[1]["payload"];
+    assert_eq!(args["since"]["utc"], "2026-10-31T06:00:00Z");
+    assert_eq!(
+        args["until"],
+        json!({"raw": "now", "utc": T0}),
+        "the job gets the window's end"
+    );
+    assert_eq!(
+        watermark(&env, "testkit/echo", None),
+        "2026-11-01T06:00:00.000000Z"
+    );
+
+    // A day and some nanoseconds later: the window starts exactly where the last one ended and
+    // ends at now, to the microsecond the store keeps.
+    let second = run_at(
+        &env,
+        "2026-11-02T06:00:00.123456789Z",
+        &["echo", "--since", "last-success"],
+    );
+    second.code(0);
+    assert_eq!(
+        window(&env, &second.run_id()),
+        (
+            json!("2026-11-01T06:00:00.000000Z"),
+            json!("2026-11-02T06:00:00.123456Z")
+        )
+    );
+    let args = &env.events(&second.run_id())[1]["payload"];
+    assert_eq!(args["since"], json!({"raw": "last-success", "utc": T0}));
+
+    // The watermark belongs to the account: another one starts from its own.
+    let other = run_at(
+        &env,
+        T0,
+        &["echo", "--account", "a2", "--since", "last-success"],
+    );
+    other.code(2);
+    // A window that ends earlier (a backfill) completes without moving it back.
+    let older = run_at(
+        &env,
+        T0,
+        &["echo", "--since", "2026-10-01", "--until", "2026-10-02"],
+    );
+    older.code(0);
+    assert_eq!(
+        watermark(&env, "testkit/echo", None),
+        "2026-11-02T06:00:00.123456Z"
+    );
+}
+
+#[test]
+fn a_failed_run_leaves_the_watermark_and_the_next_success_covers_its_window() {
+    let (_plugins, env) = common::testkit_env();
+    let counter = env.home.path().join("counter");
+    let counter = format!("counter={}", counter.display());
+    let flaky = |now: &str| {
+        run_at(
+            &env,
+            now,
+            &[
+                "flaky",
+                "--param",
+                &counter,
+                "--param",
+                "succeed_on=3",
+                "--since",
+                "last-success",
+                "--initial-since",
+                "2026-10-31T06:00:00Z",
+            ],
+        )
+    };
+    // Attempt 1 and 2 fail (two days), attempt 3 succeeds: its window covers both.
+    flaky(T0).code(1);
+    assert_eq!(watermark(&env, "testkit/flaky", None), Value::Null);
+    let failed = flaky("2026-11-02T06:00:00Z");
+    failed.code(1);
+    assert_eq!(
+        window(&env, &failed.run_id()),
+        (
+            json!("2026-10-31T06:00:00.000000Z"),
+            json!("2026-11-02T06:00:00.000000Z")
+        )
+    );
+    let ok = flaky("2026-11-03T06:00:00Z");
+    ok.code(0);
+    assert_eq!(
+        window(&env, &ok.run_id()),
+        (
+            json!("2026-10-31T06:00:00.000000Z"),
+            json!("2026-11-03T06:00:00.000000Z")
+        )
+    );
+    assert_eq!(
+        watermark(&env, "testkit/flaky", None),
+        "2026-11-03T06:00:00.000000Z"
+    );
+}
+
+#[test]
+fn state_set_and_reset_move_the_watermark_and_are_recorded_as_events() {
+    let (_plugins, env) = common::testkit_env();
+    let set = env
+        .lorch()
+        .args([
+            "state",
+            "set",
+            "testkit/echo",
+            "--account",
+            "a1",
+            "--to",
+            "2026-10-01",
+        ])
+        .run();
+    set.code(0);
+    set.stdout_is(
+        "watermark of testkit/echo (account a1): 2026-10-01T00:00:00.000000Z (was none)\n",
+    );
+    let resumed = run_at(
+        &env,
+        T0,
+        &["echo", "--account", "a1", "--since", "last-success"],
+    );
+    resumed.code(0);
+    assert_eq!(
+        window(&env, &resumed.run_id()).0,
+        "2026-10-01T00:00:00.000000Z"
+    );
+    env.run(&["state", "reset", "testkit/echo", "--account", "a1"])
+        .code(0);
+    assert_eq!(watermark(&env, "testkit/echo", Some("a1")), Value::Null);
+    run_at(
+        &env,
+        T0,
+        &["echo", "--account", "a1", "--since", "last-success"],
+    )
+    .code(2);
+
+    let changes: Vec<Value> = env
+        .all_events()
+        .into_iter()
+        .filter(|e| e["object_type"] == "watermark")
+        .collect();
+    assert_eq!(common::types(&changes), ["state.set", "state.reset"]);
+    assert_eq!(changes[0]["source_system"], "lorch");
+    assert_eq!(
+        changes[1]["payload"],
+        json!({"package": "testkit", "job": "echo", "account": "a1", "until": null,
+               "previous": "2026-11-01T06:00:00.000000Z"})
+    );
+
+    env.run(&["state", "set", "testkit/nope", "--to", "today"])
+        .code(2);
+    env.run(&["state", "set", "testkit/echo", "--to", "soon"])
+        .code(2)
+        .stderr_has("invalid value 'soon' for --to");
+}
+
+#[test]
+fn window_mistakes_are_usage_errors_that_record_nothing() {
+    let (_plugins, env) = common::testkit_env();
+    run_at(&env, "yesterday", &["echo"])
+        .code(2)
+        .stderr_has("invalid LORCH_NOW 'yesterday'");
+    run_at(&env, T0, &["echo", "--initial-since", "-1d"])
+        .code(2)
+        .stderr_has("give --since last-success with it");
+    env.run(&["state", "set", "testkit/echo", "--to", "2026-12-01"])
+        .code(0);
+    run_at(&env, T0, &["echo", "--since", "last-success"])
+        .code(2)
+        .stderr_has("later than --until 'now'");
+    assert!(
+        env.all_events()
+            .iter()
+            .all(|e| e["object_type"] == "watermark")
+    );
+}
