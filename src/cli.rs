@@ -29,6 +29,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub allow_insecure_plugins: bool,
 
+    /// The configuration file [default: LORCH_CONFIG, else ~/.config/lorch/lorch.toml]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,6 +71,9 @@ pub enum Command {
     /// The objects jobs upserted (raw_objects): one row per idem key
     #[command(subcommand)]
     Objects(ObjectsCommand),
+    /// Check or show the configuration file (lorch.toml)
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Watermarks: where each job and account's last completed window ends (--since
     /// last-success starts there)
     #[command(subcommand)]
@@ -193,6 +200,23 @@ pub enum ObjectsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check the configuration file: syntax, keys, types, jobs, cron expressions, time zones
+    /// (exit 2 naming each mistake's file:line:column)
+    Check {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the configuration in effect, and where it was read from
+    Show {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum StateCommand {
     /// Show the watermarks, by job and account
     Show {
@@ -300,15 +324,17 @@ pub struct RunOptions {
     /// Stop an attempt after this long (e.g. 30s, 10m, 2h): SIGTERM, then SIGKILL after --kill-after
     #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
     pub timeout: Option<Duration>,
-    /// Grace period between SIGTERM and SIGKILL when a job is stopped
-    #[arg(long, value_name = "DURATION", value_parser = timearg::duration, default_value = "5s")]
-    pub kill_after: Duration,
-    /// Retry a failed attempt up to N times (not usage errors, cancellations or permanent errors)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub retries: u32,
+    /// Grace period between SIGTERM and SIGKILL when a job is stopped [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
+    pub kill_after: Option<Duration>,
+    /// Retry a failed attempt up to N times (not usage errors, cancellations or permanent
+    /// errors) [default: 0]
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
     /// Wait before the first retry; doubles each time, with jitter, at most 10 minutes
-    #[arg(long, value_name = "DURATION", value_parser = timearg::duration, default_value = "10s")]
-    pub retry_backoff: Duration,
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
+    pub retry_backoff: Option<Duration>,
     /// Run the job inside lorch's own process, without a supervised worker (for debugging: a
     /// crash takes lorch down with it, and --timeout is not available)
     #[arg(long, conflicts_with = "timeout")]

@@ -8,6 +8,7 @@ mod backoff;
 mod bigquery;
 mod cli;
 mod commands;
+mod config;
 mod error;
 pub mod events;
 mod history;

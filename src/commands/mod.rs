@@ -1,5 +1,6 @@
 //! One module per command group; `dispatch` routes a parsed command line to it.
 
+mod config;
 mod events;
 mod jobs;
 mod objects;
@@ -11,8 +12,8 @@ mod state;
 use std::fmt::Write as _;
 
 use crate::cli::{
-    Cli, Command, EventsCommand, JobsCommand, ObjectsCommand, PluginsCommand, RunsCommand,
-    StateCommand,
+    Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PluginsCommand,
+    RunOptions, RunsCommand, StateCommand,
 };
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
@@ -46,11 +47,16 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let job = catalog
                 .find(&package, &job)
                 .map_err(|e| nowhere(&search_path, e))?;
-            run::run(job, &options)
+            run::run(job, &configured(cli.config.as_deref(), job, options)?)
         }
         Command::Run { job, options } => {
-            run::run(find_job(discover(), &search_path, &job)?, &options)
+            let job = find_job(discover(), &search_path, &job)?;
+            run::run(job, &configured(cli.config.as_deref(), job, options)?)
         }
+        Command::Config(ConfigCommand::Check { json }) => {
+            config::check(cli.config.as_deref(), discover(), json)
+        }
+        Command::Config(ConfigCommand::Show { json }) => config::show(cli.config.as_deref(), json),
         Command::Plugins(PluginsCommand::List { json }) => {
             plugins::list(&search_path, discover(), json)
         }
@@ -84,6 +90,23 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
+}
+
+/// A run's options with the job's defaults from the configuration file; a file with mistakes
+/// is a usage error naming each (docs/configuration.md).
+fn configured(
+    file: Option<&std::path::Path>,
+    job: &crate::plugins::Job,
+    options: RunOptions,
+) -> Result<RunOptions> {
+    let config = crate::config::Config::load(file).map_err(config_problems)?;
+    Ok(run::with_defaults(options, config.defaults_of(&job.id())))
+}
+
+/// The mistakes of a configuration file, one a line, as a usage error.
+fn config_problems(problems: Vec<crate::config::Problem>) -> Error {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    Error::Usage(lines.join("\nerror: "))
 }
 
 /// The job `PACKAGE/JOB` (or `JOB` when no other package has a job of that name), after

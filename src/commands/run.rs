@@ -7,6 +7,7 @@ use lorch_plugin_api::TimeArg;
 
 use crate::bigquery::{self, Background, Finished};
 use crate::cli::RunOptions;
+use crate::config::{self, RunDefaults};
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
 use crate::lifecycle::{LAST_SUCCESS, Reason, RunStatus};
@@ -15,6 +16,46 @@ use crate::plugins::Job;
 use crate::runner::{self, Limits, Mode, Outcome, RunPlan};
 use crate::signals::Signals;
 use crate::{history, output, params, timearg};
+
+/// The options of a run: its command line, and for what it does not give, the job's defaults
+/// in the configuration file (docs/configuration.md).
+pub fn with_defaults(mut options: RunOptions, defaults: Option<&RunDefaults>) -> RunOptions {
+    let Some(defaults) = defaults else {
+        return options;
+    };
+    let text = |value: &Option<toml::Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
+    options.account = options.account.or_else(|| defaults.account.clone());
+    options.since = options.since.or_else(|| text(&defaults.since));
+    options.initial_since = options
+        .initial_since
+        .or_else(|| text(&defaults.initial_since));
+    options.timeout = options
+        .timeout
+        .or_else(|| config::duration(&defaults.timeout));
+    options.kill_after = options
+        .kill_after
+        .or_else(|| config::duration(&defaults.kill_after));
+    options.retries = options.retries.or(defaults.retries);
+    options.retry_backoff = options
+        .retry_backoff
+        .or_else(|| config::duration(&defaults.retry_backoff));
+    let given: Vec<String> = options
+        .params
+        .iter()
+        .filter_map(|p| p.split_once('=').map(|(key, _)| key.trim().to_owned()))
+        .collect();
+    let mut params: Vec<String> = defaults
+        .param_flags()
+        .into_iter()
+        .filter(|p| {
+            p.split_once('=')
+                .is_some_and(|(key, _)| !given.iter().any(|g| g == key))
+        })
+        .collect();
+    params.append(&mut options.params);
+    options.params = params;
+    options
+}
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
@@ -366,11 +407,11 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
         } else {
             Mode::Supervised(Limits {
                 timeout: options.timeout,
-                kill_after: options.kill_after,
+                kill_after: options.kill_after.unwrap_or(Duration::from_secs(5)),
             })
         },
-        retries: options.retries,
-        retry_backoff: options.retry_backoff,
+        retries: options.retries.unwrap_or(0),
+        retry_backoff: options.retry_backoff.unwrap_or(Duration::from_secs(10)),
         lock_wait: match options.no_lock {
             true => None,
             false => Some(options.wait_lock.unwrap_or_default()),

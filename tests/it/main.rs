@@ -8,6 +8,7 @@ mod cheap_listing;
 mod cli;
 mod common;
 mod concurrency;
+mod config;
 mod discovery;
 mod docs_jobs;
 mod faults;

@@ -106,6 +106,9 @@ impl Env {
             .env("XDG_STATE_HOME", home.join("state"))
             .env_remove("LORCH_PLUGIN_PATH")
             .env_remove("LORCH_TRACE_ID")
+            .env_remove("LORCH_CONFIG")
+            .env_remove("LORCH_NOW")
+            .env_remove("XDG_CONFIG_HOME")
             .env_remove("LORCH_LOG");
         // BigQuery only where a test asks for it.
         for name in [

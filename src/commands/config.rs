@@ -1,0 +1,99 @@
+//! `lorch config check|show`: the configuration file (docs/configuration.md), checked the way
+//! every command that reads it checks it, plus whether the jobs it names exist.
+
+use serde_json::json;
+
+use crate::config::{Config, Problem, locate};
+use crate::error::{Error, Exit, Result};
+use crate::output::{self, stderr};
+use crate::plugins::{Catalog, Lookup};
+
+/// Every mistake of the file at `flag`'s place, each with its file:line:column; exit 2 when
+/// there is one.
+pub fn check(flag: Option<&std::path::Path>, catalog: &Catalog, json: bool) -> Result<Exit> {
+    let (config, problems) = match Config::load(flag) {
+        Err(problems) => (Config::default(), problems),
+        Ok(config) => {
+            let problems = unknown_jobs(&config, catalog);
+            (config, problems)
+        }
+    };
+    let file = locate(flag).map(|(path, _)| path);
+    if json {
+        output::print_json(&json!({
+            "file": config.path.as_ref().or(file.as_ref()),
+            "exists": config.path.is_some(),
+            "ok": problems.is_empty(),
+            "jobs": config.jobs.len(),
+            "schedules": config.schedules.len(),
+            "problems": problems,
+        }))?;
+    } else if problems.is_empty() {
+        let text = match (&config.path, &file) {
+            (Some(path), _) => format!(
+                "{}: ok ({} job defaults, {} schedules)\n",
+                path.display(),
+                config.jobs.len(),
+                config.schedules.len()
+            ),
+            (None, Some(path)) => format!(
+                "no configuration file at {}: lorch runs with its defaults\n",
+                path.display()
+            ),
+            (None, None) => {
+                "no configuration file (HOME is not set): lorch runs with its defaults\n".to_owned()
+            }
+        };
+        output::print(&text)?;
+    } else {
+        for problem in &problems {
+            stderr!("error: {problem}");
+        }
+    }
+    Ok(match problems.is_empty() {
+        true => Exit::Success,
+        false => Exit::Usage,
+    })
+}
+
+/// The jobs the file names that no plugin provides. A job whose plugin failed to load is not
+/// the file's mistake: `report_problems` has warned about the plugin.
+fn unknown_jobs(config: &Config, catalog: &Catalog) -> Vec<Problem> {
+    catalog.report_problems();
+    let mut problems = Vec::new();
+    for (name, key) in config.jobs_named() {
+        let Some((package, job)) = name.get_ref().split_once('/') else {
+            continue;
+        };
+        if let Err(Lookup::Unknown(why)) = catalog.find(package, job) {
+            problems.push(config.problem(name.span(), format!("{key}: {why}")));
+        }
+    }
+    problems
+}
+
+/// The configuration in effect: the file's path, then its contents as lorch read them.
+pub fn show(flag: Option<&std::path::Path>, json: bool) -> Result<Exit> {
+    let config = Config::load(flag).map_err(super::config_problems)?;
+    if json {
+        output::print_json(&json!({ "file": config.path, "config": config }))?;
+        return Ok(Exit::Success);
+    }
+    let text = match &config.path {
+        None => match locate(flag) {
+            Some((path, _)) => format!(
+                "# no configuration file at {}: lorch runs with its defaults\n",
+                path.display()
+            ),
+            None => "# no configuration file: lorch runs with its defaults\n".to_owned(),
+        },
+        Some(path) => {
+            let body = toml::to_string_pretty(&config).map_err(|e| {
+                Error::Environment(anyhow::anyhow!("cannot print the configuration: {e}"))
+            })?;
+            format!("# {}\n{body}", path.display())
+        }
+    };
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
