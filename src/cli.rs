@@ -74,6 +74,19 @@ pub enum Command {
     /// Check or show the configuration file (lorch.toml)
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The [[schedule]] entries of the configuration file: when they fire, what is due
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Run every schedule entry that is due, or missed since its last fire time (call it every
+    /// minute from cron or a systemd timer: `lorch schedule install`)
+    Tick {
+        /// Keep running: sleep until the next fire time, run it, and so on, until SIGTERM
+        #[arg(long)]
+        watch: bool,
+        /// Pass --quiet to the runs: print nothing when they complete
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Watermarks: where each job and account's last completed window ends (--since
     /// last-success starts there)
     #[command(subcommand)]
@@ -213,6 +226,25 @@ pub enum ConfigCommand {
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Each entry: its last run, its next fire time (local and UTC), what is due or missed now
+    List {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print (not install) a crontab line or a systemd user timer that calls `lorch tick`
+    Install {
+        /// A crontab line
+        #[arg(long, conflicts_with = "systemd", required_unless_present = "systemd")]
+        cron: bool,
+        /// A systemd user .service and .timer (Persistent=true)
+        #[arg(long)]
+        systemd: bool,
     },
 }
 

@@ -26,6 +26,9 @@ pub struct Problem {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// The job whose `[jobs."PACKAGE/JOB"]` entry the mistake is in, if it is in one.
+    #[serde(skip)]
+    pub in_defaults_of: Option<String>,
 }
 
 impl std::fmt::Display for Problem {
@@ -43,8 +46,7 @@ impl std::fmt::Display for Problem {
 
 /// Options a run takes from the file unless its command line gives them; the names and forms
 /// of `run-job`'s flags.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunDefaults {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
@@ -66,7 +68,7 @@ pub struct RunDefaults {
 }
 
 /// What a schedule does about the fire times it missed (the machine was asleep or off).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
     /// Nothing: wait for the next fire time.
@@ -79,8 +81,7 @@ pub enum CatchUp {
 }
 
 /// A `[[schedule]]` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Schedule {
     /// `PACKAGE/JOB`.
     pub job: Spanned<String>,
@@ -89,7 +90,6 @@ pub struct Schedule {
     /// An IANA time zone name; UTC when not given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<Spanned<String>>,
-    #[serde(default)]
     pub catch_up: CatchUp,
     /// How far back missed fire times are looked for (a duration); 7 days when not given.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,15 +115,18 @@ pub struct Schedule {
     pub params: BTreeMap<String, toml::Value>,
 }
 
-/// The file, as read.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// The file, as read: the entries without mistakes (an entry with one is left out, and named
+/// in [`Config::problems`]).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Config {
     /// Default run options by `PACKAGE/JOB`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub jobs: BTreeMap<Spanned<String>, RunDefaults>,
-    #[serde(default, rename = "schedule", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// The mistakes, each at its place.
+    #[serde(skip)]
+    pub problems: Vec<Problem>,
     /// Where it was read from; `None`: there is no file.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -152,30 +155,48 @@ impl Config {
     /// none was named. Every mistake the file holds, each at its place; a file that does not
     /// parse has one.
     pub fn load(flag: Option<&Path>) -> Result<Config, Vec<Problem>> {
+        let config = Config::read_file(flag)?;
+        match config.problems.is_empty() {
+            true => Ok(config),
+            false => Err(config.problems),
+        }
+    }
+
+    /// Like [`load`](Config::load), but keeps the good entries of a file that has bad ones,
+    /// in [`Config::problems`]; only a file that cannot be read or parsed is an error.
+    pub fn read_file(flag: Option<&Path>) -> Result<Config, Vec<Problem>> {
         let Some((path, named)) = locate(flag) else {
             return Ok(Config::default());
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => {
-                return Ok(Config::default());
-            }
-            Err(e) => {
-                return Err(vec![Problem {
-                    file: path,
-                    line: 0,
-                    column: 0,
-                    message: format!("cannot read the configuration file: {e}"),
-                }]);
-            }
-        };
-        Config::parse(&path, text)
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::read(&path, text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => Ok(Config::default()),
+            Err(e) => Err(vec![Problem {
+                file: path,
+                line: 0,
+                column: 0,
+                message: format!("cannot read the configuration file: {e}"),
+                in_defaults_of: None,
+            }]),
+        }
+    }
+
+    /// Parses `text`, read from `path`: every mistake, or the configuration (for tests).
+    #[cfg(test)]
+    pub fn parse(path: &Path, text: String) -> Result<Config, Vec<Problem>> {
+        let config = Config::read(path, text)?;
+        match config.problems.is_empty() {
+            true => Ok(config),
+            false => Err(config.problems),
+        }
     }
 
     /// Parses `text`, read from `path`, and checks every value lorch can check without the
-    /// plugins.
-    pub fn parse(path: &Path, text: String) -> Result<Config, Vec<Problem>> {
-        let mut config: Config = toml::from_str(&text).map_err(|e| {
+    /// plugins. A file that is not TOML, or has a key lorch does not know at its top, is one
+    /// problem (an error); otherwise each entry is checked on its own, the good ones are kept
+    /// and the mistakes of the others are in [`Config::problems`].
+    pub fn read(path: &Path, text: String) -> Result<Config, Vec<Problem>> {
+        let raw: RawFile = toml::from_str(&text).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
             let (line, column) = line_column(&text, at);
             // toml's own message, without its position and source excerpt: ours is in front.
@@ -184,15 +205,43 @@ impl Config {
                 line,
                 column,
                 message: e.message().trim().to_owned(),
+                in_defaults_of: None,
             }]
         })?;
-        config.path = Some(path.to_owned());
-        config.text = text;
-        let problems = config.check_values();
-        match problems.is_empty() {
-            true => Ok(config),
-            false => Err(problems),
+        let mut config = Config {
+            path: Some(path.to_owned()),
+            text,
+            ..Config::default()
+        };
+        for (name, table) in raw.jobs {
+            let key = format!("[jobs.\"{}\"]", name.get_ref());
+            let mut fields = Fields::new(&config, &key, table);
+            if let Err(why) = check_job_id(name.get_ref()) {
+                fields
+                    .problems
+                    .push(config.problem(name.span(), format!("{key}: {why}")));
+            }
+            let defaults = fields.run_options();
+            let mut problems = fields.finish(&[]);
+            for problem in &mut problems {
+                problem.in_defaults_of = Some(name.get_ref().clone());
+            }
+            if problems.is_empty() {
+                config.jobs.insert(name, defaults);
+            }
+            config.problems.extend(problems);
         }
+        for (i, table) in raw.schedule.into_iter().enumerate() {
+            let key = format!("schedule {}", i + 1);
+            let mut fields = Fields::new(&config, &key, table);
+            let schedule = fields.schedule();
+            let problems = fields.finish(SCHEDULE_KEYS);
+            match schedule {
+                Some(schedule) if problems.is_empty() => config.schedules.push(schedule),
+                _ => config.problems.extend(problems),
+            }
+        }
+        Ok(config)
     }
 
     /// A problem at `span` of the file.
@@ -203,6 +252,7 @@ impl Config {
             line,
             column,
             message,
+            in_defaults_of: None,
         }
     }
 
@@ -226,82 +276,9 @@ impl Config {
         }
         named
     }
-
-    fn check_values(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        for (name, defaults) in &self.jobs {
-            let key = format!("[jobs.\"{}\"]", name.get_ref());
-            if let Err(why) = check_job_id(name.get_ref()) {
-                problems.push(self.problem(name.span(), format!("{key}: {why}")));
-            }
-            self.check_run_options(&key, &defaults.as_options(), &mut problems);
-        }
-        for (i, schedule) in self.schedules.iter().enumerate() {
-            let key = format!("schedule {}", i + 1);
-            if let Err(why) = check_job_id(schedule.job.get_ref()) {
-                problems.push(self.problem(schedule.job.span(), format!("{key}: job: {why}")));
-            }
-            if let Err(why) = parse_cron(schedule.cron.get_ref()) {
-                problems.push(self.problem(schedule.cron.span(), format!("{key}: cron: {why}")));
-            }
-            if let Some(zone) = &schedule.timezone
-                && let Err(why) = parse_zone(zone.get_ref())
-            {
-                problems.push(self.problem(zone.span(), format!("{key}: timezone: {why}")));
-            }
-            for (field, value) in [
-                ("max_catch_up", &schedule.max_catch_up),
-                ("jitter", &schedule.jitter),
-            ] {
-                if let Some(value) = value
-                    && let Err(why) = timearg::duration(value.get_ref())
-                {
-                    problems.push(self.problem(value.span(), format!("{key}: {field}: {why}")));
-                }
-            }
-            self.check_run_options(&key, &schedule.as_options(), &mut problems);
-        }
-        problems
-    }
-
-    fn check_run_options(&self, key: &str, options: &RunDefaults, problems: &mut Vec<Problem>) {
-        let now = chrono::Utc::now();
-        for (field, value) in [
-            ("since", &options.since),
-            ("initial_since", &options.initial_since),
-        ] {
-            if let Some(value) = value
-                && value.get_ref() != crate::lifecycle::LAST_SUCCESS
-                && let Err(why) = timearg::resolve(value.get_ref(), now)
-            {
-                problems.push(self.problem(
-                    value.span(),
-                    format!("{key}: {field}: {why}; {}", timearg::ACCEPTED),
-                ));
-            }
-        }
-        for (field, value, positive) in [
-            ("timeout", &options.timeout, true),
-            ("kill_after", &options.kill_after, false),
-            ("retry_backoff", &options.retry_backoff, false),
-        ] {
-            let Some(value) = value else { continue };
-            let parsed = match positive {
-                true => timearg::positive_duration(value.get_ref()),
-                false => timearg::duration(value.get_ref()),
-            };
-            if let Err(why) = parsed {
-                problems.push(self.problem(value.span(), format!("{key}: {field}: {why}")));
-            }
-        }
-    }
 }
 
 impl RunDefaults {
-    fn as_options(&self) -> RunDefaults {
-        self.clone()
-    }
-
     /// `params` as `--param KEY=VALUE` strings.
     pub fn param_flags(&self) -> Vec<String> {
         self.params
@@ -327,6 +304,242 @@ impl Schedule {
             retry_backoff: self.retry_backoff.clone(),
             params: self.params.clone(),
         }
+    }
+}
+
+/// The file as TOML gives it: each entry's keys with their places, typed by [`Fields`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    jobs: BTreeMap<Spanned<String>, Spanned<RawTable>>,
+    #[serde(default)]
+    schedule: Vec<Spanned<RawTable>>,
+}
+
+type RawTable = BTreeMap<String, Spanned<toml::Value>>;
+
+/// The run options a `[jobs."PACKAGE/JOB"]` table takes; a schedule takes them too.
+const RUN_KEYS: &[&str] = &[
+    "account",
+    "since",
+    "initial_since",
+    "timeout",
+    "kill_after",
+    "retries",
+    "retry_backoff",
+    "params",
+];
+
+/// The keys of a schedule besides the run options.
+const SCHEDULE_KEYS: &[&str] = &[
+    "job",
+    "cron",
+    "timezone",
+    "catch_up",
+    "max_catch_up",
+    "jitter",
+];
+
+/// One entry's keys, taken one by one with their types checked; each mistake is a problem at
+/// its place, and the keys nobody took are unknown.
+struct Fields<'a> {
+    config: &'a Config,
+    key: &'a str,
+    /// Where the entry starts, for what has no place of its own (a missing key).
+    span: Range<usize>,
+    table: RawTable,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(config: &'a Config, key: &'a str, table: Spanned<RawTable>) -> Fields<'a> {
+        Fields {
+            config,
+            key,
+            span: table.span(),
+            table: table.into_inner(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, span: Range<usize>, message: String) {
+        let problem = self
+            .config
+            .problem(span, format!("{}: {message}", self.key));
+        self.problems.push(problem);
+    }
+
+    /// A text value.
+    fn string(&mut self, name: &str) -> Option<Spanned<String>> {
+        let value = self.table.remove(name)?;
+        let span = value.span();
+        match value.into_inner() {
+            toml::Value::String(text) => Some(Spanned::new(span, text)),
+            other => {
+                let found = other.type_str();
+                self.problem(span, format!("{name}: expected a string, found {found}"));
+                None
+            }
+        }
+    }
+
+    /// A text value that must be there.
+    fn required(&mut self, name: &str, example: &str) -> Option<Spanned<String>> {
+        let found = self.table.contains_key(name);
+        let value = self.string(name);
+        if !found {
+            let span = self.span.clone();
+            self.problem(span, format!("{name} is missing, e.g. {name} = {example}"));
+        }
+        value
+    }
+
+    /// A text value checked by `check` (a duration, a time).
+    fn checked(
+        &mut self,
+        name: &str,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Option<Spanned<String>> {
+        let value = self.string(name)?;
+        match check(value.get_ref()) {
+            Ok(()) => Some(value),
+            Err(why) => {
+                self.problem(value.span(), format!("{name}: {why}"));
+                None
+            }
+        }
+    }
+
+    /// The run options (`RUN_KEYS`).
+    fn run_options(&mut self) -> RunDefaults {
+        let time = |text: &str| {
+            if text == crate::lifecycle::LAST_SUCCESS {
+                return Ok(());
+            }
+            timearg::resolve(text, chrono::Utc::now())
+                .map(drop)
+                .map_err(|why| format!("{why}; {}", timearg::ACCEPTED))
+        };
+        let duration = |text: &str| timearg::duration(text).map(drop);
+        let positive = |text: &str| timearg::positive_duration(text).map(drop);
+        let retries = self.table.remove("retries").and_then(|value| {
+            let span = value.span();
+            match value.get_ref().as_integer().map(u32::try_from) {
+                Some(Ok(n)) => Some(n),
+                _ => {
+                    self.problem(
+                        span,
+                        format!(
+                            "retries: expected a whole number from 0, found {}",
+                            value.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let params = match self.table.remove("params") {
+            None => BTreeMap::new(),
+            Some(value) => {
+                let span = value.span();
+                match value.into_inner() {
+                    toml::Value::Table(table) => table.into_iter().collect(),
+                    other => {
+                        let found = other.type_str();
+                        self.problem(
+                            span,
+                            format!(
+                                "params: expected a table such as {{ limit = 100 }}, found {found}"
+                            ),
+                        );
+                        BTreeMap::new()
+                    }
+                }
+            }
+        };
+        RunDefaults {
+            account: self.string("account").map(Spanned::into_inner),
+            since: self.checked("since", time),
+            initial_since: self.checked("initial_since", time),
+            timeout: self.checked("timeout", positive),
+            kill_after: self.checked("kill_after", duration),
+            retries,
+            retry_backoff: self.checked("retry_backoff", duration),
+            params,
+        }
+    }
+
+    /// A `[[schedule]]` entry; `None` when a key it needs is missing or wrong.
+    fn schedule(&mut self) -> Option<Schedule> {
+        let job = self.required("job", "\"ingester/extract_gmail\"");
+        if let Some(job) = &job
+            && let Err(why) = check_job_id(job.get_ref())
+        {
+            self.problem(job.span(), format!("job: {why}"));
+        }
+        let cron = self.required("cron", "\"0 6 * * *\"");
+        let cron = cron.filter(|cron| match parse_cron(cron.get_ref()) {
+            Ok(_) => true,
+            Err(why) => {
+                self.problem(cron.span(), format!("cron: {why}"));
+                false
+            }
+        });
+        let timezone = self.checked("timezone", |zone| parse_zone(zone).map(drop));
+        let catch_up = match self.string("catch_up") {
+            None => CatchUp::default(),
+            Some(text) => match text.get_ref().as_str() {
+                "skip" => CatchUp::Skip,
+                "latest" => CatchUp::Latest,
+                "all" => CatchUp::All,
+                other => {
+                    self.problem(
+                        text.span(),
+                        format!("catch_up: '{other}' is not one of skip, latest, all"),
+                    );
+                    CatchUp::default()
+                }
+            },
+        };
+        let duration = |text: &str| timearg::duration(text).map(drop);
+        let max_catch_up = self.checked("max_catch_up", duration);
+        let jitter = self.checked("jitter", duration);
+        let options = self.run_options();
+        Some(Schedule {
+            job: job?,
+            cron: cron?,
+            timezone,
+            catch_up,
+            max_catch_up,
+            jitter,
+            account: options.account,
+            since: options.since,
+            initial_since: options.initial_since,
+            timeout: options.timeout,
+            kill_after: options.kill_after,
+            retries: options.retries,
+            retry_backoff: options.retry_backoff,
+            params: options.params,
+        })
+    }
+
+    /// The problems, with one for each key nobody took (`extra` are the keys besides the run
+    /// options that the entry accepts).
+    fn finish(mut self, extra: &[&str]) -> Vec<Problem> {
+        let unknown: Vec<(String, Range<usize>)> = std::mem::take(&mut self.table)
+            .into_iter()
+            .map(|(name, value)| (name, value.span()))
+            .collect();
+        for (name, span) in unknown {
+            let known: Vec<&str> = extra.iter().chain(RUN_KEYS).copied().collect();
+            let hint = crate::suggest::hint(&name, known.iter().copied());
+            self.problem(
+                span,
+                format!("unknown key `{name}`{hint}; accepted: {}", known.join(", ")),
+            );
+        }
+        self.problems
     }
 }
 
@@ -417,11 +630,11 @@ catch_up = "all"
             ),
             (
                 "[jobs.\"a/b\"]\nbogus = 1\n",
-                "lorch.toml:2:1: unknown field `bogus`, expected one of",
+                "lorch.toml:2:9: [jobs.\"a/b\"]: unknown key `bogus`; accepted: account, since,",
             ),
             (
                 "[jobs.\"a/b\"]\nretries = \"two\"\n",
-                "lorch.toml:2:11: invalid type: string \"two\", expected u32",
+                "lorch.toml:2:11: [jobs.\"a/b\"]: retries: expected a whole number from 0, found \"two\"",
             ),
             (
                 "[jobs.\"a/b\"]\ntimeout = \"0s\"\n",
@@ -433,7 +646,19 @@ catch_up = "all"
             ),
             (
                 "[[schedule]]\njob = \"a/b\"\ncron = \"@daily\"\ncatch_up = \"some\"\n",
-                "lorch.toml:4:12: unknown variant `some`, expected one of `skip`, `latest`, `all`",
+                "lorch.toml:4:12: schedule 1: catch_up: 'some' is not one of skip, latest, all",
+            ),
+            (
+                "[[schedule]]\njob = \"a/b\"\n",
+                "lorch.toml:1:1: schedule 1: cron is missing, e.g. cron = \"0 6 * * *\"",
+            ),
+            (
+                "[[schedule]]\njob = \"a/b\"\ncron = \"@daily\"\ncatchup = \"all\"\n",
+                "lorch.toml:4:11: schedule 1: unknown key `catchup` (did you mean `catch_up`?)",
+            ),
+            (
+                "[shedule]\n",
+                "lorch.toml:1:2: unknown field `shedule`, expected `jobs` or `schedule`",
             ),
         ];
         for (text, expected) in cases {

@@ -20,6 +20,7 @@ mod params;
 mod paths;
 pub mod plugins;
 mod runner;
+mod schedule;
 mod signals;
 mod suggest;
 mod sys;

@@ -7,13 +7,14 @@ mod objects;
 mod plugins;
 mod run;
 mod runs;
+mod schedule;
 mod state;
 
 use std::fmt::Write as _;
 
 use crate::cli::{
     Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PluginsCommand,
-    RunOptions, RunsCommand, StateCommand,
+    RunOptions, RunsCommand, ScheduleCommand, StateCommand,
 };
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
@@ -57,6 +58,19 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             config::check(cli.config.as_deref(), discover(), json)
         }
         Command::Config(ConfigCommand::Show { json }) => config::show(cli.config.as_deref(), json),
+        Command::Schedule(ScheduleCommand::List { json }) => {
+            schedule::list(cli.config.as_deref(), json)
+        }
+        Command::Schedule(ScheduleCommand::Install { systemd, .. }) => schedule::install(systemd),
+        Command::Tick { watch, quiet } => schedule::tick(
+            &schedule::Passed {
+                config: cli.config.as_deref(),
+                plugin_path: &cli.plugin_path,
+                allow_insecure_plugins: cli.allow_insecure_plugins,
+                quiet,
+            },
+            watch,
+        ),
         Command::Plugins(PluginsCommand::List { json }) => {
             plugins::list(&search_path, discover(), json)
         }
@@ -92,15 +106,26 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
     }
 }
 
-/// A run's options with the job's defaults from the configuration file; a file with mistakes
-/// is a usage error naming each (docs/configuration.md).
+/// A run's options with the job's defaults from the configuration file (docs/configuration.md).
+/// A file lorch cannot read, or a mistake in this job's own `[jobs]` entry, is a usage error
+/// naming it; mistakes in other entries are `config check`'s and `tick`'s to report.
 fn configured(
     file: Option<&std::path::Path>,
     job: &crate::plugins::Job,
     options: RunOptions,
 ) -> Result<RunOptions> {
-    let config = crate::config::Config::load(file).map_err(config_problems)?;
-    Ok(run::with_defaults(options, config.defaults_of(&job.id())))
+    let config = crate::config::Config::read_file(file).map_err(config_problems)?;
+    let id = job.id();
+    let own: Vec<_> = config
+        .problems
+        .iter()
+        .filter(|p| p.in_defaults_of.as_deref() == Some(id.as_str()))
+        .cloned()
+        .collect();
+    if !own.is_empty() {
+        return Err(config_problems(own));
+    }
+    Ok(run::with_defaults(options, config.defaults_of(&id)))
 }
 
 /// The mistakes of a configuration file, one a line, as a usage error.

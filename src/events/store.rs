@@ -105,6 +105,14 @@ CREATE TABLE IF NOT EXISTS watermarks (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (package, job, account)
 ) WITHOUT ROWID;
+
+-- The last fire time `lorch tick` handled for each schedule entry (docs/schedules.md), keyed
+-- by the entry's job, account, cron expression and zone.
+CREATE TABLE IF NOT EXISTS schedules (
+    key        TEXT PRIMARY KEY,
+    last_fire  TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (package, job, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
 

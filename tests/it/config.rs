@@ -97,11 +97,11 @@ fn each_mistake_is_named_with_file_line_and_column_and_runs_nothing() {
         ),
         (
             "[jobs.\"testkit/echo\"]\nretry = 1\n",
-            ":2:1: unknown field `retry`, expected one of",
+            ":2:9: [jobs.\"testkit/echo\"]: unknown key `retry` (did you mean",
         ),
         (
             "[jobs.\"testkit/echo\"]\nretries = \"2\"\n",
-            ":2:11: invalid type: string \"2\", expected u32",
+            ":2:11: [jobs.\"testkit/echo\"]: retries: expected a whole number from 0, found \"2\"",
         ),
     ];
     for (text, expected) in cases {
@@ -117,7 +117,7 @@ fn each_mistake_is_named_with_file_line_and_column_and_runs_nothing() {
     // A run reads the file too: a mistake in it is a usage error, before anything runs.
     env.run(&["run-job", "testkit", "echo"])
         .code(2)
-        .stderr_has("expected u32");
+        .stderr_has("retries: expected a whole number");
     assert!(env.all_events().is_empty());
 }
 

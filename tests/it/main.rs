@@ -14,5 +14,6 @@ mod docs_jobs;
 mod faults;
 mod objects;
 mod runs;
+mod schedules;
 mod supervision;
 mod windows;

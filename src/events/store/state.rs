@@ -1,9 +1,11 @@
 //! Watermarks (docs/windows.md): where each job and account's completed windows end, read by
 //! `--since last-success` and `lorch state`. They are written only where the events that move
 //! them are recorded (`job.completed`, `state.set`, `state.reset`), in the same transaction.
+//! And the last fire time `lorch tick` handled for each schedule entry (docs/schedules.md).
 
 use anyhow::{Context as _, Result};
-use rusqlite::params;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::LocalStore;
@@ -61,5 +63,38 @@ impl LocalStore {
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .with_context(|| format!("cannot read the watermarks of {}", self.path.display()))
+    }
+
+    /// The last fire time handled for the schedule entry `key`.
+    pub fn last_fire(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
+        let conn = self.conn();
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT last_fire FROM schedules WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.and_then(|t| t.parse().ok()))
+    }
+
+    /// Records `fire` as handled for the schedule entry `key` (never moving it back).
+    pub fn set_last_fire(&self, key: &str, fire: DateTime<Utc>) -> Result<()> {
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO schedules (key, last_fire, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET last_fire = excluded.last_fire,
+                     updated_at = excluded.updated_at
+                 WHERE excluded.last_fire > schedules.last_fire",
+                params![key, super::timestamp(&fire), super::timestamp(&Utc::now())],
+            )?;
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "cannot record a schedule's progress in {}",
+                self.path.display()
+            )
+        })
     }
 }

@@ -401,3 +401,19 @@ fn upsert(ctx: &Context, args: &Args) -> JobResult {
     }
     Ok(())
 }
+
+lorch_plugin_api::job! {
+    /// Fails while the file `--param file=PATH` exists; completes otherwise.
+    package = "testkit",
+    name = "fail_if_exists",
+    params = [ParamSpec::string("file").required().help("Fail while this file exists")],
+    run = fail_if_exists,
+}
+
+fn fail_if_exists(_: &Context, args: &Args) -> JobResult {
+    let file = args.params.string("file").unwrap_or_default();
+    match std::path::Path::new(file).exists() {
+        true => Err(JobError::new(format!("{file} exists"))),
+        false => Ok(()),
+    }
+}

@@ -1,0 +1,363 @@
+//! `lorch schedule list|install` and `lorch tick` (docs/schedules.md): the `[[schedule]]`
+//! entries of the configuration file, what each is owed now, and running it.
+//!
+//! `tick` runs each owed fire time as `lorch run-job` in a child process, with the window
+//! ending at the fire time: the run is an ordinary supervised run (its lock, its events, its
+//! BigQuery delivery), and tick only decides what to run. Nothing here loads a plugin or builds
+//! an async runtime, so a `tick` with nothing due costs a configuration read and a store read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+use crate::config::{self, Config, Schedule};
+use crate::error::{Error, Exit, Result};
+use crate::events::LocalStore;
+use crate::lifecycle::LAST_SUCCESS;
+use crate::locks::{self, Acquired};
+use crate::output::{self, stderr};
+use crate::schedule::Entry;
+use crate::signals::Signals;
+use crate::timearg;
+
+/// What a child `run-job` needs from tick's own command line.
+pub struct Passed<'a> {
+    pub config: Option<&'a Path>,
+    pub plugin_path: &'a [PathBuf],
+    pub allow_insecure_plugins: bool,
+    pub quiet: bool,
+}
+
+/// The configuration with its good entries, its problems reported on stderr; a file that
+/// cannot be read at all is a usage error.
+fn read_config(flag: Option<&Path>) -> Result<(Config, bool)> {
+    let config = Config::read_file(flag).map_err(super::config_problems)?;
+    for problem in &config.problems {
+        stderr!("error: {problem} (this entry is left out)");
+    }
+    let broken = !config.problems.is_empty();
+    Ok((config, broken))
+}
+
+fn entries(config: &Config) -> Vec<Entry<'_>> {
+    config
+        .schedules
+        .iter()
+        .filter_map(|s| Entry::new(s).ok())
+        .collect()
+}
+
+fn utc(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `lorch schedule list`: each entry, when it last fired and what ran, when it fires next
+/// (local and UTC), and what `tick` would do now.
+pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
+    let (config, broken) = read_config(flag)?;
+    let now = timearg::now().map_err(Error::Usage)?;
+    let (_, store) = super::open_home()?;
+    let mut listed = Vec::new();
+    for entry in entries(&config) {
+        let s = entry.schedule;
+        let last = store.last_fire(&entry.key())?;
+        let due = entry.due(last, now);
+        let next = entry.next_after(now);
+        let (package, job) = s.job.get_ref().split_once('/').unwrap_or_default();
+        let last_run = store
+            .runs(&crate::events::RunFilter {
+                job: Some((package.to_owned(), job.to_owned())),
+                account: s.account.clone(),
+                limit: Some(1),
+                ..Default::default()
+            })?
+            .pop();
+        listed.push(json!({
+            "job": s.job.get_ref(),
+            "account": s.account,
+            "cron": s.cron.get_ref(),
+            "timezone": entry.zone.name(),
+            "catch_up": s.catch_up,
+            "last_fire": last.map(utc),
+            "last_run": last_run.map(|r| json!({"run_id": r.run_id, "status": r.status, "started_at": r.started_at})),
+            "next_fire": next.map(utc),
+            "next_fire_local": next.map(|n| n.with_timezone(&entry.zone).to_rfc3339_opts(SecondsFormat::Secs, false)),
+            "missed": due.missed.iter().copied().map(utc).collect::<Vec<_>>(),
+            "due": due.run.iter().copied().map(utc).collect::<Vec<_>>(),
+        }));
+    }
+    if json {
+        output::print_json(&json!({ "schedules": listed }))?;
+    } else if listed.is_empty() {
+        stderr!(
+            "no schedules: add [[schedule]] entries to the configuration file (docs/schedules.md)"
+        );
+    } else {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let rows: Vec<Vec<String>> = listed
+            .iter()
+            .map(|e| {
+                let last_run = match &e["last_run"] {
+                    serde_json::Value::Null => "-".to_owned(),
+                    run => format!("{} ({})", text(&run["started_at"]), text(&run["status"])),
+                };
+                let due = e["due"].as_array().map_or(0, Vec::len);
+                let missed = e["missed"].as_array().map_or(0, Vec::len);
+                vec![
+                    text(&e["job"]),
+                    text(&e["account"]),
+                    format!("{} {}", text(&e["cron"]), text(&e["timezone"])),
+                    last_run,
+                    format!(
+                        "{} ({})",
+                        text(&e["next_fire_local"]),
+                        text(&e["next_fire"])
+                    ),
+                    format!("{due} due, {missed} missed"),
+                ]
+            })
+            .collect();
+        let header = ["JOB", "ACCOUNT", "CRON", "LAST RUN", "NEXT FIRE", "NOW"];
+        output::print(&output::table(&header, &rows))?;
+    }
+    Ok(if broken {
+        Exit::Environment
+    } else {
+        Exit::Success
+    })
+}
+
+/// `lorch tick [--watch]`: runs what every entry is owed now; with `--watch`, again at every
+/// next fire time until a signal.
+pub fn tick(passed: &Passed, watch: bool) -> Result<Exit> {
+    let signals = Signals::install()
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
+    loop {
+        let (exit, next) = tick_once(passed, &signals)?;
+        if !watch || signals.received().is_some() {
+            return Ok(match signals.received() {
+                Some(signal) => Exit::cancelled_by(signal),
+                None => exit,
+            });
+        }
+        let now = timearg::now().map_err(Error::Usage)?;
+        let wait = next
+            .and_then(|next| (next - now).to_std().ok())
+            .unwrap_or(Duration::from_secs(60));
+        if !signals.sleep(wait.max(Duration::from_secs(1))) {
+            return Ok(Exit::cancelled_by(
+                signals.received().unwrap_or(libc::SIGTERM),
+            ));
+        }
+    }
+}
+
+/// One pass over the entries; its exit code and the next fire time of any entry.
+fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTime<Utc>>)> {
+    let (config, broken) = read_config(passed.config)?;
+    let now = timearg::now().map_err(Error::Usage)?;
+    let (home, store) = super::open_home()?;
+    let mut failed = false;
+    let mut next: Option<DateTime<Utc>> = None;
+    for entry in entries(&config) {
+        if signals.received().is_some() {
+            break;
+        }
+        failed |= !owe(&entry, passed, &home, &store, now, signals)?;
+        if let Some(fire) = entry.next_after(now) {
+            next = Some(next.map_or(fire, |n| n.min(fire)));
+        }
+    }
+    let exit = match (broken, failed) {
+        (true, _) => Exit::Environment,
+        (false, true) => Exit::JobFailed,
+        (false, false) => Exit::Success,
+    };
+    Ok((exit, next))
+}
+
+/// Runs what `entry` is owed at `now`, under its lock (another tick holding it is running it);
+/// false when a run failed.
+fn owe(
+    entry: &Entry,
+    passed: &Passed,
+    home: &Path,
+    store: &LocalStore,
+    now: DateTime<Utc>,
+    signals: &Signals,
+) -> Result<bool> {
+    let key = entry.key();
+    let lock = home.join("locks").join(format!(
+        "schedule-{:016x}.lock",
+        crate::paths::fnv1a(key.as_bytes())
+    ));
+    let acquired = locks::acquire(&lock, "tick", Duration::ZERO, signals).map_err(|e| {
+        Error::Environment(anyhow::anyhow!(
+            "cannot take the lock {}: {e}",
+            lock.display()
+        ))
+    })?;
+    let _held = match acquired {
+        Acquired::Held(held) => held,
+        Acquired::Busy(_) => return Ok(true),
+    };
+    let due = entry.due(store.last_fire(&key)?, now);
+    let mut ok = true;
+    for &fire in &due.run {
+        if signals.received().is_some() {
+            return Ok(ok);
+        }
+        if !covered(entry.schedule, store, fire)? {
+            ok &= run_fire(entry, passed, fire, signals)?;
+        }
+        store.set_last_fire(&key, fire)?;
+    }
+    if let Some(&last) = due.missed.last() {
+        store.set_last_fire(&key, last)?;
+    }
+    Ok(ok)
+}
+
+/// Whether a completed run already covers the window ending at `fire` (its watermark is there
+/// or later): a tick that died after the run, before recording the fire time, does not run the
+/// window again.
+fn covered(schedule: &Schedule, store: &LocalStore, fire: DateTime<Utc>) -> Result<bool> {
+    if since(schedule) != LAST_SUCCESS {
+        return Ok(false);
+    }
+    let (package, job) = schedule.job.get_ref().split_once('/').unwrap_or_default();
+    let mark = store.watermark(package, job, schedule.account.as_deref())?;
+    Ok(mark.and_then(|m| m.until.parse::<DateTime<Utc>>().ok()) >= Some(fire))
+}
+
+fn since(schedule: &Schedule) -> &str {
+    schedule
+        .since
+        .as_ref()
+        .map_or(LAST_SUCCESS, |s| s.get_ref())
+}
+
+/// `lorch run-job` for the window ending at `fire`, after the entry's jitter; false when it did
+/// not complete. A signal to tick reaches the run (it is in tick's process group) and is
+/// waited out.
+fn run_fire(
+    entry: &Entry,
+    passed: &Passed,
+    fire: DateTime<Utc>,
+    signals: &Signals,
+) -> Result<bool> {
+    let s = entry.schedule;
+    if let Some(jitter) = config::duration(&s.jitter).filter(|j| !j.is_zero()) {
+        let pause = Duration::from_millis(fastrand::u64(..=jitter.as_millis() as u64));
+        if !signals.sleep(pause) {
+            return Ok(true);
+        }
+    }
+    let (package, job) = s.job.get_ref().split_once('/').unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}")))?;
+    let mut command = Command::new(exe);
+    if let Some(file) = passed.config {
+        command.arg("--config").arg(file);
+    }
+    for dir in passed.plugin_path {
+        command.arg("--plugin-path").arg(dir);
+    }
+    if passed.allow_insecure_plugins {
+        command.arg("--allow-insecure-plugins");
+    }
+    command.args(["run-job", package, job, "--since", since(s)]);
+    command.args([
+        "--until",
+        &fire.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    ]);
+    let options = s.as_options();
+    // The first window of a new entry: one period back from its fire time.
+    let initial = options
+        .initial_since
+        .as_ref()
+        .map(|t| t.get_ref().clone())
+        .or_else(|| {
+            entry
+                .previous(fire)
+                .map(|p| p.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        });
+    if since(s) == LAST_SUCCESS
+        && let Some(initial) = initial
+    {
+        command.args(["--initial-since", &initial]);
+    }
+    if let Some(account) = &options.account {
+        command.args(["--account", account]);
+    }
+    for (flag, value) in [
+        ("--timeout", &options.timeout),
+        ("--kill-after", &options.kill_after),
+        ("--retry-backoff", &options.retry_backoff),
+    ] {
+        if let Some(value) = value {
+            command.args([flag, value.get_ref()]);
+        }
+    }
+    if let Some(retries) = options.retries {
+        command.args(["--retries", &retries.to_string()]);
+    }
+    for param in options.param_flags() {
+        command.args(["--param", &param]);
+    }
+    if passed.quiet {
+        command.arg("--quiet");
+    }
+    let status = command
+        .status()
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}")))?;
+    // 75: another run of the job and account holds its lock; the next window covers this one.
+    Ok(matches!(status.code(), Some(0 | 75)))
+}
+
+/// `lorch schedule install --cron | --systemd`: the lines that call `tick`, printed with how to
+/// install them (nothing is installed).
+pub fn install(systemd: bool) -> Result<Exit> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}")))?;
+    let exe = exe.display();
+    let text = if systemd {
+        format!(
+            "# ~/.config/systemd/user/lorch-tick.service
+[Unit]
+Description=lorch: run the schedules of lorch.toml that are due
+
+[Service]
+Type=oneshot
+ExecStart={exe} tick --quiet
+
+# ~/.config/systemd/user/lorch-tick.timer
+[Unit]
+Description=lorch tick every minute
+
+[Timer]
+OnCalendar=*-*-* *:*:00
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+
+# Install: save the two files above, then
+#   systemctl --user daemon-reload && systemctl --user enable --now lorch-tick.timer
+# (loginctl enable-linger $USER keeps it running while you are logged out.)
+"
+        )
+    } else {
+        format!(
+            "# Add with `crontab -e`: every minute, tick runs the schedules of lorch.toml that are
+# due, and catches up on those missed while the machine was off or asleep.
+* * * * * {exe} tick --quiet
+"
+        )
+    };
+    output::print(&text)?;
+    Ok(Exit::Success)
+}

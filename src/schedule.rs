@@ -1,0 +1,220 @@
+//! When a `[[schedule]]` entry fires, and what `lorch tick` owes it now (docs/schedules.md):
+//! pure functions of the entry, what was last handled and the current instant, so catch-up and
+//! DST are tested without a clock.
+//!
+//! Fire times come from croner in the entry's time zone: a local time that does not exist (the
+//! spring-forward gap) fires once at the next valid instant, one that happens twice (fall-back)
+//! fires once, at its first occurrence.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+
+use crate::config::{self, CatchUp, Schedule};
+
+/// How far back missed fire times are looked for when the entry does not say.
+pub const DEFAULT_MAX_CATCH_UP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How old a fire time may be and still be run by a `skip` entry: a `tick` every minute from
+/// cron, a little late, still runs it.
+pub const SKIP_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// The most fire times one `tick` looks at for an entry (a `* * * * *` entry asleep for a
+/// week has 10,080).
+const MAX_FIRES: usize = 100_000;
+
+/// A schedule entry ready to compute with.
+pub struct Entry<'a> {
+    pub schedule: &'a Schedule,
+    cron: Cron,
+    pub zone: Tz,
+}
+
+/// What `tick` does for an entry now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The fire times missed since the last one handled (within `max_catch_up`), oldest first.
+    pub missed: Vec<DateTime<Utc>>,
+    /// The fire times to run, oldest first: each run's window ends at its fire time.
+    pub run: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Entry<'a> {
+    /// The entry, its cron expression and time zone parsed (they were checked when the file
+    /// was read).
+    pub fn new(schedule: &'a Schedule) -> Result<Entry<'a>, String> {
+        let cron = config::parse_cron(schedule.cron.get_ref())?;
+        let zone = match &schedule.timezone {
+            Some(zone) => config::parse_zone(zone.get_ref())?,
+            None => Tz::UTC,
+        };
+        Ok(Entry {
+            schedule,
+            cron,
+            zone,
+        })
+    }
+
+    /// What identifies the entry's progress: its job, account, cron expression and zone. An
+    /// entry whose expression changes starts afresh.
+    pub fn key(&self) -> String {
+        let s = self.schedule;
+        format!(
+            "{} {} {} {}",
+            s.job.get_ref(),
+            s.account.as_deref().unwrap_or("-"),
+            s.cron.get_ref().trim(),
+            self.zone.name()
+        )
+    }
+
+    /// The first fire time after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.zone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|f| f.with_timezone(&Utc))
+    }
+
+    /// The last fire time at or before `t`.
+    pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.zone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|f| f.with_timezone(&Utc))
+    }
+
+    /// The fire time before `fire`: where the window of a first run starts.
+    pub fn previous(&self, fire: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = fire.with_timezone(&self.zone);
+        self.cron
+            .find_previous_occurrence(&local, false)
+            .ok()
+            .map(|f| f.with_timezone(&Utc))
+    }
+
+    fn max_catch_up(&self) -> Duration {
+        config::duration(&self.schedule.max_catch_up).unwrap_or(DEFAULT_MAX_CATCH_UP)
+    }
+
+    /// What is owed at `now`, given the last fire time handled (`None`: a new entry, owed its
+    /// latest fire time, as `latest` would).
+    pub fn due(&self, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Due {
+        let horizon = now - chrono::Duration::from_std(self.max_catch_up()).unwrap_or_default();
+        let missed: Vec<DateTime<Utc>> = match last {
+            None => self.last_at_or_before(now).into_iter().collect(),
+            Some(last) => {
+                let mut fires = Vec::new();
+                let mut at = last.max(horizon - chrono::Duration::microseconds(1));
+                while let Some(next) = self.next_after(at) {
+                    if next > now || fires.len() == MAX_FIRES {
+                        break;
+                    }
+                    fires.push(next);
+                    at = next;
+                }
+                fires
+            }
+        };
+        let missed: Vec<_> = missed.into_iter().filter(|f| *f >= horizon).collect();
+        let run = match self.schedule.catch_up {
+            CatchUp::All => missed.clone(),
+            CatchUp::Latest => missed.last().copied().into_iter().collect(),
+            CatchUp::Skip => missed
+                .last()
+                .copied()
+                .filter(|f| (now - *f).to_std().unwrap_or_default() <= SKIP_GRACE)
+                .into_iter()
+                .collect(),
+        };
+        Due { missed, run }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn schedule(toml: &str) -> Schedule {
+        let config = config::Config::parse(Path::new("t.toml"), toml.to_owned()).unwrap();
+        config.schedules[0].clone()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn daily(catch_up: &str) -> Schedule {
+        schedule(&format!(
+            "[[schedule]]\njob = \"a/b\"\ncron = \"0 6 * * *\"\ncatch_up = \"{catch_up}\"\n"
+        ))
+    }
+
+    #[test]
+    fn three_missed_days_are_run_all_latest_or_not_at_all() {
+        let last = Some(at("2026-11-01T06:00:00Z"));
+        let now = at("2026-11-04T07:00:00Z");
+        let days = [
+            at("2026-11-02T06:00:00Z"),
+            at("2026-11-03T06:00:00Z"),
+            at("2026-11-04T06:00:00Z"),
+        ];
+        let all = daily("all");
+        let due = Entry::new(&all).unwrap().due(last, now);
+        assert_eq!(
+            (due.missed.as_slice(), due.run.as_slice()),
+            (&days[..], &days[..])
+        );
+        let latest = daily("latest");
+        assert_eq!(Entry::new(&latest).unwrap().due(last, now).run, [days[2]]);
+        let skip = daily("skip");
+        let entry = Entry::new(&skip).unwrap();
+        assert!(entry.due(last, now).run.is_empty());
+        assert_eq!(entry.next_after(now), Some(at("2026-11-05T06:00:00Z")));
+        // On time (within the grace), skip runs it.
+        assert_eq!(entry.due(last, at("2026-11-02T06:01:00Z")).run, [days[0]]);
+        // Nothing is owed between fire times; a new entry is owed its latest one.
+        assert!(entry.due(Some(days[2]), now).missed.is_empty());
+        assert_eq!(Entry::new(&all).unwrap().due(None, now).run, [days[2]]);
+    }
+
+    #[test]
+    fn missed_fire_times_older_than_max_catch_up_are_dropped() {
+        let entry = schedule(
+            "[[schedule]]\njob = \"a/b\"\ncron = \"0 6 * * *\"\ncatch_up = \"all\"\nmax_catch_up = \"2d\"\n",
+        );
+        let due = Entry::new(&entry)
+            .unwrap()
+            .due(Some(at("2026-10-01T06:00:00Z")), at("2026-11-04T07:00:00Z"));
+        assert_eq!(
+            due.run,
+            [at("2026-11-03T06:00:00Z"), at("2026-11-04T06:00:00Z")]
+        );
+    }
+
+    #[test]
+    fn berlin_at_2_30_fires_once_on_both_dst_days() {
+        let entry = schedule(
+            "[[schedule]]\njob = \"a/b\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
+        );
+        let entry = Entry::new(&entry).unwrap();
+        // Spring forward, 2026-03-29: 02:00 jumps to 03:00; 02:30 does not exist and fires
+        // once, at the next valid instant (03:00 CEST = 01:00Z).
+        let spring = entry.due(Some(at("2026-03-28T01:30:00Z")), at("2026-03-30T12:00:00Z"));
+        assert_eq!(
+            spring.run,
+            [at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]
+        );
+        // Fall back, 2026-10-25: 02:30 happens twice (CEST, then CET); it fires once, first.
+        let fall = entry.due(Some(at("2026-10-24T00:30:00Z")), at("2026-10-26T12:00:00Z"));
+        assert_eq!(
+            fall.run,
+            [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]
+        );
+    }
+}
