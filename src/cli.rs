@@ -77,6 +77,38 @@ pub enum Command {
     /// The [[schedule]] entries of the configuration file: when they fire, what is due
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Run a job over a range of time, one window after another: `lorch backfill
+    /// ingester/extract_gmail --since 2026-01-01 --until 2026-03-01 --step 1d`. Windows that
+    /// already completed are skipped, so running it again resumes
+    Backfill {
+        /// PACKAGE/JOB
+        #[arg(value_name = "PACKAGE/JOB")]
+        job: String,
+        /// Start of the range (the time forms of run-job)
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        since: String,
+        /// End of the range [default: now]
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        until: Option<String>,
+        /// The length of each window: 1d, 6h, 1w, ...
+        #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
+        step: Duration,
+        /// The account the job works on
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+        /// A declared job parameter (repeatable)
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Stop an attempt after this long
+        #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
+        timeout: Option<Duration>,
+        /// Retry a failed window's attempt up to N times
+        #[arg(long, value_name = "N")]
+        retries: Option<u32>,
+        /// Go on after a window fails (by default the backfill stops there)
+        #[arg(long)]
+        keep_going: bool,
+    },
     /// Run every schedule entry that is due, or missed since its last fire time (call it every
     /// minute from cron or a systemd timer: `lorch schedule install`)
     Tick {
@@ -393,4 +425,7 @@ pub struct RunOptions {
     /// JSON document on stdout, whatever the outcome
     #[arg(long, conflicts_with = "dry_run")]
     pub json: bool,
+    /// Internal: the `lorch backfill` this run is a window of
+    #[arg(long, hide = true, value_name = "ID")]
+    pub backfill_id: Option<String>,
 }

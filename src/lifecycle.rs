@@ -214,6 +214,9 @@ pub struct Payload {
     /// `job.skipped`: the run holding the lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holder: Option<Holder>,
+    /// The `lorch backfill` this run is a window of (docs/windows.md, "Backfill").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_id: Option<String>,
     /// `job.failed` of an attempt: what the job or the system reported.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureDetail>,

@@ -1,5 +1,6 @@
 //! One module per command group; `dispatch` routes a parsed command line to it.
 
+mod backfill;
 mod config;
 mod events;
 mod jobs;
@@ -62,8 +63,40 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             schedule::list(cli.config.as_deref(), json)
         }
         Command::Schedule(ScheduleCommand::Install { systemd, .. }) => schedule::install(systemd),
+        Command::Backfill {
+            job,
+            since,
+            until,
+            step,
+            account,
+            params,
+            timeout,
+            retries,
+            keep_going,
+        } => {
+            let passed = Passed {
+                config: cli.config.as_deref(),
+                plugin_path: &cli.plugin_path,
+                allow_insecure_plugins: cli.allow_insecure_plugins,
+                quiet: true,
+            };
+            let job = find_job(discover(), &search_path, &job)?;
+            let range = backfill::Range {
+                since: &since,
+                until: until.as_deref(),
+                step,
+            };
+            let options = backfill::Options {
+                account: account.as_deref(),
+                params: &params,
+                timeout,
+                retries,
+                keep_going,
+            };
+            backfill::run(&passed, job, &range, &options)
+        }
         Command::Tick { watch, quiet } => schedule::tick(
-            &schedule::Passed {
+            &Passed {
                 config: cli.config.as_deref(),
                 plugin_path: &cli.plugin_path,
                 allow_insecure_plugins: cli.allow_insecure_plugins,
@@ -132,6 +165,42 @@ fn configured(
 fn config_problems(problems: Vec<crate::config::Problem>) -> Error {
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
     Error::Usage(lines.join("\nerror: "))
+}
+
+/// What a child `lorch run-job` (of `tick`, of `backfill`) needs from its parent's command
+/// line.
+pub struct Passed<'a> {
+    pub config: Option<&'a std::path::Path>,
+    pub plugin_path: &'a [std::path::PathBuf],
+    pub allow_insecure_plugins: bool,
+    /// Pass `--quiet`: nothing printed when a run completes.
+    pub quiet: bool,
+}
+
+impl Passed<'_> {
+    /// `lorch [the parent's global flags] run-job PACKAGE JOB [--quiet]`, to add the run's
+    /// own flags to. Each run is a process of its own, as a cron line would start it.
+    fn run_job(&self, id: &str) -> Result<std::process::Command> {
+        let (package, job) = id.split_once('/').unwrap_or((id, ""));
+        let exe = std::env::current_exe().map_err(|e| {
+            Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}"))
+        })?;
+        let mut command = std::process::Command::new(exe);
+        if let Some(file) = self.config {
+            command.arg("--config").arg(file);
+        }
+        for dir in self.plugin_path {
+            command.arg("--plugin-path").arg(dir);
+        }
+        if self.allow_insecure_plugins {
+            command.arg("--allow-insecure-plugins");
+        }
+        command.args(["run-job", package, job]);
+        if self.quiet {
+            command.arg("--quiet");
+        }
+        Ok(command)
+    }
 }
 
 /// The job `PACKAGE/JOB` (or `JOB` when no other package has a job of that name), after

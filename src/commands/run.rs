@@ -417,5 +417,6 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
             false => Some(options.wait_lock.unwrap_or_default()),
         },
         home,
+        backfill_id: options.backfill_id.clone(),
     })
 }

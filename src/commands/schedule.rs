@@ -6,8 +6,7 @@
 //! BigQuery delivery), and tick only decides what to run. Nothing here loads a plugin or builds
 //! an async runtime, so a `tick` with nothing due costs a configuration read and a store read.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -23,13 +22,7 @@ use crate::schedule::Entry;
 use crate::signals::Signals;
 use crate::timearg;
 
-/// What a child `run-job` needs from tick's own command line.
-pub struct Passed<'a> {
-    pub config: Option<&'a Path>,
-    pub plugin_path: &'a [PathBuf],
-    pub allow_insecure_plugins: bool,
-    pub quiet: bool,
-}
+use super::Passed;
 
 /// The configuration with its good entries, its problems reported on stderr; a file that
 /// cannot be read at all is a usage error.
@@ -256,20 +249,8 @@ fn run_fire(
             return Ok(true);
         }
     }
-    let (package, job) = s.job.get_ref().split_once('/').unwrap_or_default();
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}")))?;
-    let mut command = Command::new(exe);
-    if let Some(file) = passed.config {
-        command.arg("--config").arg(file);
-    }
-    for dir in passed.plugin_path {
-        command.arg("--plugin-path").arg(dir);
-    }
-    if passed.allow_insecure_plugins {
-        command.arg("--allow-insecure-plugins");
-    }
-    command.args(["run-job", package, job, "--since", since(s)]);
+    let mut command = passed.run_job(s.job.get_ref())?;
+    command.args(["--since", since(s)]);
     command.args([
         "--until",
         &fire.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -307,9 +288,6 @@ fn run_fire(
     }
     for param in options.param_flags() {
         command.args(["--param", &param]);
-    }
-    if passed.quiet {
-        command.arg("--quiet");
     }
     let status = command
         .status()

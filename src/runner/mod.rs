@@ -58,6 +58,8 @@ pub struct RunPlan<'a> {
     pub lock_wait: Option<Duration>,
     /// The lorch home, where the locks live.
     pub home: PathBuf,
+    /// The `lorch backfill` this run is a window of.
+    pub backfill_id: Option<String>,
 }
 
 /// A failed attempt.
@@ -386,6 +388,7 @@ fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Payload {
         pid: std::process::id(),
         lorch_version: env!("CARGO_PKG_VERSION").to_owned(),
         plugin: plan.job.location().to_string(),
+        backfill_id: plan.backfill_id.clone(),
         ..Payload::default()
     }
 }

@@ -227,3 +227,98 @@ fn window_mistakes_are_usage_errors_that_record_nothing() {
             .all(|e| e["object_type"] == "watermark")
     );
 }
+
+#[test]
+fn a_backfill_resumes_with_the_failed_window_only() {
+    let (_plugins, env) = common::testkit_env();
+    let marker = env.home.path().join("failing");
+    std::fs::write(&marker, "").unwrap();
+    let file = format!("file={}", marker.display());
+    let backfill = |extra: &[&str]| {
+        env.lorch()
+            .args([
+                "backfill",
+                "testkit/fail_on_window",
+                "--since",
+                "2026-01-01",
+            ])
+            .args(["--until", "2026-03-02", "--step", "1d"])
+            .args([
+                "--param",
+                "fail_since=2026-01-15T00:00:00Z",
+                "--param",
+                &file,
+            ])
+            .args(extra)
+            .env("LORCH_NOW", "2026-06-01T00:00:00Z")
+            .run()
+    };
+    // Without --keep-going it stops at the failed window.
+    let stopped = backfill(&[]);
+    stopped.code(1);
+    stopped.stderr_has("window 15/60: 2026-01-15 to 2026-01-16: not completed (exit 1)");
+    stopped.stderr_has("✗ 14 completed, 1 failed, 0 skipped (already done), 45 not run");
+    let first = backfill(&["--keep-going"]);
+    first.code(1);
+    first.stderr_has("✗ 45 completed, 1 failed, 14 skipped (already done)");
+
+    std::fs::remove_file(&marker).unwrap();
+    let again = backfill(&["--keep-going"]);
+    again.code(0);
+    again.stdout_has("✓ 1 completed, 0 failed, 59 skipped (already done)");
+    let out = env.run(&["runs", "list", "--limit", "1000", "--json"]);
+    let runs = out.json()["runs"].as_array().unwrap().clone();
+    let completed: Vec<_> = runs.iter().filter(|r| r["status"] == "completed").collect();
+    assert_eq!(completed.len(), 60);
+    let windows: std::collections::HashSet<_> = completed
+        .iter()
+        .map(|r| (r["window_since"].clone(), r["window_until"].clone()))
+        .collect();
+    assert_eq!(windows.len(), 60, "no window completed twice");
+    let started = env.events(completed[0]["run_id"].as_str().unwrap());
+    assert!(started[0]["payload"]["backfill_id"].is_string());
+    // The watermark is the end of the newest window; an older backfill leaves it there.
+    assert_eq!(
+        watermark(&env, "testkit/fail_on_window", None),
+        "2026-03-02T00:00:00.000000Z"
+    );
+    env.lorch()
+        .args([
+            "backfill",
+            "testkit/fail_on_window",
+            "--since",
+            "2025-12-01",
+            "--until",
+            "2025-12-03",
+        ])
+        .args([
+            "--step",
+            "1d",
+            "--param",
+            "fail_since=2020-01-01T00:00:00Z",
+            "--param",
+            &file,
+        ])
+        .run()
+        .code(0);
+    assert_eq!(
+        watermark(&env, "testkit/fail_on_window", None),
+        "2026-03-02T00:00:00.000000Z"
+    );
+
+    env.run(&["backfill", "testkit/echo", "--since", "-1y", "--step", "1s"])
+        .code(2)
+        .stderr_has("more than 100000 windows");
+    env.run(&[
+        "backfill",
+        "testkit/echo",
+        "--since",
+        "now",
+        "--until",
+        "-1d",
+        "--step",
+        "1h",
+    ])
+    .code(2)
+    .stderr_has("is later than --until");
+}

@@ -97,4 +97,23 @@ impl LocalStore {
             )
         })
     }
+
+    /// Whether a run of `package/job` for `account` completed the window `[since, until)`
+    /// (bounds in the store's form, [`super::timestamp`]).
+    pub fn window_completed(
+        &self,
+        (package, job): (&str, &str),
+        account: Option<&str>,
+        since: &str,
+        until: &str,
+    ) -> Result<bool> {
+        let conn = self.conn();
+        let found = conn
+            .prepare_cached(
+                "SELECT 1 FROM runs WHERE package = ?1 AND job = ?2 AND account IS ?3
+                   AND window_since = ?4 AND window_until = ?5 AND status = 'completed'",
+            )?
+            .exists(params![package, job, account, since, until])?;
+        Ok(found)
+    }
 }

@@ -417,3 +417,29 @@ fn fail_if_exists(_: &Context, args: &Args) -> JobResult {
         false => Ok(()),
     }
 }
+
+lorch_plugin_api::job! {
+    /// Fails when its window starts at `--param fail_since=TIME` (RFC 3339) while the file
+    /// `--param file=PATH` exists; completes otherwise.
+    package = "testkit",
+    name = "fail_on_window",
+    params = [
+        ParamSpec::string("fail_since").required().help("The start of the window that fails"),
+        ParamSpec::string("file").required().help("Fail only while this file exists"),
+    ],
+    run = fail_on_window,
+}
+
+fn fail_on_window(_: &Context, args: &Args) -> JobResult {
+    let fail_since = args.params.string("fail_since").unwrap_or_default();
+    let file = args.params.string("file").unwrap_or_default();
+    let starts = args.since.as_ref().map(|t| t.utc.to_rfc3339());
+    let fail = fail_since
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .ok()
+        .map(|t| t.to_rfc3339());
+    if starts.is_some() && starts == fail && std::path::Path::new(file).exists() {
+        return Err(JobError::new(format!("the window from {fail_since} fails")));
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! `lorch backfill` (docs/windows.md, "Backfill"): a range of time split into windows, each run
+//! as its own `lorch run-job`, oldest first. A window that already completed (same job, account
+//! and window) is skipped, so the same command run again resumes with the missing and failed
+//! windows only.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::error::{Error, Exit, Result};
+use crate::output::{self, stderr};
+use crate::plugins::Job;
+use crate::signals::Signals;
+use crate::timearg;
+
+use super::Passed;
+
+/// The range and how it is cut.
+pub struct Range<'a> {
+    pub since: &'a str,
+    pub until: Option<&'a str>,
+    pub step: Duration,
+}
+
+/// What every window's run gets.
+pub struct Options<'a> {
+    pub account: Option<&'a str>,
+    pub params: &'a [String],
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    pub keep_going: bool,
+}
+
+/// The most windows one backfill makes: a typo such as `--step 1s` over a year is refused.
+const MAX_WINDOWS: usize = 100_000;
+
+/// What became of the windows.
+#[derive(Default)]
+struct Tally {
+    completed: usize,
+    failed: usize,
+    done_before: usize,
+}
+
+pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Result<Exit> {
+    let windows = windows(range)?;
+    let (_, store) = super::open_home()?;
+    let signals = Signals::install()
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
+    let backfill_id = uuid::Uuid::now_v7().to_string();
+    let bar = progress(windows.len());
+    let say = |line: String| match &bar {
+        Some(bar) => bar.println(line),
+        None => stderr!("{line}"),
+    };
+    let mut tally = Tally::default();
+    for (i, &(since, until)) in windows.iter().enumerate() {
+        let (since_text, until_text) = (timearg::micros(&since), timearg::micros(&until));
+        let label = format!("{} to {}", short(since), short(until));
+        if let Some(bar) = &bar {
+            bar.set_message(label.clone());
+        }
+        let id = (job.package(), job.name());
+        if store.window_completed(id, options.account, &since_text, &until_text)? {
+            tally.done_before += 1;
+        } else {
+            let mut command = passed.run_job(&job.id())?;
+            command.args(["--since", &since_text, "--until", &until_text]);
+            command.args(["--backfill-id", &backfill_id]);
+            if let Some(account) = options.account {
+                command.args(["--account", account]);
+            }
+            for param in options.params {
+                command.args(["--param", param]);
+            }
+            if let Some(timeout) = options.timeout {
+                command.args(["--timeout", &format!("{}ms", timeout.as_millis())]);
+            }
+            if let Some(retries) = options.retries {
+                command.args(["--retries", &retries.to_string()]);
+            }
+            let status = command.status().map_err(|e| {
+                Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}"))
+            })?;
+            match status.code() {
+                Some(0) => {
+                    tally.completed += 1;
+                    if bar.is_none() {
+                        say(format!(
+                            "window {}/{}: {label}: completed",
+                            i + 1,
+                            windows.len()
+                        ));
+                    }
+                }
+                code => {
+                    tally.failed += 1;
+                    say(format!(
+                        "window {}/{}: {label}: not completed (exit {})",
+                        i + 1,
+                        windows.len(),
+                        code.map_or("by a signal".to_owned(), |c| c.to_string())
+                    ));
+                    if signals.received().is_some() || !options.keep_going {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let left = windows.len() - tally.completed - tally.failed - tally.done_before;
+    let mut summary = format!(
+        "{} completed, {} failed, {} skipped (already done)",
+        tally.completed, tally.failed, tally.done_before
+    );
+    if left > 0 {
+        summary.push_str(&format!(", {left} not run"));
+    }
+    let complete = tally.failed == 0 && left == 0;
+    match complete {
+        true => output::print(&format!("✓ {summary} (backfill {backfill_id})\n"))?,
+        false => {
+            stderr!("✗ {summary} (backfill {backfill_id}); run the same command again to resume")
+        }
+    }
+    Ok(match (signals.received(), complete) {
+        (Some(signal), _) => Exit::cancelled_by(signal),
+        (None, true) => Exit::Success,
+        (None, false) => Exit::JobFailed,
+    })
+}
+
+/// `[since, until)` cut into windows of `step`, oldest first; the last one may be shorter.
+fn windows(range: &Range) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>> {
+    let now = timearg::now().map_err(Error::Usage)?;
+    let (since, until) =
+        timearg::window(Some(range.since), Some(range.until.unwrap_or("now")), now)
+            .map_err(Error::Usage)?;
+    let (since, until) = (since.expect("given").utc, until.expect("given").utc);
+    let step = chrono::Duration::from_std(range.step).map_err(|_| {
+        Error::Usage(format!(
+            "--step {} is too long",
+            humantime::format_duration(range.step)
+        ))
+    })?;
+    let mut windows = Vec::new();
+    let mut start = since;
+    while start < until {
+        if windows.len() == MAX_WINDOWS {
+            return Err(Error::Usage(format!(
+                "--step {} cuts the range into more than {MAX_WINDOWS} windows; use a longer step",
+                humantime::format_duration(range.step)
+            )));
+        }
+        let end = start
+            .checked_add_signed(step)
+            .map_or(until, |e| e.min(until));
+        windows.push((start, end));
+        start = end;
+    }
+    if windows.is_empty() {
+        return Err(Error::Usage(format!(
+            "--since '{}' and --until '{}' leave no time to backfill",
+            range.since,
+            range.until.unwrap_or("now")
+        )));
+    }
+    Ok(windows)
+}
+
+/// A window bound for messages: to the second, to the day when at midnight.
+fn short(at: DateTime<Utc>) -> String {
+    match at.format("%H:%M:%S%.f").to_string().as_str() {
+        "00:00:00" => at.format("%Y-%m-%d").to_string(),
+        _ => at.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; plain lines otherwise.
+fn progress(len: usize) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} windows  {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
