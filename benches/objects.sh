@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Objects throughput: 100,000 objects upserted into the local store by one run, and merged into
-# the BigQuery emulator by `lorch events flush`. Rewrites the section of docs/performance.md
-# from its `<!-- benches/objects.sh -->` line to the end (benches/run.sh keeps that section).
+# the BigQuery emulator by `lorch events flush`. Rewrites its own section of docs/performance.md
+# (benches/section.py; benches/run.sh keeps it).
 # Not part of CI. Takes about two minutes; needs the emulator's virtualenv, which `cargo test`
 # installs under target/tmp the first time (without it the MERGE figure is left out, loudly).
 #
@@ -42,13 +42,7 @@ merge="not measured: no BigQuery emulator under target/tmp (run \`cargo test\` o
 write_section() {
   local rate
   rate=$(printf '%s\n' "${inserts[@]}" | sed 's/.*: \([0-9]*\) objects\/s.*/\1/' | sort -n | sed -n 3p)
-  python3 - "$repo/docs/performance.md" <<PY
-import sys
-path = sys.argv[1]
-text = open(path).read()
-marker = "<!-- benches/objects.sh -->"
-head = text.split(marker)[0].rstrip("\n")
-section = """<!-- benches/objects.sh -->
+  python3 "$repo/benches/section.py" "$repo/docs/performance.md" "<!-- benches/objects.sh -->" <<MD
 ## Objects (issue 18)
 
 \`bash benches/objects.sh\`, release build, $(date -u +%Y-%m-%d): the testkit job \`upsert\` stores
@@ -64,9 +58,7 @@ call) in one run; objects/s is over the attempt, storing included (\`run-job --j
 | the same 100,000 unchanged | $unchanged |
 | 10,000 objects, one \`upsert\` call each | $single |
 | \`lorch events flush\` of 100,000 pending objects to the BigQuery emulator (batches of 5,000, one MERGE each) | $merge |
-"""
-open(path, "w").write(head + "\n\n" + section)
-PY
+MD
   echo "== wrote docs/performance.md (objects)"
 }
 

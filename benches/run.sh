@@ -205,8 +205,8 @@ PY
 )
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-# The objects section is benches/objects.sh's: kept as it is.
-objects_section=$(sed -n '/^<!-- benches\/objects.sh -->/,$p' docs/performance.md)
+# The sections of the other scripts (benches/objects.sh, benches/schedules.sh): kept as they are.
+objects_section=$(sed -n '/^<!-- benches\//,$p' docs/performance.md)
 cat > docs/performance.md <<MD
 # Performance
 

@@ -63,7 +63,7 @@ pub struct RunDefaults {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<Spanned<String>>,
     /// `--param KEY=VALUE`, as TOML values (`limit = 100`, `label = "x"`, `dry = true`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, toml::Value>,
 }
 
@@ -111,8 +111,11 @@ pub struct Schedule {
     pub retries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<Spanned<String>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, toml::Value>,
+    /// `cron`, parsed when the file was read, and `timezone` (UTC when not given).
+    #[serde(skip)]
+    pub parsed: (croner::Cron, chrono_tz::Tz),
 }
 
 /// The file, as read: the entries without mistakes (an entry with one is left out, and named
@@ -479,14 +482,20 @@ impl<'a> Fields<'a> {
             self.problem(job.span(), format!("job: {why}"));
         }
         let cron = self.required("cron", "\"0 6 * * *\"");
-        let cron = cron.filter(|cron| match parse_cron(cron.get_ref()) {
-            Ok(_) => true,
-            Err(why) => {
-                self.problem(cron.span(), format!("cron: {why}"));
-                false
-            }
-        });
+        let parsed = cron
+            .as_ref()
+            .and_then(|cron| match parse_cron(cron.get_ref()) {
+                Ok(parsed) => Some(parsed),
+                Err(why) => {
+                    self.problem(cron.span(), format!("cron: {why}"));
+                    None
+                }
+            });
         let timezone = self.checked("timezone", |zone| parse_zone(zone).map(drop));
+        let zone = timezone
+            .as_ref()
+            .and_then(|z| parse_zone(z.get_ref()).ok())
+            .unwrap_or(chrono_tz::Tz::UTC);
         let catch_up = match self.string("catch_up") {
             None => CatchUp::default(),
             Some(text) => match text.get_ref().as_str() {
@@ -509,6 +518,7 @@ impl<'a> Fields<'a> {
         Some(Schedule {
             job: job?,
             cron: cron?,
+            parsed: (parsed?, zone),
             timezone,
             catch_up,
             max_catch_up,

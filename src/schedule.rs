@@ -42,19 +42,14 @@ pub struct Due {
 }
 
 impl<'a> Entry<'a> {
-    /// The entry, its cron expression and time zone parsed (they were checked when the file
-    /// was read).
-    pub fn new(schedule: &'a Schedule) -> Result<Entry<'a>, String> {
-        let cron = config::parse_cron(schedule.cron.get_ref())?;
-        let zone = match &schedule.timezone {
-            Some(zone) => config::parse_zone(zone.get_ref())?,
-            None => Tz::UTC,
-        };
-        Ok(Entry {
+    /// The entry, with the cron expression and time zone parsed when the file was read.
+    pub fn new(schedule: &'a Schedule) -> Entry<'a> {
+        let (cron, zone) = schedule.parsed.clone();
+        Entry {
             schedule,
             cron,
             zone,
-        })
+        }
     }
 
     /// What identifies the entry's progress: its job, account, cron expression and zone. An
@@ -165,22 +160,22 @@ mod tests {
             at("2026-11-04T06:00:00Z"),
         ];
         let all = daily("all");
-        let due = Entry::new(&all).unwrap().due(last, now);
+        let due = Entry::new(&all).due(last, now);
         assert_eq!(
             (due.missed.as_slice(), due.run.as_slice()),
             (&days[..], &days[..])
         );
         let latest = daily("latest");
-        assert_eq!(Entry::new(&latest).unwrap().due(last, now).run, [days[2]]);
+        assert_eq!(Entry::new(&latest).due(last, now).run, [days[2]]);
         let skip = daily("skip");
-        let entry = Entry::new(&skip).unwrap();
+        let entry = Entry::new(&skip);
         assert!(entry.due(last, now).run.is_empty());
         assert_eq!(entry.next_after(now), Some(at("2026-11-05T06:00:00Z")));
         // On time (within the grace), skip runs it.
         assert_eq!(entry.due(last, at("2026-11-02T06:01:00Z")).run, [days[0]]);
         // Nothing is owed between fire times; a new entry is owed its latest one.
         assert!(entry.due(Some(days[2]), now).missed.is_empty());
-        assert_eq!(Entry::new(&all).unwrap().due(None, now).run, [days[2]]);
+        assert_eq!(Entry::new(&all).due(None, now).run, [days[2]]);
     }
 
     #[test]
@@ -188,9 +183,8 @@ mod tests {
         let entry = schedule(
             "[[schedule]]\njob = \"a/b\"\ncron = \"0 6 * * *\"\ncatch_up = \"all\"\nmax_catch_up = \"2d\"\n",
         );
-        let due = Entry::new(&entry)
-            .unwrap()
-            .due(Some(at("2026-10-01T06:00:00Z")), at("2026-11-04T07:00:00Z"));
+        let due =
+            Entry::new(&entry).due(Some(at("2026-10-01T06:00:00Z")), at("2026-11-04T07:00:00Z"));
         assert_eq!(
             due.run,
             [at("2026-11-03T06:00:00Z"), at("2026-11-04T06:00:00Z")]
@@ -202,7 +196,7 @@ mod tests {
         let entry = schedule(
             "[[schedule]]\njob = \"a/b\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
         );
-        let entry = Entry::new(&entry).unwrap();
+        let entry = Entry::new(&entry);
         // Spring forward, 2026-03-29: 02:00 jumps to 03:00; 02:30 does not exist and fires
         // once, at the next valid instant (03:00 CEST = 01:00Z).
         let spring = entry.due(Some(at("2026-03-28T01:30:00Z")), at("2026-03-30T12:00:00Z"));

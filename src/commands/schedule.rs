@@ -36,11 +36,7 @@ fn read_config(flag: Option<&Path>) -> Result<(Config, bool)> {
 }
 
 fn entries(config: &Config) -> Vec<Entry<'_>> {
-    config
-        .schedules
-        .iter()
-        .filter_map(|s| Entry::new(s).ok())
-        .collect()
+    config.schedules.iter().map(Entry::new).collect()
 }
 
 fn utc(at: DateTime<Utc>) -> String {
@@ -59,15 +55,8 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
         let last = store.last_fire(&entry.key())?;
         let due = entry.due(last, now);
         let next = entry.next_after(now);
-        let (package, job) = s.job.get_ref().split_once('/').unwrap_or_default();
-        let last_run = store
-            .runs(&crate::events::RunFilter {
-                job: Some((package.to_owned(), job.to_owned())),
-                account: s.account.clone(),
-                limit: Some(1),
-                ..Default::default()
-            })?
-            .pop();
+        let id = s.job.get_ref().split_once('/').unwrap_or_default();
+        let last_run = store.last_run(id, s.account.as_deref())?;
         listed.push(json!({
             "job": s.job.get_ref(),
             "account": s.account,
@@ -75,7 +64,7 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
             "timezone": entry.zone.name(),
             "catch_up": s.catch_up,
             "last_fire": last.map(utc),
-            "last_run": last_run.map(|r| json!({"run_id": r.run_id, "status": r.status, "started_at": r.started_at})),
+            "last_run": last_run.map(|(run_id, status, started_at)| json!({"run_id": run_id, "status": status, "started_at": started_at})),
             "next_fire": next.map(utc),
             "next_fire_local": next.map(|n| n.with_timezone(&entry.zone).to_rfc3339_opts(SecondsFormat::Secs, false)),
             "missed": due.missed.iter().copied().map(utc).collect::<Vec<_>>(),
@@ -183,6 +172,11 @@ fn owe(
     signals: &Signals,
 ) -> Result<bool> {
     let key = entry.key();
+    // Most ticks owe nothing: then no lock is taken (a lock file written per entry was most of
+    // the time of a tick with nothing due). What is owed is read again under the lock.
+    if entry.due(store.last_fire(&key)?, now).missed.is_empty() {
+        return Ok(true);
+    }
     let lock = home.join("locks").join(format!(
         "schedule-{:016x}.lock",
         crate::paths::fnv1a(key.as_bytes())

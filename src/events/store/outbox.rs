@@ -299,7 +299,8 @@ mod tests {
                          FROM outbox;
                      DROP TABLE outbox;
                      ALTER TABLE earlier RENAME TO outbox;
-                     CREATE INDEX outbox_by_state ON outbox (state, seq);",
+                     CREATE INDEX outbox_by_state ON outbox (state, seq);
+                     PRAGMA user_version = 0;",
                 )
                 .unwrap();
         }

@@ -69,11 +69,8 @@ impl LocalStore {
     pub fn last_fire(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
         let conn = self.conn();
         let text: Option<String> = conn
-            .query_row(
-                "SELECT last_fire FROM schedules WHERE key = ?1",
-                [key],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT last_fire FROM schedules WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?;
         Ok(text.and_then(|t| t.parse().ok()))
     }
@@ -114,6 +111,26 @@ impl LocalStore {
                    AND window_since = ?4 AND window_until = ?5 AND status = 'completed'",
             )?
             .exists(params![package, job, account, since, until])?;
+        Ok(found)
+    }
+
+    /// The newest run of `package/job` for `account`: `(run_id, status, started_at)`.
+    pub fn last_run(
+        &self,
+        (package, job): (&str, &str),
+        account: Option<&str>,
+    ) -> Result<Option<(String, String, String)>> {
+        let conn = self.conn();
+        let found = conn
+            .prepare_cached(
+                "SELECT run_id, status, started_at FROM runs
+                 WHERE package = ?1 AND job = ?2 AND account IS ?3
+                 ORDER BY started_at DESC LIMIT 1",
+            )?
+            .query_row(params![package, job, account], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
         Ok(found)
     }
 }
