@@ -139,7 +139,7 @@ pub fn tick(passed: &Passed, watch: bool) -> Result<Exit> {
 
 /// One pass over the entries; its exit code and the next fire time of any entry.
 fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTime<Utc>>)> {
-    let (config, broken) = read_config(passed.config)?;
+    let (config, mut broken) = read_config(passed.config)?;
     let now = timearg::now().map_err(Error::Usage)?;
     let (home, store) = super::open_home()?;
     let mut failed = false;
@@ -148,7 +148,19 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
         if signals.received().is_some() {
             break;
         }
-        failed |= !owe(&entry, passed, &home, &store, now, signals)?;
+        match owe(&entry, passed, &home, &store, now, signals)? {
+            Fired::Done => {}
+            Fired::Failed => failed = true,
+            Fired::Refused => {
+                let file = config.path.as_deref().unwrap_or(Path::new("lorch.toml"));
+                stderr!(
+                    "error: {}: the schedule entry of {}: lorch run-job refused it (see above); it stays due until it is fixed",
+                    file.display(),
+                    entry.schedule.job.get_ref()
+                );
+                broken = true;
+            }
+        }
         if let Some(fire) = entry.next_after(now) {
             next = Some(next.map_or(fire, |n| n.min(fire)));
         }
@@ -162,7 +174,7 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
 }
 
 /// Runs what `entry` is owed at `now`, under its lock (another tick holding it is running it);
-/// false when a run failed.
+/// the worst of how its runs ended.
 fn owe(
     entry: &Entry,
     passed: &Passed,
@@ -170,12 +182,12 @@ fn owe(
     store: &LocalStore,
     now: DateTime<Utc>,
     signals: &Signals,
-) -> Result<bool> {
+) -> Result<Fired> {
     let key = entry.key();
     // Most ticks owe nothing: then no lock is taken (a lock file written per entry was most of
     // the time of a tick with nothing due). What is owed is read again under the lock.
     if entry.due(store.last_fire(&key)?, now).missed.is_empty() {
-        return Ok(true);
+        return Ok(Fired::Done);
     }
     let lock = home.join("locks").join(format!(
         "schedule-{:016x}.lock",
@@ -189,23 +201,28 @@ fn owe(
     })?;
     let _held = match acquired {
         Acquired::Held(held) => held,
-        Acquired::Busy(_) => return Ok(true),
+        Acquired::Busy(_) => return Ok(Fired::Done),
     };
     let due = entry.due(store.last_fire(&key)?, now);
-    let mut ok = true;
+    let mut worst = Fired::Done;
     for &fire in &due.run {
         if signals.received().is_some() {
-            return Ok(ok);
+            return Ok(worst);
         }
         if !covered(entry.schedule, store, fire)? {
-            ok &= run_fire(entry, passed, fire, signals)?;
+            match run_fire(entry, passed, fire, signals)? {
+                // A broken entry stays owed: it runs once it is fixed.
+                Fired::Refused => return Ok(Fired::Refused),
+                Fired::Failed => worst = Fired::Failed,
+                Fired::Done => {}
+            }
         }
         store.set_last_fire(&key, fire)?;
     }
     if let Some(&last) = due.missed.last() {
         store.set_last_fire(&key, last)?;
     }
-    Ok(ok)
+    Ok(worst)
 }
 
 /// Whether a completed run already covers the window ending at `fire` (its watermark is there
@@ -227,20 +244,31 @@ fn since(schedule: &Schedule) -> &str {
         .map_or(LAST_SUCCESS, |s| s.get_ref())
 }
 
-/// `lorch run-job` for the window ending at `fire`, after the entry's jitter; false when it did
-/// not complete. A signal to tick reaches the run (it is in tick's process group) and is
-/// waited out.
+/// How a run of a fire time ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fired {
+    /// Completed, or skipped because another run of the job and account holds its lock (the
+    /// next window covers this one).
+    Done,
+    Failed,
+    /// `run-job` refused it as a usage error: the entry names a job that does not exist, or
+    /// parameters it does not take. The entry is broken, as a bad cron expression is.
+    Refused,
+}
+
+/// `lorch run-job` for the window ending at `fire`, after the entry's jitter. A signal to tick
+/// reaches the run (it is in tick's process group) and is waited out.
 fn run_fire(
     entry: &Entry,
     passed: &Passed,
     fire: DateTime<Utc>,
     signals: &Signals,
-) -> Result<bool> {
+) -> Result<Fired> {
     let s = entry.schedule;
     if let Some(jitter) = config::duration(&s.jitter).filter(|j| !j.is_zero()) {
         let pause = Duration::from_millis(fastrand::u64(..=jitter.as_millis() as u64));
         if !signals.sleep(pause) {
-            return Ok(true);
+            return Ok(Fired::Done);
         }
     }
     let mut command = passed.run_job(s.job.get_ref())?;
@@ -286,8 +314,11 @@ fn run_fire(
     let status = command
         .status()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}")))?;
-    // 75: another run of the job and account holds its lock; the next window covers this one.
-    Ok(matches!(status.code(), Some(0 | 75)))
+    Ok(match status.code() {
+        Some(0 | 75) => Fired::Done,
+        Some(2) => Fired::Refused,
+        _ => Fired::Failed,
+    })
 }
 
 /// `lorch schedule install --cron | --systemd`: the lines that call `tick`, printed with how to

@@ -211,6 +211,24 @@ fn a_broken_entry_is_reported_and_the_others_still_run() {
     out.code(3);
     out.stderr_has(":8:8: schedule 2: cron: '0 25 * * *' is not a cron expression");
     assert_eq!(windows(&env, "testkit/echo", "completed").len(), 1);
+
+    // An entry naming a job no plugin has: run-job refuses it, tick says so and exits 3.
+    write_config(
+        &env,
+        &format!(
+            "{}\n[[schedule]]\njob = \"testkit/nope\"\ncron = \"0 6 * * *\"\n",
+            daily("all")
+        ),
+    );
+    let out = tick(&env, "2026-11-02T06:00:30Z");
+    out.code(3);
+    out.stderr_has("unknown job `nope` in package `testkit`");
+    out.stderr_has("the schedule entry of testkit/nope: lorch run-job refused it");
+    assert_eq!(
+        windows(&env, "testkit/echo", "completed").len(),
+        2,
+        "the good entry ran"
+    );
 }
 
 #[test]
