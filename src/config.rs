@@ -97,22 +97,9 @@ pub struct Schedule {
     /// A random delay up to this long before each run (a duration).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jitter: Option<Spanned<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since: Option<Spanned<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub initial_since: Option<Spanned<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Spanned<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kill_after: Option<Spanned<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retries: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_backoff: Option<Spanned<String>>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, toml::Value>,
+    /// The run options, as a job's `[jobs]` entry has them; they win over that entry.
+    #[serde(flatten)]
+    pub options: RunDefaults,
     /// `cron`, parsed when the file was read, and `timezone` (UTC when not given).
     #[serde(skip)]
     pub parsed: (croner::Cron, chrono_tz::Tz),
@@ -291,22 +278,6 @@ impl RunDefaults {
                 other => format!("{key}={other}"),
             })
             .collect()
-    }
-}
-
-impl Schedule {
-    /// The run options of the entry, in the shape of a job's defaults.
-    pub fn as_options(&self) -> RunDefaults {
-        RunDefaults {
-            account: self.account.clone(),
-            since: self.since.clone(),
-            initial_since: self.initial_since.clone(),
-            timeout: self.timeout.clone(),
-            kill_after: self.kill_after.clone(),
-            retries: self.retries,
-            retry_backoff: self.retry_backoff.clone(),
-            params: self.params.clone(),
-        }
     }
 }
 
@@ -519,18 +490,11 @@ impl<'a> Fields<'a> {
             job: job?,
             cron: cron?,
             parsed: (parsed?, zone),
+            options,
             timezone,
             catch_up,
             max_catch_up,
             jitter,
-            account: options.account,
-            since: options.since,
-            initial_since: options.initial_since,
-            timeout: options.timeout,
-            kill_after: options.kill_after,
-            retries: options.retries,
-            retry_backoff: options.retry_backoff,
-            params: options.params,
         })
     }
 

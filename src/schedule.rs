@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
+use croner::{Cron, Direction};
 
 use crate::config::{self, CatchUp, Schedule};
 
@@ -59,7 +59,7 @@ impl<'a> Entry<'a> {
         format!(
             "{} {} {} {}",
             s.job.get_ref(),
-            s.account.as_deref().unwrap_or("-"),
+            s.options.account.as_deref().unwrap_or("-"),
             s.cron.get_ref().trim(),
             self.zone.name()
         )
@@ -67,29 +67,32 @@ impl<'a> Entry<'a> {
 
     /// The first fire time after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.zone);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|f| f.with_timezone(&Utc))
+        self.find(t, Direction::Forward, false)
     }
 
     /// The last fire time at or before `t`.
     pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.zone);
-        self.cron
-            .find_previous_occurrence(&local, true)
-            .ok()
-            .map(|f| f.with_timezone(&Utc))
+        self.find(t, Direction::Backward, true)
     }
 
     /// The fire time before `fire`: where the window of a first run starts.
     pub fn previous(&self, fire: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = fire.with_timezone(&self.zone);
-        self.cron
-            .find_previous_occurrence(&local, false)
-            .ok()
-            .map(|f| f.with_timezone(&Utc))
+        self.find(fire, Direction::Backward, false)
+    }
+
+    /// The nearest fire time from `t` in `direction`, in the entry's zone.
+    fn find(
+        &self,
+        t: DateTime<Utc>,
+        direction: Direction,
+        inclusive: bool,
+    ) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.zone);
+        let found = match direction {
+            Direction::Forward => self.cron.find_next_occurrence(&local, inclusive),
+            Direction::Backward => self.cron.find_previous_occurrence(&local, inclusive),
+        };
+        found.ok().map(|f| f.with_timezone(&Utc))
     }
 
     fn max_catch_up(&self) -> Duration {

@@ -56,10 +56,10 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
         let due = entry.due(last, now);
         let next = entry.next_after(now);
         let id = s.job.get_ref().split_once('/').unwrap_or_default();
-        let last_run = store.last_run(id, s.account.as_deref())?;
+        let last_run = store.last_run(id, s.options.account.as_deref())?;
         listed.push(json!({
             "job": s.job.get_ref(),
-            "account": s.account,
+            "account": s.options.account,
             "cron": s.cron.get_ref(),
             "timezone": entry.zone.name(),
             "catch_up": s.catch_up,
@@ -233,12 +233,13 @@ fn covered(schedule: &Schedule, store: &LocalStore, fire: DateTime<Utc>) -> Resu
         return Ok(false);
     }
     let (package, job) = schedule.job.get_ref().split_once('/').unwrap_or_default();
-    let mark = store.watermark(package, job, schedule.account.as_deref())?;
+    let mark = store.watermark(package, job, schedule.options.account.as_deref())?;
     Ok(mark.and_then(|m| m.until.parse::<DateTime<Utc>>().ok()) >= Some(fire))
 }
 
 fn since(schedule: &Schedule) -> &str {
     schedule
+        .options
         .since
         .as_ref()
         .map_or(LAST_SUCCESS, |s| s.get_ref())
@@ -277,7 +278,7 @@ fn run_fire(
         "--until",
         &fire.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     ]);
-    let options = s.as_options();
+    let options = &s.options;
     // The first window of a new entry: one period back from its fire time.
     let initial = options
         .initial_since
