@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,14 +32,17 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        match self.line {
+            0 => write!(f, "{}: {}", self.file.display(), self.message),
+            _ => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            ),
+        }
     }
 }
 
@@ -141,19 +143,9 @@ pub fn locate(flag: Option<&Path>) -> Option<(PathBuf, bool)> {
 }
 
 impl Config {
-    /// The configuration at `flag`'s place (see [`locate`]): empty when there is no file and
-    /// none was named. Every mistake the file holds, each at its place; a file that does not
-    /// parse has one.
-    pub fn load(flag: Option<&Path>) -> Result<Config, Vec<Problem>> {
-        let config = Config::read_file(flag)?;
-        match config.problems.is_empty() {
-            true => Ok(config),
-            false => Err(config.problems),
-        }
-    }
-
-    /// Like [`load`](Config::load), but keeps the good entries of a file that has bad ones,
-    /// in [`Config::problems`]; only a file that cannot be read or parsed is an error.
+    /// The configuration at `flag`'s place (see [`locate`]), empty when there is no file and
+    /// none was named: its good entries, and the mistakes of the others in
+    /// [`Config::problems`]. Only a file that cannot be read or parsed is an error.
     pub fn read_file(flag: Option<&Path>) -> Result<Config, Vec<Problem>> {
         let Some((path, named)) = locate(flag) else {
             return Ok(Config::default());
@@ -221,15 +213,24 @@ impl Config {
             }
             config.problems.extend(problems);
         }
+        let mut schedules = Vec::new();
         for (i, table) in raw.schedule.into_iter().enumerate() {
             let key = format!("schedule {}", i + 1);
             let mut fields = Fields::new(&config, &key, table);
             let schedule = fields.schedule();
             let problems = fields.finish(SCHEDULE_KEYS);
             match schedule {
-                Some(schedule) if problems.is_empty() => config.schedules.push(schedule),
+                Some(schedule) if problems.is_empty() => schedules.push(schedule),
                 _ => config.problems.extend(problems),
             }
+        }
+        // What an entry does not say, its job's [jobs] entry does: tick then knows the account
+        // and start each run really has (its lock, its watermark).
+        for mut schedule in schedules {
+            if let Some(defaults) = config.defaults_of(schedule.job.get_ref()) {
+                schedule.options.fill_from(defaults);
+            }
+            config.schedules.push(schedule);
         }
         Ok(config)
     }
@@ -254,21 +255,41 @@ impl Config {
             .map(|(_, defaults)| defaults)
     }
 
-    /// Every job the file names, with where and as what (`jobs` key or `schedule` entry).
-    pub fn jobs_named(&self) -> Vec<(&Spanned<String>, String)> {
+    /// Every job the file names, with where and as what (`jobs` key or `schedule` entry), and
+    /// the parameters it gives it (as `--param` flags).
+    pub fn jobs_named(&self) -> Vec<(&Spanned<String>, String, Vec<String>)> {
         let mut named: Vec<_> = self
             .jobs
-            .keys()
-            .map(|name| (name, format!("[jobs.\"{}\"]", name.get_ref())))
+            .iter()
+            .map(|(name, defaults)| {
+                let key = format!("[jobs.\"{}\"]", name.get_ref());
+                (name, key, defaults.param_flags())
+            })
             .collect();
         for (i, schedule) in self.schedules.iter().enumerate() {
-            named.push((&schedule.job, format!("schedule {}: job", i + 1)));
+            let key = format!("schedule {}: job", i + 1);
+            named.push((&schedule.job, key, schedule.options.param_flags()));
         }
         named
     }
 }
 
 impl RunDefaults {
+    /// Takes from `defaults` every option this one does not set.
+    fn fill_from(&mut self, defaults: &RunDefaults) {
+        let d = defaults.clone();
+        self.account = self.account.take().or(d.account);
+        self.since = self.since.take().or(d.since);
+        self.initial_since = self.initial_since.take().or(d.initial_since);
+        self.timeout = self.timeout.take().or(d.timeout);
+        self.kill_after = self.kill_after.take().or(d.kill_after);
+        self.retries = self.retries.or(d.retries);
+        self.retry_backoff = self.retry_backoff.take().or(d.retry_backoff);
+        for (key, value) in d.params {
+            self.params.entry(key).or_insert(value);
+        }
+    }
+
     /// `params` as `--param KEY=VALUE` strings.
     pub fn param_flags(&self) -> Vec<String> {
         self.params
@@ -486,6 +507,18 @@ impl<'a> Fields<'a> {
         let max_catch_up = self.checked("max_catch_up", duration);
         let jitter = self.checked("jitter", duration);
         let options = self.run_options();
+        // A relative start (`-1d`) would be read at the moment tick runs, not at the fire time:
+        // a caught-up run would get a window that ends before it starts.
+        if let Some(since) = &options.since
+            && since.get_ref() != crate::lifecycle::LAST_SUCCESS
+            && timearg::resolve(since.get_ref(), chrono::DateTime::UNIX_EPOCH)
+                != timearg::resolve(since.get_ref(), chrono::Utc::now())
+        {
+            self.problem(
+                since.span(),
+                "since: a schedule's runs start at last-success (the default) or at a fixed time such as 2026-01-01; a relative time would be read when tick runs, not at the fire time".to_owned(),
+            );
+        }
         Some(Schedule {
             job: job?,
             cron: cron?,
@@ -535,11 +568,23 @@ fn check_job_id(id: &str) -> Result<(), String> {
 
 /// A cron expression: 5 fields, or a `@daily`-style name.
 pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
-    croner::Cron::from_str(text.trim()).map_err(|e| {
-        format!(
-            "'{text}' is not a cron expression ({e}); accepted: 5 fields (minute hour day-of-month month day-of-week, e.g. \"30 6 * * 1-5\") or @hourly, @daily, @weekly, @monthly, @yearly"
-        )
-    })
+    use croner::parser::{CronParser, Seconds, Year};
+    let accepted = "accepted: 5 fields (minute hour day-of-month month day-of-week, e.g. \"30 6 * * 1-5\") or @hourly, @daily, @weekly, @monthly, @yearly";
+    let parser = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build();
+    let cron = parser
+        .parse(text.trim())
+        .map_err(|e| format!("'{text}' is not a cron expression ({e}); {accepted}"))?;
+    // `0 0 30 2 *` parses, and never fires.
+    let now = chrono::Utc::now();
+    match cron.find_next_occurrence(&now, false) {
+        Ok(next) if next - now < chrono::Duration::days(5 * 366) => Ok(cron),
+        _ => Err(format!(
+            "'{text}' never fires (no date matches it in the next 5 years); {accepted}"
+        )),
+    }
 }
 
 /// An IANA time zone name.

@@ -214,6 +214,9 @@ pub struct Payload {
     /// `job.skipped`: the run holding the lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holder: Option<Holder>,
+    /// `run-job --dry-run`: its window does not count as done (docs/windows.md).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// The `lorch backfill` this run is a window of (docs/windows.md, "Backfill").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill_id: Option<String>,

@@ -8,6 +8,18 @@ use std::process::Command;
 
 /// Sends `signal` to every process of the process group `pgid`. A group that is already gone
 /// is not an error.
+/// Sends `signal` to the process `pid` (a child not reaped yet); one that is gone is no error.
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    let err = io::Error::last_os_error();
+    if rc == 0 || err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
 pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: killpg has no memory-safety preconditions.
     let rc = unsafe { libc::killpg(pgid as libc::pid_t, signal) };

@@ -184,14 +184,24 @@ impl Client {
         request_id: &str,
         timeout: Duration,
     ) -> Result<(), Failure> {
-        let body = serde_json::json!({
-            "query": schema::merge_statement(table),
-            "useLegacySql": false,
-            "parameterMode": "NAMED",
-            "queryParameters": [schema::merge_parameter(objects)],
-            "timeoutMs": timeout.as_millis() as u64,
-            "requestId": request_id,
-        });
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Query<'a> {
+            query: String,
+            use_legacy_sql: bool,
+            parameter_mode: &'static str,
+            query_parameters: [schema::MergeRows<'a>; 1],
+            timeout_ms: u64,
+            request_id: &'a str,
+        }
+        let body = Query {
+            query: schema::merge_statement(table),
+            use_legacy_sql: false,
+            parameter_mode: "NAMED",
+            query_parameters: [schema::MergeRows(objects)],
+            timeout_ms: timeout.as_millis() as u64,
+            request_id,
+        };
         let url = format!("{}/projects/{}/queries", self.base, table.project);
         let answer: Value = self.post(&url, &body, table, timeout)?;
         // The emulator answers 200 with the errors of a statement that failed.

@@ -45,6 +45,25 @@ struct Tally {
 
 pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Result<Exit> {
     let windows = windows(range)?;
+    // What the runs will really have from the configuration file, as run-job applies it: the
+    // job's default account when --account is not given, its default parameters.
+    let config = crate::config::Config::read_file(passed.config).map_err(super::config_problems)?;
+    let defaults = config.defaults_of(&job.id());
+    let account = options
+        .account
+        .map(str::to_owned)
+        .or_else(|| defaults.and_then(|d| d.account.clone()));
+    // A bad --param is a usage error now, not a failure of every window.
+    let given = |flag: &String| flag.split_once('=').map(|(key, _)| key.trim().to_owned());
+    let cli_keys: Vec<String> = options.params.iter().filter_map(given).collect();
+    let mut params: Vec<String> = defaults
+        .map(|d| d.param_flags())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|flag| given(flag).is_some_and(|key| !cli_keys.contains(&key)))
+        .collect();
+    params.extend(options.params.iter().cloned());
+    crate::params::resolve(job.meta(), &params).map_err(Error::Usage)?;
     let (_, store) = super::open_home()?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
@@ -62,13 +81,13 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
             bar.set_message(label.clone());
         }
         let id = (job.package(), job.name());
-        if store.window_completed(id, options.account, &since_text, &until_text)? {
+        if store.window_completed(id, account.as_deref(), &since_text, &until_text)? {
             tally.done_before += 1;
         } else {
             let mut command = passed.run_job(&job.id())?;
             command.args(["--since", &since_text, "--until", &until_text]);
             command.args(["--backfill-id", &backfill_id]);
-            if let Some(account) = options.account {
+            if let Some(account) = &account {
                 command.args(["--account", account]);
             }
             for param in options.params {
@@ -80,9 +99,7 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
             if let Some(retries) = options.retries {
                 command.args(["--retries", &retries.to_string()]);
             }
-            let status = command.status().map_err(|e| {
-                Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}"))
-            })?;
+            let status = super::run_child(command, &signals)?;
             match status.code() {
                 Some(0) => {
                     tally.completed += 1;

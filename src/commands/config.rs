@@ -11,10 +11,12 @@ use crate::plugins::{Catalog, Lookup};
 /// Every mistake of the file at `flag`'s place, each with its file:line:column; exit 2 when
 /// there is one.
 pub fn check(flag: Option<&std::path::Path>, catalog: &Catalog, json: bool) -> Result<Exit> {
-    let (config, problems) = match Config::load(flag) {
+    let (config, problems) = match Config::read_file(flag) {
         Err(problems) => (Config::default(), problems),
         Ok(config) => {
-            let problems = unknown_jobs(&config, catalog);
+            let mut problems = config.problems.clone();
+            problems.extend(unknown_jobs(&config, catalog));
+            problems.sort_by_key(|p| (p.line, p.column));
             (config, problems)
         }
     };
@@ -56,17 +58,40 @@ pub fn check(flag: Option<&std::path::Path>, catalog: &Catalog, json: bool) -> R
     })
 }
 
-/// The jobs the file names that no plugin provides. A job whose plugin failed to load is not
-/// the file's mistake: `report_problems` has warned about the plugin.
+/// The jobs the file names that no plugin provides, and parameters the jobs do not take (or
+/// of the wrong type). A job whose plugin failed to load is not the file's mistake:
+/// `report_problems` has warned about the plugin.
 fn unknown_jobs(config: &Config, catalog: &Catalog) -> Vec<Problem> {
     catalog.report_problems();
     let mut problems = Vec::new();
-    for (name, key) in config.jobs_named() {
+    for (name, key, params) in config.jobs_named() {
         let Some((package, job)) = name.get_ref().split_once('/') else {
             continue;
         };
-        if let Err(Lookup::Unknown(why)) = catalog.find(package, job) {
-            problems.push(config.problem(name.span(), format!("{key}: {why}")));
+        match catalog.find(package, job) {
+            Err(Lookup::Unknown(why)) => {
+                problems.push(config.problem(name.span(), format!("{key}: {why}")));
+            }
+            Ok(job) => {
+                // Checked as run-job checks --param, without the required ones: a run may give
+                // them on its command line.
+                let declared = lorch_plugin_api::abi::JobMetadata {
+                    params: job
+                        .meta()
+                        .params
+                        .iter()
+                        .map(|p| lorch_plugin_api::abi::ParamMetadata {
+                            required: false,
+                            ..p.clone()
+                        })
+                        .collect(),
+                    ..job.meta().clone()
+                };
+                if let Err(why) = crate::params::resolve(&declared, &params) {
+                    problems.push(config.problem(name.span(), format!("{key}: params: {why}")));
+                }
+            }
+            Err(Lookup::Unavailable(_)) => {}
         }
     }
     problems
@@ -74,7 +99,10 @@ fn unknown_jobs(config: &Config, catalog: &Catalog) -> Vec<Problem> {
 
 /// The configuration in effect: the file's path, then its contents as lorch read them.
 pub fn show(flag: Option<&std::path::Path>, json: bool) -> Result<Exit> {
-    let config = Config::load(flag).map_err(super::config_problems)?;
+    let config = Config::read_file(flag).map_err(super::config_problems)?;
+    for problem in &config.problems {
+        stderr!("warning: {problem} (this entry is left out)");
+    }
     if json {
         output::print_json(&json!({ "file": config.path, "config": config }))?;
         return Ok(Exit::Success);

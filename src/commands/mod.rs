@@ -62,7 +62,15 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Schedule(ScheduleCommand::List { json }) => {
             schedule::list(cli.config.as_deref(), json)
         }
-        Command::Schedule(ScheduleCommand::Install { systemd, .. }) => schedule::install(systemd),
+        Command::Schedule(ScheduleCommand::Install { systemd, .. }) => schedule::install(
+            &Passed {
+                config: cli.config.as_deref(),
+                plugin_path: &cli.plugin_path,
+                allow_insecure_plugins: cli.allow_insecure_plugins,
+                quiet: true,
+            },
+            systemd,
+        ),
         Command::Backfill {
             job,
             since,
@@ -200,6 +208,35 @@ impl Passed<'_> {
             command.arg("--quiet");
         }
         Ok(command)
+    }
+}
+
+/// Runs a child `lorch run-job` to its end. A signal lorch receives meanwhile is passed on to
+/// it once (a `docker stop` or `systemctl stop` signals lorch alone, not its process group), so
+/// the run ends as a cancelled run, recorded; then it is waited for.
+fn run_child(
+    mut command: std::process::Command,
+    signals: &crate::signals::Signals,
+) -> Result<std::process::ExitStatus> {
+    let mut child = command
+        .spawn()
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}")))?;
+    let mut passed_on = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Error::Environment(anyhow::anyhow!(
+                    "cannot wait for lorch run-job: {e}"
+                )));
+            }
+        }
+        if let (Some(signal), false) = (signals.received(), passed_on) {
+            let _ = crate::sys::kill(child.id(), signal);
+            passed_on = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

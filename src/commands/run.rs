@@ -26,9 +26,12 @@ pub fn with_defaults(mut options: RunOptions, defaults: Option<&RunDefaults>) ->
     let text = |value: &Option<toml::Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
     options.account = options.account.or_else(|| defaults.account.clone());
     options.since = options.since.or_else(|| text(&defaults.since));
-    options.initial_since = options
-        .initial_since
-        .or_else(|| text(&defaults.initial_since));
+    // The file's start of a first window applies only to a run that resumes.
+    if last_success(&options) {
+        options.initial_since = options
+            .initial_since
+            .or_else(|| text(&defaults.initial_since));
+    }
     options.timeout = options
         .timeout
         .or_else(|| config::duration(&defaults.timeout));
@@ -418,5 +421,6 @@ fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan
         },
         home,
         backfill_id: options.backfill_id.clone(),
+        dry_run: options.dry_run,
     })
 }

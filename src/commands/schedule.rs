@@ -118,7 +118,16 @@ pub fn tick(passed: &Passed, watch: bool) -> Result<Exit> {
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
     loop {
-        let (exit, next) = tick_once(passed, &signals)?;
+        let (exit, next) = match tick_once(passed, &signals) {
+            Ok(ticked) => ticked,
+            // Watching, a file being edited or a busy store is no reason to stop: say so, and
+            // look again in a minute.
+            Err(error) if watch => {
+                stderr!("error: {error}; tick --watch tries again in a minute");
+                (Exit::Environment, None)
+            }
+            Err(error) => return Err(error),
+        };
         if !watch || signals.received().is_some() {
             return Ok(match signals.received() {
                 Some(signal) => Exit::cancelled_by(signal),
@@ -126,9 +135,10 @@ pub fn tick(passed: &Passed, watch: bool) -> Result<Exit> {
             });
         }
         let now = timearg::now().map_err(Error::Usage)?;
-        let wait = next
-            .and_then(|next| (next - now).to_std().ok())
-            .unwrap_or(Duration::from_secs(60));
+        // A fire time already past (the tick took long) is run at once.
+        let wait = next.map_or(Duration::from_secs(60), |next| {
+            (next - now).to_std().unwrap_or_default()
+        });
         if !signals.sleep(wait.max(Duration::from_secs(1))) {
             return Ok(Exit::cancelled_by(
                 signals.received().unwrap_or(libc::SIGTERM),
@@ -149,7 +159,7 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
             break;
         }
         match owe(&entry, passed, &home, &store, now, signals)? {
-            Fired::Done => {}
+            Fired::Done | Fired::NotRun => {}
             Fired::Failed => failed = true,
             Fired::Refused => {
                 let file = config.path.as_deref().unwrap_or(Path::new("lorch.toml"));
@@ -211,8 +221,14 @@ fn owe(
         }
         if !covered(entry.schedule, store, fire)? {
             match run_fire(entry, passed, fire, signals)? {
-                // A broken entry stays owed: it runs once it is fixed.
-                Fired::Refused => return Ok(Fired::Refused),
+                // A broken entry stays owed from this fire time on: it runs once it is fixed.
+                Fired::Refused => {
+                    if let Some(before) = entry.previous(fire) {
+                        store.set_last_fire(&key, before)?;
+                    }
+                    return Ok(Fired::Refused);
+                }
+                Fired::NotRun => return Ok(worst),
                 Fired::Failed => worst = Fired::Failed,
                 Fired::Done => {}
             }
@@ -255,6 +271,8 @@ enum Fired {
     /// `run-job` refused it as a usage error: the entry names a job that does not exist, or
     /// parameters it does not take. The entry is broken, as a bad cron expression is.
     Refused,
+    /// Not started: tick was asked to stop first. The fire time stays owed.
+    NotRun,
 }
 
 /// `lorch run-job` for the window ending at `fire`, after the entry's jitter. A signal to tick
@@ -269,7 +287,7 @@ fn run_fire(
     if let Some(jitter) = config::duration(&s.jitter).filter(|j| !j.is_zero()) {
         let pause = Duration::from_millis(fastrand::u64(..=jitter.as_millis() as u64));
         if !signals.sleep(pause) {
-            return Ok(Fired::Done);
+            return Ok(Fired::NotRun);
         }
     }
     let mut command = passed.run_job(s.job.get_ref())?;
@@ -312,9 +330,7 @@ fn run_fire(
     for param in options.param_flags() {
         command.args(["--param", &param]);
     }
-    let status = command
-        .status()
-        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}")))?;
+    let status = super::run_child(command, signals)?;
     Ok(match status.code() {
         Some(0 | 75) => Fired::Done,
         Some(2) => Fired::Refused,
@@ -324,10 +340,29 @@ fn run_fire(
 
 /// `lorch schedule install --cron | --systemd`: the lines that call `tick`, printed with how to
 /// install them (nothing is installed).
-pub fn install(systemd: bool) -> Result<Exit> {
+pub fn install(passed: &Passed, systemd: bool) -> Result<Exit> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}")))?;
-    let exe = exe.display();
+    // What this command was told, the installed tick is told too.
+    let mut exe = exe.display().to_string();
+    if let Some(file) = passed.config {
+        exe.push_str(&format!(" --config {}", file.display()));
+    }
+    for dir in passed.plugin_path {
+        exe.push_str(&format!(" --plugin-path {}", dir.display()));
+    }
+    if passed.allow_insecure_plugins {
+        exe.push_str(" --allow-insecure-plugins");
+    }
+    let vars: Vec<(&str, String)> = ["LORCH_HOME", "LORCH_CONFIG", "LORCH_PLUGIN_PATH"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().map(|v| (name, v)))
+        .collect();
+    let cron_vars: String = vars.iter().map(|(n, v)| format!("{n}={v} ")).collect();
+    let unit_vars: String = vars
+        .iter()
+        .map(|(n, v)| format!("Environment={n}={v}\n"))
+        .collect();
     let text = if systemd {
         format!(
             "# ~/.config/systemd/user/lorch-tick.service
@@ -336,7 +371,7 @@ Description=lorch: run the schedules of lorch.toml that are due
 
 [Service]
 Type=oneshot
-ExecStart={exe} tick --quiet
+{unit_vars}ExecStart={exe} tick --quiet
 
 # ~/.config/systemd/user/lorch-tick.timer
 [Unit]
@@ -358,7 +393,7 @@ WantedBy=timers.target
         format!(
             "# Add with `crontab -e`: every minute, tick runs the schedules of lorch.toml that are
 # due, and catches up on those missed while the machine was off or asleep.
-* * * * * {exe} tick --quiet
+* * * * * {cron_vars}{exe} tick --quiet
 "
         )
     };

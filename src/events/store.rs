@@ -790,26 +790,66 @@ fn update_run(
             )?;
         }
         EventType::Completed | EventType::Failed => {
+            // A completion that does not count for its window says why in `reason`: its events
+            // or objects were not all recorded, or it was a dry run (docs/windows.md).
+            let reason = match kind {
+                EventType::Completed if payload.events_not_recorded > 0 => {
+                    Some("events_not_recorded")
+                }
+                EventType::Completed if payload.dry_run => Some("dry_run"),
+                _ => reason,
+            };
             tx.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, ended_at = ?4, error_message = ?5,
                      last_seq = ?6
                  WHERE run_id = ?1",
                 params![run, status, reason, at, event.error_message, seq],
             )?;
-            if kind == EventType::Completed {
-                // Only forward: a backfill of older windows leaves it where it is.
-                tx.execute(
-                    "INSERT INTO watermarks (package, job, account, until, run_id, updated_at)
-                     SELECT package, job, coalesce(account, ''), window_until, run_id, ?2
-                     FROM runs WHERE run_id = ?1 AND window_until IS NOT NULL
-                     ON CONFLICT (package, job, account) DO UPDATE SET until = excluded.until,
-                         run_id = excluded.run_id, updated_at = excluded.updated_at
-                     WHERE excluded.until > watermarks.until",
-                    params![run, at],
-                )?;
+            if kind == EventType::Completed && reason.is_none() {
+                move_watermark(tx, run, &at)?;
             }
         }
     }
+    Ok(())
+}
+
+/// What makes a completed run count for its window: it recorded everything (`reason` is NULL)
+/// and its events went to the configured tables, not a test table.
+const COUNTS: &str = "status = 'completed' AND reason IS NULL AND queue_target IS NULL";
+
+/// Moves the watermark of the run `run`'s job and account to the end of its window when the
+/// window joins on (starts at or before the watermark; any window with a start when there is
+/// none yet), then on through the completed windows that join on after it (a backfill that
+/// resumed a failed window). Never back, never over a gap.
+fn move_watermark(tx: &Transaction<'_>, run: &str, at: &str) -> rusqlite::Result<()> {
+    let moved = tx.execute(
+        &format!(
+            "INSERT INTO watermarks (package, job, account, until, run_id, updated_at)
+             SELECT package, job, coalesce(account, ''), window_until, run_id, ?2
+             FROM runs WHERE run_id = ?1 AND window_since IS NOT NULL AND {COUNTS}
+             ON CONFLICT (package, job, account) DO UPDATE SET until = excluded.until,
+                 run_id = excluded.run_id, updated_at = excluded.updated_at
+             WHERE excluded.until > watermarks.until
+               AND (SELECT window_since FROM runs WHERE run_id = ?1) <= watermarks.until"
+        ),
+        params![run, at],
+    )?;
+    if moved == 0 {
+        return Ok(());
+    }
+    let joining = format!(
+        "FROM runs r WHERE r.package = w.package AND r.job = w.job
+           AND coalesce(r.account, '') = w.account AND r.{} AND r.window_since <= w.until
+           AND r.window_until > w.until",
+        COUNTS.replace(" AND ", " AND r.")
+    );
+    let mut extend = tx.prepare_cached(&format!(
+        "UPDATE watermarks AS w SET until = (SELECT max(r.window_until) {joining}), updated_at = ?2
+         WHERE (package, job, account) = (SELECT package, job, coalesce(account, '') FROM runs
+                                          WHERE run_id = ?1)
+           AND EXISTS (SELECT 1 {joining})"
+    ))?;
+    while extend.execute(params![run, at])? > 0 {}
     Ok(())
 }
 

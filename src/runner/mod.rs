@@ -60,6 +60,8 @@ pub struct RunPlan<'a> {
     pub home: PathBuf,
     /// The `lorch backfill` this run is a window of.
     pub backfill_id: Option<String>,
+    /// `--dry-run`: recorded in the payload, so its window does not count as done.
+    pub dry_run: bool,
 }
 
 /// A failed attempt.
@@ -389,6 +391,7 @@ fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Payload {
         lorch_version: env!("CARGO_PKG_VERSION").to_owned(),
         plugin: plan.job.location().to_string(),
         backfill_id: plan.backfill_id.clone(),
+        dry_run: plan.dry_run,
         ..Payload::default()
     }
 }

@@ -76,7 +76,7 @@ params = { n = 7, label = "cfg" }
         "echo",
     ])
     .code(2)
-    .stderr_has("/nonexistent/lorch.toml:0:0: cannot read the configuration file");
+    .stderr_has("/nonexistent/lorch.toml: cannot read the configuration file");
 }
 
 #[test]

@@ -97,6 +97,21 @@ fn last_success_resumes_where_the_last_completed_window_ended() {
         watermark(&env, "testkit/echo", None),
         "2026-11-02T06:00:00.123456Z"
     );
+    // Neither does a dry run, a run with no start, or a window after a gap: none of them joins
+    // on, so no data between the watermark and them is skipped.
+    let later = "2026-11-05T06:00:00Z";
+    for args in [
+        &["echo", "--since", "last-success", "--dry-run"][..],
+        &["echo"][..],
+        &["echo", "--since", "2026-11-03", "--until", "2026-11-04"][..],
+    ] {
+        run_at(&env, later, args).code(0);
+        assert_eq!(
+            watermark(&env, "testkit/echo", None),
+            "2026-11-02T06:00:00.123456Z",
+            "{args:?}"
+        );
+    }
 }
 
 #[test]

@@ -106,10 +106,11 @@ impl LocalStore {
     ) -> Result<bool> {
         let conn = self.conn();
         let found = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT 1 FROM runs WHERE package = ?1 AND job = ?2 AND account IS ?3
-                   AND window_since = ?4 AND window_until = ?5 AND status = 'completed'",
-            )?
+                       AND window_since = ?4 AND window_until = ?5 AND {}",
+                super::COUNTS
+            ))?
             .exists(params![package, job, account, since, until])?;
         Ok(found)
     }
