@@ -138,8 +138,11 @@ impl Host {
     /// the callback passes a shorter struct, whose memory ends before the field.
     pub fn upsert_callback(&self) -> Option<unsafe extern "C" fn(*mut c_void, Str) -> i32> {
         let end = std::mem::offset_of!(Host, upsert) + size_of::<usize>();
-        // Lazily: the field is read only when the host's struct has it.
-        (self.size as usize >= end).then(|| self.upsert)
+        // The field is read only when the host's struct has it.
+        if (self.size as usize) < end {
+            return None;
+        }
+        Some(self.upsert)
     }
 }
 

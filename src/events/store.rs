@@ -48,7 +48,7 @@ fn busy_timeout() -> Result<Duration> {
 
 /// The store's layout, kept in SQLite's `user_version`: bump it with every change of
 /// [`SCHEMA`] or [`upgrade`], so that stores opened by an earlier lorch are brought up to date.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 -- No index but the primary key: each index costs about a quarter of the time of storing an
@@ -150,16 +150,26 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 
 -- The objects waiting for BigQuery: one row per key and table however often the key was
--- upserted since its last delivery (only the newest version needs sending); delivery sends the
--- object as it is then and removes the row only if the version it sent is still the newest.
+-- upserted since its last delivery (only the newest version needs sending), holding the object
+-- as that upsert left it: a test run's upsert of a key never reaches the configured table.
+-- Delivery removes the row only if the version it sent is still the newest.
 CREATE TABLE IF NOT EXISTS object_outbox (
-    seq        INTEGER PRIMARY KEY,
-    idem_key   TEXT NOT NULL,
-    target     TEXT NOT NULL,     -- the run's --events-table; '': the configured tables
-    version    INTEGER NOT NULL,  -- objects.version when queued
-    tries      INTEGER NOT NULL DEFAULT 0,
-    error      TEXT,              -- the last delivery error
-    updated_at TEXT,
+    seq             INTEGER PRIMARY KEY,
+    idem_key        TEXT NOT NULL,
+    target          TEXT NOT NULL,     -- the run's --events-table; '': the configured tables
+    version         INTEGER NOT NULL,  -- objects.version when queued
+    tries           INTEGER NOT NULL DEFAULT 0,
+    error           TEXT,              -- the last delivery error
+    updated_at      TEXT,
+    source_system   TEXT NOT NULL,
+    connection_name TEXT,
+    object_type     TEXT NOT NULL,
+    schema_ref      TEXT,
+    external_id     TEXT,
+    payload         TEXT NOT NULL,
+    first_seen      TEXT NOT NULL,
+    last_seen       TEXT NOT NULL,
+    correlation_id  TEXT NOT NULL,
     UNIQUE (target, idem_key)
 );
 ";
@@ -469,10 +479,16 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
             .exists([])
             .map(|current| !current)
     };
+    let object_outbox_outdated = |conn: &Connection| {
+        conn.prepare("SELECT 1 FROM pragma_table_info('object_outbox') WHERE name = 'payload'")?
+            .exists([])
+            .map(|current| !current)
+    };
     if !runs_outdated(conn)?
         && !outbox_outdated(conn)?
         && !queueing_unknown(conn)?
         && !windows_unknown(conn)?
+        && !object_outbox_outdated(conn)?
     {
         return Ok(());
     }
@@ -494,6 +510,21 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
             "ALTER TABLE runs ADD COLUMN queued INTEGER;
              ALTER TABLE runs ADD COLUMN queue_target TEXT;",
         )?;
+    }
+    if object_outbox_outdated(&tx)? {
+        // SCHEMA creates only what is missing: the new object outbox, filled from the objects.
+        tx.execute_batch(&format!(
+            "ALTER TABLE object_outbox RENAME TO object_outbox_before;
+             {SCHEMA}
+             INSERT INTO object_outbox (seq, idem_key, target, version, tries, error, updated_at,
+                 source_system, connection_name, object_type, schema_ref, external_id, payload,
+                 first_seen, last_seen, correlation_id)
+                 SELECT q.seq, q.idem_key, q.target, o.version, q.tries, q.error, q.updated_at,
+                     o.source_system, o.connection_name, o.object_type, o.schema_ref,
+                     o.external_id, o.payload, o.first_seen, o.last_seen, o.correlation_id
+                 FROM object_outbox_before q JOIN objects o USING (idem_key);
+             DROP TABLE object_outbox_before;"
+        ))?;
     }
     if windows_unknown(&tx)? {
         tx.execute_batch(

@@ -1173,8 +1173,12 @@ fn objects_wait_out_an_outage_and_a_repeated_delivery_leaves_one_row_per_key() {
     let store = rusqlite::Connection::open(env.home.path().join("lorch/events.db")).unwrap();
     store
         .execute(
-            "INSERT INTO object_outbox (idem_key, target, version)
-             SELECT idem_key, '', version FROM objects",
+            "INSERT INTO object_outbox (target, version, idem_key, source_system,
+                 connection_name, object_type, schema_ref, external_id, payload, first_seen,
+                 last_seen, correlation_id)
+             SELECT '', version, idem_key, source_system, connection_name, object_type,
+                 schema_ref, external_id, payload, first_seen, last_seen, correlation_id
+             FROM objects",
             [],
         )
         .unwrap();

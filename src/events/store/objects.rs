@@ -64,13 +64,19 @@ pub(super) fn upsert(
              connection_name = excluded.connection_name, object_type = excluded.object_type,
              schema_ref = excluded.schema_ref, external_id = excluded.external_id,
              payload = excluded.payload, last_seen = excluded.last_seen,
-             correlation_id = excluded.correlation_id, version = version + 1
-         RETURNING version",
+             correlation_id = excluded.correlation_id, version = version + 1",
     )?;
-    let mut queue = tx.prepare_cached(
-        "INSERT INTO object_outbox (idem_key, target, version) VALUES (?1, ?2, ?3)
-         ON CONFLICT (target, idem_key) DO UPDATE SET version = excluded.version",
-    )?;
+    // The object as this upsert left it (its first_seen kept), for the run's table.
+    let mut queue = tx.prepare_cached(&format!(
+        "INSERT INTO object_outbox (target, version, {COLUMNS})
+         SELECT ?2, version, {COLUMNS} FROM objects WHERE idem_key = ?1
+         ON CONFLICT (target, idem_key) DO UPDATE SET version = excluded.version,
+             source_system = excluded.source_system, connection_name = excluded.connection_name,
+             object_type = excluded.object_type, schema_ref = excluded.schema_ref,
+             external_id = excluded.external_id, payload = excluded.payload,
+             first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+             correlation_id = excluded.correlation_id"
+    ))?;
     for o in objects {
         // ?1 to ?7 of both statements: the key and the columns the job gives.
         let (first_seen, last_seen) = (timestamp(&o.first_seen), timestamp(&o.last_seen));
@@ -92,10 +98,10 @@ pub(super) fn upsert(
             Some(true) => counts.unchanged += 1,
             Some(false) => counts.updated += 1,
         }
-        let version: i64 = write.query_row(columns, |r| r.get(0))?;
+        write.execute(columns)?;
         if let Some(outbox) = outbox {
             let target = outbox.table.as_deref().unwrap_or_default();
-            queue.execute(params![o.idem_key, target, version])?;
+            queue.execute(params![o.idem_key, target])?;
         }
     }
     Ok(counts)
@@ -188,9 +194,7 @@ impl LocalStore {
     pub fn pending_objects(&self, limit: usize) -> Result<Vec<PendingObject>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT q.seq, q.version, q.target, {COLUMNS}
-             FROM object_outbox q JOIN objects USING (idem_key)
-             ORDER BY q.seq LIMIT ?1"
+            "SELECT seq, version, target, {COLUMNS} FROM object_outbox ORDER BY seq LIMIT ?1"
         ))?;
         let rows = stmt.query_map([limit as i64], |row| {
             Ok(PendingObject {
@@ -305,6 +309,33 @@ mod tests {
         assert_eq!(b.payload.get(), "3");
         assert_eq!(store.objects(&ObjectFilter::default()).unwrap().len(), 2);
         assert!(store.pending_objects(10).unwrap().is_empty(), "not queued");
+    }
+
+    #[test]
+    fn a_test_runs_upsert_of_a_key_never_reaches_the_configured_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let production = LocalStore::open_in(dir.path())
+            .unwrap()
+            .queue_for_delivery(Outbox { table: None });
+        production.store(&[], &[object("a", "1", "r1")]).unwrap();
+        let test = LocalStore::open_in(dir.path())
+            .unwrap()
+            .queue_for_delivery(Outbox {
+                table: Some("test_events".into()),
+            });
+        test.store(&[], &[object("a", "2", "t1")]).unwrap();
+        let pending = production.pending_objects(10).unwrap();
+        let sent: Vec<_> = pending
+            .iter()
+            .map(|p| (p.target.clone(), p.object.payload.get().to_owned()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                (None, "1".to_owned()),
+                (Some("test_events".to_owned()), "2".to_owned())
+            ]
+        );
     }
 
     #[test]
