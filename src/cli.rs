@@ -270,9 +270,10 @@ pub enum ScheduleCommand {
         json: bool,
     },
     /// Print (not install) a crontab line or a systemd user timer that calls `lorch tick`
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["cron", "systemd"])))]
     Install {
         /// A crontab line
-        #[arg(long, conflicts_with = "systemd", required_unless_present = "systemd")]
+        #[arg(long)]
         cron: bool,
         /// A systemd user .service and .timer (Persistent=true)
         #[arg(long)]

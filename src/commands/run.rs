@@ -81,7 +81,12 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         Some((job.package().to_owned(), job.name().to_owned())),
     )?);
     let background = route.start(&plan.home, &store)?;
-    let report = runner::run(&plan, &store, &signals)?;
+    let watermark = || -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let mark = store.watermark(job.package(), job.name(), plan.account.as_deref())?;
+        Ok(mark.and_then(|m| m.until.parse().ok()))
+    };
+    let resumes = last_success(options).then_some(&watermark as &dyn Fn() -> _);
+    let report = runner::run(&plan, &store, &signals, resumes)?;
     let exit = match report.record_error {
         Some(_) => Exit::Environment,
         None => exit_code(&report, signals.received()),

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use lorch_plugin_api::TimeArg;
 use lorch_plugin_api::abi::{Failure, RunRequest};
 use serde_json::{Map, Value};
@@ -40,6 +40,7 @@ pub enum Mode {
 }
 
 /// Everything a run needs, already validated.
+#[derive(Clone)]
 pub struct RunPlan<'a> {
     pub job: &'a Job,
     pub account: Option<String>,
@@ -160,7 +161,16 @@ pub struct RunReport {
 ///
 /// An error means the first `job.started` could not be recorded and nothing ran: lorch never
 /// runs a job whose run it cannot record.
-pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::Result<RunReport> {
+///
+/// `watermark`, for a run that resumes from the last success (`--since last-success`), reads
+/// the job's watermark again once the job's lock is held: a run that waited for the lock starts
+/// where the run it waited for ended, so no window runs twice (docs/windows.md).
+pub fn run(
+    plan: &RunPlan,
+    sink: &dyn EventSink,
+    signals: &Signals,
+    watermark: Option<&dyn Fn() -> anyhow::Result<Option<DateTime<Utc>>>>,
+) -> anyhow::Result<RunReport> {
     let run_id = Uuid::now_v7().to_string();
     let job_id = plan.job.id();
     // Held for the whole run: while it is, nobody takes this run for abandoned.
@@ -181,6 +191,14 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
                 Acquired::Held(lock) => Some(lock),
                 Acquired::Busy(holder) => return skipped(plan, sink, run_id, holder),
             }
+        }
+    };
+    let resumed;
+    let plan = match watermark {
+        None => plan,
+        Some(watermark) => {
+            resumed = after_the_lock(plan, watermark()?);
+            &resumed
         }
     };
     let mut attempt = 1;
@@ -240,6 +258,22 @@ pub fn run(plan: &RunPlan, sink: &dyn EventSink, signals: &Signals) -> anyhow::R
             record_error,
         });
     }
+}
+
+/// The plan of a run that resumes from the last success, with the watermark read once the lock
+/// is held: when another run moved it meanwhile, the window starts there (an empty window when
+/// that run covered it all).
+fn after_the_lock<'a>(plan: &RunPlan<'a>, watermark: Option<DateTime<Utc>>) -> RunPlan<'a> {
+    let mut plan = plan.clone();
+    if let (Some(since), Some(mark)) = (&mut plan.since, watermark)
+        && mark > since.utc
+    {
+        since.utc = plan
+            .until
+            .as_ref()
+            .map_or(mark, |until| mark.min(until.utc));
+    }
+    plan
 }
 
 /// Records `job.skipped` for a run that found the job's lock held.

@@ -337,3 +337,44 @@ fn a_backfill_resumes_with_the_failed_window_only() {
     .code(2)
     .stderr_has("is later than --until");
 }
+
+#[test]
+fn a_run_that_waited_for_the_lock_starts_where_the_run_it_waited_for_ended() {
+    let (_plugins, env) = common::testkit_env();
+    env.run(&[
+        "state",
+        "set",
+        "testkit/sleep",
+        "--to",
+        "2026-10-31T06:00:00Z",
+    ])
+    .code(0);
+    let now = [("LORCH_NOW", T0.to_owned())];
+    let args = ["sleep", "--param", "seconds=1", "--since", "last-success"];
+    let first = common::start_with(&env, &now, &args, "testkit.sleeping");
+    // Read its start (the same watermark) before the lock, then waits for the first run.
+    let second = env
+        .lorch()
+        .args(["run-job", "testkit"])
+        .args(args)
+        .args(["--wait-lock", "1m"])
+        .env("LORCH_NOW", T0)
+        .run();
+    second.code(0);
+    common::Run::from(first.wait_with_output().unwrap()).code(0);
+    let out = env.run(&["runs", "list", "--json"]);
+    let runs = out.json()["runs"].as_array().unwrap().clone();
+    let windows: Vec<(Value, Value)> = runs
+        .iter()
+        .map(|r| (r["window_since"].clone(), r["window_until"].clone()))
+        .collect();
+    let end = json!("2026-11-01T06:00:00.000000Z");
+    assert_eq!(
+        windows,
+        [
+            (json!("2026-10-31T06:00:00.000000Z"), end.clone()),
+            (end.clone(), end),
+        ],
+        "the second window is what the first left: nothing"
+    );
+}
