@@ -5,7 +5,7 @@
 //! Reading it touches no plugin and no network: whether a job exists is checked by the commands
 //! that have the catalog (`config check`), through [`Config::jobs_named`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,10 +214,11 @@ impl Config {
             config.problems.extend(problems);
         }
         let mut schedules = Vec::new();
+        let mut crons = HashMap::new();
         for (i, table) in raw.schedule.into_iter().enumerate() {
             let key = format!("schedule {}", i + 1);
             let mut fields = Fields::new(&config, &key, table);
-            let schedule = fields.schedule();
+            let schedule = fields.schedule(&mut crons);
             let problems = fields.finish(SCHEDULE_KEYS);
             match schedule {
                 Some(schedule) if problems.is_empty() => schedules.push(schedule),
@@ -466,7 +467,12 @@ impl<'a> Fields<'a> {
     }
 
     /// A `[[schedule]]` entry; `None` when a key it needs is missing or wrong.
-    fn schedule(&mut self) -> Option<Schedule> {
+    /// `crons` holds the expressions parsed so far: entries often share one, and a parse is
+    /// most of what reading a schedule costs.
+    fn schedule(
+        &mut self,
+        crons: &mut HashMap<String, Result<croner::Cron, String>>,
+    ) -> Option<Schedule> {
         let job = self.required("job", "\"ingester/extract_gmail\"");
         if let Some(job) = &job
             && let Err(why) = check_job_id(job.get_ref())
@@ -474,15 +480,19 @@ impl<'a> Fields<'a> {
             self.problem(job.span(), format!("job: {why}"));
         }
         let cron = self.required("cron", "\"0 6 * * *\"");
-        let parsed = cron
-            .as_ref()
-            .and_then(|cron| match parse_cron(cron.get_ref()) {
+        let parsed = cron.as_ref().and_then(|cron| {
+            match crons
+                .entry(cron.get_ref().clone())
+                .or_insert_with(|| parse_cron(cron.get_ref()))
+                .clone()
+            {
                 Ok(parsed) => Some(parsed),
                 Err(why) => {
                     self.problem(cron.span(), format!("cron: {why}"));
                     None
                 }
-            });
+            }
+        });
         let timezone = self.checked("timezone", |zone| parse_zone(zone).map(drop));
         let zone = timezone
             .as_ref()

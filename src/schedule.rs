@@ -28,7 +28,7 @@ const MAX_FIRES: usize = 100_000;
 /// A schedule entry ready to compute with.
 pub struct Entry<'a> {
     pub schedule: &'a Schedule,
-    cron: Cron,
+    cron: &'a Cron,
     pub zone: Tz,
 }
 
@@ -44,7 +44,7 @@ pub struct Due {
 impl<'a> Entry<'a> {
     /// The entry, with the cron expression and time zone parsed when the file was read.
     pub fn new(schedule: &'a Schedule) -> Entry<'a> {
-        let (cron, zone) = schedule.parsed.clone();
+        let (cron, zone) = (&schedule.parsed.0, schedule.parsed.1);
         Entry {
             schedule,
             cron,

@@ -6,6 +6,7 @@
 //! BigQuery delivery), and tick only decides what to run. Nothing here loads a plugin or builds
 //! an async runtime, so a `tick` with nothing due costs a configuration read and a store read.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,28 +50,16 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
     let (config, broken) = read_config(flag)?;
     let now = timearg::now().map_err(Error::Usage)?;
     let (_, store) = super::open_home()?;
+    let fires = store.last_fires()?;
+    let entries = entries(&config);
     let mut listed = Vec::new();
-    for entry in entries(&config) {
-        let s = entry.schedule;
-        let last = store.last_fire(&entry.key())?;
-        let due = entry.due(last, now);
-        let next = entry.next_after(now);
-        let id = s.job.get_ref().split_once('/').unwrap_or_default();
-        let last_run = store.last_run(id, s.options.account.as_deref())?;
-        listed.push(json!({
-            "job": s.job.get_ref(),
-            "account": s.options.account,
-            "cron": s.cron.get_ref(),
-            "timezone": entry.zone.name(),
-            "catch_up": s.catch_up,
-            "last_fire": last.map(utc),
-            "last_run": last_run.map(|(run_id, status, started_at)| json!({"run_id": run_id, "status": status, "started_at": started_at})),
-            "next_fire": next.map(utc),
-            "next_fire_local": next.map(|n| n.with_timezone(&entry.zone).to_rfc3339_opts(SecondsFormat::Secs, false)),
-            "missed": due.missed.iter().copied().map(utc).collect::<Vec<_>>(),
-            "due": due.run.iter().copied().map(utc).collect::<Vec<_>>(),
-        }));
-    }
+    // One read transaction for every entry's last run.
+    store.reading(|| {
+        for entry in &entries {
+            listed.push(describe(entry, &fires, &store, now)?);
+        }
+        Ok(())
+    })?;
     if json {
         output::print_json(&json!({ "schedules": listed }))?;
     } else if listed.is_empty() {
@@ -110,6 +99,34 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
     } else {
         Exit::Success
     })
+}
+
+/// One entry as `schedule list` shows it.
+fn describe(
+    entry: &Entry,
+    fires: &HashMap<String, DateTime<Utc>>,
+    store: &LocalStore,
+    now: DateTime<Utc>,
+) -> anyhow::Result<serde_json::Value> {
+    let s = entry.schedule;
+    let last = fires.get(&entry.key()).copied();
+    let due = entry.due(last, now);
+    let next = entry.next_after(now);
+    let id = s.job.get_ref().split_once('/').unwrap_or_default();
+    let last_run = store.last_run(id, s.options.account.as_deref())?;
+    Ok(json!({
+            "job": s.job.get_ref(),
+            "account": s.options.account,
+            "cron": s.cron.get_ref(),
+            "timezone": entry.zone.name(),
+            "catch_up": s.catch_up,
+            "last_fire": last.map(utc),
+            "last_run": last_run.map(|(run_id, status, started_at)| json!({"run_id": run_id, "status": status, "started_at": started_at})),
+            "next_fire": next.map(utc),
+            "next_fire_local": next.map(|n| n.with_timezone(&entry.zone).to_rfc3339_opts(SecondsFormat::Secs, false)),
+            "missed": due.missed.iter().copied().map(utc).collect::<Vec<_>>(),
+            "due": due.run.iter().copied().map(utc).collect::<Vec<_>>(),
+    }))
 }
 
 /// `lorch tick [--watch]`: runs what every entry is owed now; with `--watch`, again at every
@@ -152,13 +169,22 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
     let (config, mut broken) = read_config(passed.config)?;
     let now = timearg::now().map_err(Error::Usage)?;
     let (home, store) = super::open_home()?;
+    let fires = store.last_fires()?;
     let mut failed = false;
     let mut next: Option<DateTime<Utc>> = None;
     for entry in entries(&config) {
         if signals.received().is_some() {
             break;
         }
-        match owe(&entry, passed, &home, &store, now, signals)? {
+        // Most ticks owe nothing: then no lock is taken (a lock file written per entry was
+        // most of the time of a tick with nothing due).
+        let last = fires.get(&entry.key()).copied();
+        let owed = !entry.due(last, now).missed.is_empty();
+        let fired = match owed {
+            true => owe(&entry, passed, &home, &store, now, signals)?,
+            false => Fired::Done,
+        };
+        match fired {
             Fired::Done | Fired::NotRun => {}
             Fired::Failed => failed = true,
             Fired::Refused => {
@@ -183,8 +209,8 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
     Ok((exit, next))
 }
 
-/// Runs what `entry` is owed at `now`, under its lock (another tick holding it is running it);
-/// the worst of how its runs ended.
+/// Runs what `entry` is owed at `now`, under its lock (another tick holding it is running it),
+/// reading what it is owed again once the lock is held; the worst of how its runs ended.
 fn owe(
     entry: &Entry,
     passed: &Passed,
@@ -194,11 +220,6 @@ fn owe(
     signals: &Signals,
 ) -> Result<Fired> {
     let key = entry.key();
-    // Most ticks owe nothing: then no lock is taken (a lock file written per entry was most of
-    // the time of a tick with nothing due). What is owed is read again under the lock.
-    if entry.due(store.last_fire(&key)?, now).missed.is_empty() {
-        return Ok(Fired::Done);
-    }
     let lock = home.join("locks").join(format!(
         "schedule-{:016x}.lock",
         crate::paths::fnv1a(key.as_bytes())

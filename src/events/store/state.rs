@@ -75,6 +75,30 @@ impl LocalStore {
         Ok(text.and_then(|t| t.parse().ok()))
     }
 
+    /// The last fire time handled of every schedule entry, by key: one read for all of them.
+    pub fn last_fires(&self) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT key, last_fire FROM schedules")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut fires = std::collections::HashMap::new();
+        for row in rows {
+            let (key, fire) = row?;
+            if let Ok(fire) = fire.parse() {
+                fires.insert(key, fire);
+            }
+        }
+        Ok(fires)
+    }
+
+    /// Runs `reads` in one read transaction: one lock of the store for many small reads
+    /// (`schedule list` reads each entry's last run).
+    pub fn reading<T>(&self, reads: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn().execute_batch("BEGIN")?;
+        let result = reads();
+        self.conn().execute_batch("COMMIT")?;
+        result
+    }
+
     /// Records `fire` as handled for the schedule entry `key` (never moving it back).
     pub fn set_last_fire(&self, key: &str, fire: DateTime<Utc>) -> Result<()> {
         self.write(|conn| {
