@@ -25,8 +25,16 @@ pub fn show(job: Option<&str>, account: Option<&str>, json: bool) -> Result<Exit
     if json {
         output::print_json(&json!({ "watermarks": marks }))?;
     } else if marks.is_empty() {
+        let of = match (job, account) {
+            (None, None) => String::new(),
+            (Some((package, name)), None) => format!(" of {package}/{name}"),
+            (None, Some(account)) => format!(" for account {account}"),
+            (Some((package, name)), Some(account)) => {
+                format!(" of {package}/{name} for account {account}")
+            }
+        };
         stderr!(
-            "no watermarks in {}: a run of a job records one when it completes",
+            "no watermarks{of} in {}: a run records one when it completes a window with a start (docs/windows.md)",
             store.path().display()
         );
     } else {
@@ -59,6 +67,16 @@ pub fn set(job: &Job, account: Option<&str>, to: Option<&str>) -> Result<Exit> {
     };
     let (_, store) = super::open_home()?;
     let previous = store.watermark(job.package(), job.name(), account)?;
+    if until.is_none() && previous.is_none() {
+        output::print(&format!(
+            "no watermark of {} to reset: nothing changed\n",
+            match account {
+                Some(account) => format!("{} (account {account})", job.id()),
+                None => job.id(),
+            }
+        ))?;
+        return Ok(Exit::Success);
+    }
     let change = match until {
         Some(_) => StateChange::Set,
         None => StateChange::Reset,

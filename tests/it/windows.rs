@@ -195,6 +195,10 @@ fn state_set_and_reset_move_the_watermark_and_are_recorded_as_events() {
     env.run(&["state", "reset", "testkit/echo", "--account", "a1"])
         .code(0);
     assert_eq!(watermark(&env, "testkit/echo", Some("a1")), Value::Null);
+    // Once more: there is nothing to reset, and no event says otherwise.
+    env.run(&["state", "reset", "testkit/echo", "--account", "a1"])
+        .code(0)
+        .stdout_is("no watermark of testkit/echo (account a1) to reset: nothing changed\n");
     run_at(
         &env,
         T0,
