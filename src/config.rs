@@ -291,6 +291,20 @@ impl RunDefaults {
         }
     }
 
+    /// The `--param KEY=VALUE` flags of a run: these defaults for the keys `given` does not
+    /// have, then `given` (the command line's).
+    pub fn params_with(&self, given: &[String]) -> Vec<String> {
+        let key = |flag: &String| flag.split_once('=').map(|(key, _)| key.trim().to_owned());
+        let keys: Vec<String> = given.iter().filter_map(key).collect();
+        let mut params: Vec<String> = self
+            .param_flags()
+            .into_iter()
+            .filter(|flag| key(flag).is_some_and(|k| !keys.contains(&k)))
+            .collect();
+        params.extend(given.iter().cloned());
+        params
+    }
+
     /// `params` as `--param KEY=VALUE` strings.
     pub fn param_flags(&self) -> Vec<String> {
         self.params

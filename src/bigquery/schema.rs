@@ -285,7 +285,10 @@ impl Serialize for StructValue<'_> {
             }
         }
         let o = self.0;
-        let (first, last) = (micros(&o.first_seen), micros(&o.last_seen));
+        let (first, last) = (
+            crate::timearg::micros(&o.first_seen),
+            crate::timearg::micros(&o.last_seen),
+        );
         // In the order of MERGE_SOURCE.
         let cells = Cells([
             Some(&o.idem_key),
@@ -305,13 +308,9 @@ impl Serialize for StructValue<'_> {
     }
 }
 
-fn micros(at: &chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 /// The object as a row of the MERGE's source: the JSON column as JSON text, times as RFC 3339.
 pub fn object_row(object: &Object) -> Value {
-    let time = micros;
+    let time = crate::timearg::micros;
     serde_json::json!({
         "idem_key": object.idem_key,
         "source_system": object.source_system,

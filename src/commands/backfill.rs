@@ -54,15 +54,10 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
         .map(str::to_owned)
         .or_else(|| defaults.and_then(|d| d.account.clone()));
     // A bad --param is a usage error now, not a failure of every window.
-    let given = |flag: &String| flag.split_once('=').map(|(key, _)| key.trim().to_owned());
-    let cli_keys: Vec<String> = options.params.iter().filter_map(given).collect();
-    let mut params: Vec<String> = defaults
-        .map(|d| d.param_flags())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|flag| given(flag).is_some_and(|key| !cli_keys.contains(&key)))
-        .collect();
-    params.extend(options.params.iter().cloned());
+    let params = match defaults {
+        Some(defaults) => defaults.params_with(options.params),
+        None => options.params.to_vec(),
+    };
     crate::params::resolve(job.meta(), &params).map_err(Error::Usage)?;
     let (_, store) = super::open_home()?;
     let signals = Signals::install()

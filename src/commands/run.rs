@@ -42,21 +42,7 @@ pub fn with_defaults(mut options: RunOptions, defaults: Option<&RunDefaults>) ->
     options.retry_backoff = options
         .retry_backoff
         .or_else(|| config::duration(&defaults.retry_backoff));
-    let given: Vec<String> = options
-        .params
-        .iter()
-        .filter_map(|p| p.split_once('=').map(|(key, _)| key.trim().to_owned()))
-        .collect();
-    let mut params: Vec<String> = defaults
-        .param_flags()
-        .into_iter()
-        .filter(|p| {
-            p.split_once('=')
-                .is_some_and(|(key, _)| !given.iter().any(|g| g == key))
-        })
-        .collect();
-    params.append(&mut options.params);
-    options.params = params;
+    options.params = defaults.params_with(&options.params);
     options
 }
 

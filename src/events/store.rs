@@ -694,7 +694,7 @@ fn insert_event(
 }
 
 fn timestamp(at: &chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    crate::timearg::micros(at)
 }
 
 /// A lifecycle event of a run, written by lorch.
