@@ -119,6 +119,35 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run a pipeline of the configuration file: each step once the steps it needs completed,
+    /// independent ones in parallel (docs/pipelines.md)
+    RunPipeline {
+        /// The pipeline's name ([pipeline.NAME] in lorch.toml)
+        name: String,
+        /// Start of every step's window (the time forms of run-job, or last-success: each
+        /// step from its own last completed window) [default: each step's own since]
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        since: Option<String>,
+        /// End of every step's window [default: the instant the pipeline starts]
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        until: Option<String>,
+        /// The account every step works on [default: each step's own]
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
+        /// Run at most N steps at once [default: the number of CPUs]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        parallel: Option<u16>,
+        /// Run only the steps of an earlier run of this pipeline that did not complete, with its
+        /// window
+        #[arg(long, value_name = "PIPELINE_RUN_ID", conflicts_with_all = ["since", "until"])]
+        resume: Option<String>,
+        /// Print nothing for the steps that complete, nor for the pipeline when it completes
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// The pipelines of the configuration file
+    #[command(subcommand)]
+    Pipelines(PipelinesCommand),
     /// Watermarks: where each job and account's last completed window ends (--since
     /// last-success starts there)
     #[command(subcommand)]
@@ -205,6 +234,27 @@ pub enum EventsCommand {
         /// Create this table instead of BQ_EVENTS_TABLE: TABLE, DATASET.TABLE or PROJECT.DATASET.TABLE
         #[arg(long, value_name = "TABLE")]
         events_table: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelinesCommand {
+    /// List the pipelines, with their last run
+    List {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a pipeline's steps in the order they run, with what each needs
+    Show {
+        /// The pipeline's name
+        name: String,
+        /// One JSON document on stdout
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// The steps as a Graphviz graph (`lorch pipelines show daily --dot | dot -Tsvg`)
+        #[arg(long)]
+        dot: bool,
     },
 }
 
@@ -343,6 +393,9 @@ pub struct RunsQuery {
     /// Only runs of this job
     #[arg(long, value_name = "PACKAGE/JOB")]
     pub job: Option<String>,
+    /// The runs of this pipeline instead, one line each (`runs show` shows its steps)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["job", "account"])]
+    pub pipeline: Option<String>,
     /// Only runs with this status
     #[arg(long, value_enum)]
     pub status: Option<RunStatus>,
@@ -364,7 +417,7 @@ pub struct RunsQuery {
 }
 
 /// The arguments common to every job (README, "Options of run-job and run").
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct RunOptions {
     /// The account the job works on
     #[arg(long, value_name = "ACCOUNT")]

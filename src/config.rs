@@ -29,6 +29,9 @@ pub struct Problem {
     /// The job whose `[jobs."PACKAGE/JOB"]` entry the mistake is in, if it is in one.
     #[serde(skip)]
     pub in_defaults_of: Option<String>,
+    /// The pipeline whose `[pipeline.NAME]` entry the mistake is in, if it is in one.
+    #[serde(skip)]
+    pub in_pipeline: Option<String>,
 }
 
 impl std::fmt::Display for Problem {
@@ -109,6 +112,35 @@ pub struct Schedule {
     pub parsed: (Arc<croner::Cron>, chrono_tz::Tz),
 }
 
+/// A `[pipeline.NAME]` entry: steps that run in the order their `needs` give (docs/pipelines.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    /// Where it is defined: `FILE:LINE`.
+    #[serde(skip)]
+    pub defined_at: String,
+    /// In the file's order, which is also an order where every step comes after its `needs`
+    /// once [`Pipeline::order`] sorted them.
+    pub steps: Vec<Step>,
+}
+
+/// One step of a pipeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Unique in its pipeline; the job's name (`JOB` of `PACKAGE/JOB`) when not given.
+    pub name: String,
+    /// `PACKAGE/JOB`.
+    pub job: Spanned<String>,
+    /// The steps that must complete before this one starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// When it fails, the steps that need it run anyway, and the pipeline does not fail for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_failure: bool,
+    /// Its run options; its job's `[jobs]` entry applies for what they do not say.
+    #[serde(flatten)]
+    pub options: RunDefaults,
+}
+
 /// The file, as read: the entries without mistakes (an entry with one is left out, and named
 /// in [`Config::problems`]).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -118,6 +150,9 @@ pub struct Config {
     pub jobs: BTreeMap<Spanned<String>, RunDefaults>,
     #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// Pipelines by name (docs/pipelines.md).
+    #[serde(rename = "pipeline", skip_serializing_if = "BTreeMap::is_empty")]
+    pub pipelines: BTreeMap<String, Pipeline>,
     /// The mistakes, each at its place.
     #[serde(skip)]
     pub problems: Vec<Problem>,
@@ -161,6 +196,7 @@ impl Config {
                 column: 0,
                 message: format!("cannot read the configuration file: {e}"),
                 in_defaults_of: None,
+                in_pipeline: None,
             }]),
         }
     }
@@ -190,6 +226,7 @@ impl Config {
                 column,
                 message: e.message().trim().to_owned(),
                 in_defaults_of: None,
+                in_pipeline: None,
             }]
         })?;
         let mut config = Config {
@@ -235,7 +272,114 @@ impl Config {
             }
             config.schedules.push(schedule);
         }
+        for (name, raw) in raw.pipeline {
+            match config.pipeline(&name, raw) {
+                Ok(mut pipeline) => {
+                    for step in &mut pipeline.steps {
+                        if let Some(defaults) = config.defaults_of(step.job.get_ref()) {
+                            step.options.fill_from(defaults);
+                        }
+                    }
+                    config.pipelines.insert(name.into_inner(), pipeline);
+                }
+                Err(mut problems) => {
+                    for problem in &mut problems {
+                        problem.in_pipeline = Some(name.get_ref().clone());
+                    }
+                    config.problems.extend(problems);
+                }
+            }
+        }
         Ok(config)
+    }
+
+    /// A `[pipeline.NAME]` entry, its steps checked one by one and then together: unique names,
+    /// `needs` that name steps, no cycle.
+    fn pipeline(
+        &self,
+        name: &Spanned<String>,
+        raw: Spanned<RawPipeline>,
+    ) -> Result<Pipeline, Vec<Problem>> {
+        let key = format!("pipeline {}", name.get_ref());
+        let mut problems = Vec::new();
+        if let Err(why) = check_pipeline_name(name.get_ref()) {
+            problems.push(self.problem(name.span(), format!("{key}: {why}")));
+        }
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.steps.is_empty() {
+            problems.push(self.problem(
+                span.clone(),
+                format!(
+                    "{key}: no steps; add one with [[pipeline.{}.steps]] and job = \"PACKAGE/JOB\"",
+                    name.get_ref()
+                ),
+            ));
+        }
+        let mut steps = Vec::new();
+        let mut places = Vec::new();
+        for (i, table) in raw.steps.into_iter().enumerate() {
+            let step_key = format!("{key}: step {}", i + 1);
+            let place = table.span();
+            let mut fields = Fields::new(self, &step_key, table);
+            let step = fields.step();
+            let step_problems = fields.finish(STEP_KEYS);
+            if step_problems.is_empty()
+                && let Some(step) = step
+            {
+                steps.push(step);
+                places.push(place);
+            }
+            problems.extend(step_problems);
+        }
+        let mut seen = HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(first) = seen.insert(step.name.as_str(), i) {
+                problems.push(self.problem(
+                    places[i].clone(),
+                    format!(
+                        "{key}: step {}: the name '{}' is taken by step {}; give one of them another with name = \"...\"",
+                        i + 1,
+                        step.name,
+                        first + 1
+                    ),
+                ));
+            }
+            for need in &step.needs {
+                if !steps.iter().any(|s| &s.name == need) {
+                    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+                    let hint = crate::suggest::hint(need, names.iter().copied());
+                    problems.push(self.problem(
+                        places[i].clone(),
+                        format!(
+                            "{key}: step '{}': needs '{need}', which is not a step of this pipeline{hint}; its steps: {}",
+                            step.name,
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let pipeline = Pipeline {
+            defined_at: format!(
+                "{}:{}",
+                self.path.as_deref().unwrap_or(Path::new("")).display(),
+                line_column(&self.text, name.span().start).0
+            ),
+            steps,
+        };
+        if problems.is_empty()
+            && let Err(cycle) = pipeline.order()
+        {
+            problems.push(self.problem(
+                name.span(),
+                format!("{key}: its steps form a cycle: {}", cycle.join(" → ")),
+            ));
+        }
+        match problems.is_empty() {
+            true => Ok(pipeline),
+            false => Err(problems),
+        }
     }
 
     /// A problem at `span` of the file.
@@ -247,6 +391,7 @@ impl Config {
             column,
             message,
             in_defaults_of: None,
+            in_pipeline: None,
         }
     }
 
@@ -272,6 +417,12 @@ impl Config {
         for (i, schedule) in self.schedules.iter().enumerate() {
             let key = format!("schedule {}: job", i + 1);
             named.push((&schedule.job, key, schedule.options.param_flags()));
+        }
+        for (name, pipeline) in &self.pipelines {
+            for step in &pipeline.steps {
+                let key = format!("pipeline {name}: step '{}': job", step.name);
+                named.push((&step.job, key, step.options.param_flags()));
+            }
         }
         named
     }
@@ -327,6 +478,16 @@ struct RawFile {
     jobs: BTreeMap<Spanned<String>, Spanned<RawTable>>,
     #[serde(default)]
     schedule: Vec<Spanned<RawTable>>,
+    #[serde(default)]
+    pipeline: BTreeMap<Spanned<String>, Spanned<RawPipeline>>,
+}
+
+/// A `[pipeline.NAME]` table: its steps, each typed by [`Fields`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    steps: Vec<Spanned<RawTable>>,
 }
 
 type RawTable = BTreeMap<String, Spanned<toml::Value>>;
@@ -352,6 +513,9 @@ const SCHEDULE_KEYS: &[&str] = &[
     "max_catch_up",
     "jitter",
 ];
+
+/// The keys of a pipeline step besides the run options.
+const STEP_KEYS: &[&str] = &["job", "name", "needs", "continue_on_failure"];
 
 /// One entry's keys, taken one by one with their types checked; each mistake is a problem at
 /// its place, and the keys nobody took are unknown.
@@ -557,6 +721,62 @@ impl<'a> Fields<'a> {
         })
     }
 
+    /// A pipeline step; `None` when a key it needs is missing or wrong.
+    fn step(&mut self) -> Option<Step> {
+        let job = self.required("job", "\"ingester/extract_gmail\"");
+        if let Some(job) = &job
+            && let Err(why) = check_job_id(job.get_ref())
+        {
+            self.problem(job.span(), format!("job: {why}"));
+        }
+        let name = self.checked("name", check_pipeline_name);
+        let needs = self.table.remove("needs").and_then(|value| {
+            let span = value.span();
+            let names = match value.into_inner() {
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(|item| item.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<String>>>(),
+                _ => None,
+            };
+            if names.is_none() {
+                self.problem(
+                    span,
+                    "needs: expected a list of step names such as [\"extract\"]".to_owned(),
+                );
+            }
+            names
+        });
+        let continue_on_failure = self.table.remove("continue_on_failure").and_then(|value| {
+            let span = value.span();
+            let flag = value.get_ref().as_bool();
+            if flag.is_none() {
+                self.problem(
+                    span,
+                    format!(
+                        "continue_on_failure: expected true or false, found {}",
+                        value.get_ref()
+                    ),
+                );
+            }
+            flag
+        });
+        let options = self.run_options();
+        let job = job?;
+        let default_name = job
+            .get_ref()
+            .split_once('/')
+            .map_or("", |(_, j)| j)
+            .to_owned();
+        Some(Step {
+            name: name.map_or(default_name, Spanned::into_inner),
+            job,
+            needs: needs.unwrap_or_default(),
+            continue_on_failure: continue_on_failure.unwrap_or(false),
+            options,
+        })
+    }
+
     /// The problems, with one for each key nobody took (`extra` are the keys besides the run
     /// options that the entry accepts).
     fn finish(mut self, extra: &[&str]) -> Vec<Problem> {
@@ -589,6 +809,69 @@ fn check_job_id(id: &str) -> Result<(), String> {
         _ => Err(format!(
             "'{id}' is not a job: expected PACKAGE/JOB (lowercase letters, digits, _; - in the package)"
         )),
+    }
+}
+
+/// A pipeline or step name: lowercase letters, digits, `_` and `-`.
+fn check_pipeline_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "'{name}' is not a name lorch accepts: lowercase letters, digits, _ and -"
+        )),
+    }
+}
+
+impl Pipeline {
+    /// The indexes of the steps in an order where each comes after every step it needs (file
+    /// order among the ready ones), or the steps of a cycle, its first step again at the end.
+    pub fn order(&self) -> Result<Vec<usize>, Vec<String>> {
+        let index = |name: &str| self.steps.iter().position(|s| s.name == name);
+        // 0: not visited, 1: on the current path, 2: done.
+        let mut state = vec![0u8; self.steps.len()];
+        let mut order = Vec::with_capacity(self.steps.len());
+        let mut path = Vec::new();
+        fn visit(
+            pipeline: &Pipeline,
+            i: usize,
+            state: &mut [u8],
+            path: &mut Vec<usize>,
+            order: &mut Vec<usize>,
+            index: &dyn Fn(&str) -> Option<usize>,
+        ) -> Result<(), Vec<String>> {
+            match state[i] {
+                2 => return Ok(()),
+                1 => {
+                    let from = path.iter().position(|&p| p == i).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[from..]
+                        .iter()
+                        .map(|&p| pipeline.steps[p].name.clone())
+                        .collect();
+                    cycle.push(pipeline.steps[i].name.clone());
+                    return Err(cycle);
+                }
+                _ => {}
+            }
+            state[i] = 1;
+            path.push(i);
+            for need in &pipeline.steps[i].needs {
+                if let Some(n) = index(need) {
+                    visit(pipeline, n, state, path, order, index)?;
+                }
+            }
+            path.pop();
+            state[i] = 2;
+            order.push(i);
+            Ok(())
+        }
+        for i in 0..self.steps.len() {
+            visit(self, i, &mut state, &mut path, &mut order, &index)?;
+        }
+        Ok(order)
     }
 }
 

@@ -3,12 +3,16 @@
 //!
 //! A live run holds a lock on its run id (see [`locks`](crate::locks)); if another process can
 //! take that lock, nobody is left to finish the run. The check runs before every run of a job
-//! (for that job), and for all jobs in `lorch runs list|show|reap`.
+//! (for that job), and for all jobs in `lorch runs list|show|reap`. A pipeline run holds a lock
+//! on its pipeline run id the same way and is closed with `pipeline.failed`, reason
+//! `abandoned`, once its steps are.
 
 use std::path::Path;
 
-use crate::events::{Event, EventFilter, EventSink, LocalStore, RunFilter, RunRow};
-use crate::lifecycle::{self, EventType, Payload, Reason, RunStatus};
+use crate::events::{Event, EventFilter, EventSink, LocalStore, PipelineRunRow, RunFilter, RunRow};
+use crate::lifecycle::{
+    self, EventType, Payload, PipelineEvent, PipelinePayload, PipelineSummary, Reason, RunStatus,
+};
 use crate::locks;
 use anyhow::Result;
 use chrono::Utc;
@@ -114,4 +118,94 @@ fn abandoned(store: &LocalStore, run: &RunRow) -> Result<Event> {
     };
     event.set_payload(&payload.to_value());
     Ok(event)
+}
+
+/// Closes the abandoned pipeline runs (after [`reap`] closed their steps' runs) and returns them.
+pub fn reap_pipelines(store: &LocalStore, home: &Path) -> Result<Vec<PipelineRunRow>> {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut reaped = Vec::new();
+    for run in store.pipeline_runs(None, Some(RunStatus::Running), None)? {
+        let id = &run.pipeline_run_id;
+        if run.host.as_deref().is_some_and(|h| h != host) || !locks::valid_run_id(id) {
+            continue;
+        }
+        let Some(lock) = locks::take_orphaned_run(home, id)? else {
+            continue;
+        };
+        if store
+            .pipeline_run(id)?
+            .is_none_or(|r| r.status != RunStatus::Running)
+        {
+            continue;
+        }
+        let steps = store.steps_of(id)?;
+        let started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
+            .map(|t| (Utc::now() - t.with_timezone(&Utc)).as_seconds_f64())
+            .unwrap_or_default();
+        let payload = PipelinePayload {
+            summary: Some(pipeline_summary(&run.started, &steps, started)),
+            reason: Some(Reason::Abandoned),
+            ..run.started.clone()
+        };
+        let mut event = pipeline_event(PipelineEvent::Failed, id, &payload);
+        let pid = run.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        event.error_message = Some(format!(
+            "abandoned: the lorch process{pid} running it ended without recording an outcome"
+        ));
+        store.record(&event)?;
+        drop(lock);
+        reaped.push(run);
+    }
+    Ok(reaped)
+}
+
+/// A pipeline event of the pipeline run `id` (docs/pipelines.md).
+pub fn pipeline_event(kind: PipelineEvent, id: &str, payload: &PipelinePayload) -> Event {
+    let mut event = Event::new(kind.as_str(), lifecycle::SOURCE, id);
+    event.status = match kind {
+        PipelineEvent::Failed => "failed",
+        _ => "ok",
+    }
+    .to_owned();
+    event.trace_id = Some(id.to_owned());
+    event.object_type = Some(lifecycle::PIPELINE_OBJECT.to_owned());
+    event.set_payload(&serde_json::to_value(payload).unwrap_or_default());
+    event
+}
+
+/// The counts of a pipeline run from its steps' runs (the newest run of each step): the steps
+/// it carried from the run it resumed count as succeeded, the steps with no run as not run.
+pub fn pipeline_summary(
+    started: &PipelinePayload,
+    steps: &[RunRow],
+    duration_seconds: f64,
+) -> PipelineSummary {
+    let mut newest: Vec<&RunRow> = Vec::new();
+    for run in steps {
+        match newest.iter_mut().find(|r| r.step == run.step) {
+            Some(seen) => *seen = run,
+            None => newest.push(run),
+        }
+    }
+    let named = |status: RunStatus| -> Vec<String> {
+        newest
+            .iter()
+            .filter(|r| r.status == status)
+            .filter_map(|r| r.step.clone())
+            .collect()
+    };
+    let failed_steps = named(RunStatus::Failed);
+    let skipped_steps = named(RunStatus::Skipped);
+    let succeeded = started.carried.len() + named(RunStatus::Completed).len();
+    let ended = succeeded + failed_steps.len() + skipped_steps.len();
+    PipelineSummary {
+        total: started.total,
+        succeeded,
+        failed: failed_steps.len(),
+        skipped: skipped_steps.len(),
+        not_run: started.total.saturating_sub(ended),
+        failed_steps,
+        skipped_steps,
+        duration_seconds,
+    }
 }

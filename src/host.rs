@@ -155,10 +155,12 @@ impl<'a> JobCall<'a> {
             }
         };
         if emitted.event_type.trim().is_empty()
-            || emitted.event_type.starts_with(lifecycle::RESERVED_PREFIX)
+            || lifecycle::RESERVED_PREFIXES
+                .iter()
+                .any(|p| emitted.event_type.starts_with(p))
         {
             tracing::error!(
-                "{} emitted event type {:?}: event types must be non-empty and `job.*` is reserved for lorch",
+                "{} emitted event type {:?}: event types must be non-empty and `job.*` and `pipeline.*` are reserved for lorch",
                 self.source_system,
                 emitted.event_type
             );

@@ -18,6 +18,7 @@ mod locks;
 mod output;
 mod params;
 mod paths;
+mod plan;
 pub mod plugins;
 mod runner;
 mod schedule;

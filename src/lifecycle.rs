@@ -14,8 +14,8 @@ pub const SOURCE: &str = "lorch";
 /// The `object_type` of every lifecycle event.
 pub const OBJECT_TYPE: &str = "job_run";
 
-/// Event types beginning with this are lorch's own; a job may not emit them.
-pub const RESERVED_PREFIX: &str = "job.";
+/// Event types beginning with one of these are lorch's own; a job may not emit them.
+pub const RESERVED_PREFIXES: [&str; 2] = ["job.", "pipeline."];
 
 /// The `object_type` of the events that change a watermark by hand (`lorch state set|reset`).
 pub const WATERMARK_OBJECT: &str = "watermark";
@@ -149,7 +149,7 @@ impl RunStatus {
 
 /// Why a run failed (`job.failed`) or was skipped (`job.skipped`): the payload's `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The job returned an error.
     Error,
@@ -166,6 +166,11 @@ pub enum Reason {
     Abandoned,
     /// Skipped: another run of the job and account holds the lock.
     Locked,
+    /// Skipped: a step of the pipeline this step needs did not complete (the payload's
+    /// `upstream` names it).
+    UpstreamFailed,
+    /// A pipeline run: a step failed.
+    StepFailed,
 }
 
 impl Reason {
@@ -178,6 +183,8 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Abandoned => "abandoned",
             Reason::Locked => "locked",
+            Reason::UpstreamFailed => "upstream_failed",
+            Reason::StepFailed => "step_failed",
         }
     }
 }
@@ -220,9 +227,110 @@ pub struct Payload {
     /// The `lorch backfill` this run is a window of (docs/windows.md, "Backfill").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill_id: Option<String>,
+    /// The pipeline run this run is a step of (docs/pipelines.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<StepOf>,
+    /// `job.skipped`, reason `upstream_failed`: the step that did not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// `job.failed` of an attempt: what the job or the system reported.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureDetail>,
+}
+
+/// The pipeline run a job's run is a step of.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepOf {
+    pub pipeline: String,
+    pub pipeline_run_id: String,
+    pub step: String,
+}
+
+/// The `object_type` of pipeline events.
+pub const PIPELINE_OBJECT: &str = "pipeline_run";
+
+/// The event types of a pipeline run (docs/pipelines.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineEvent {
+    Started,
+    Completed,
+    Failed,
+}
+
+impl PipelineEvent {
+    pub const ALL: [PipelineEvent; 3] = [
+        PipelineEvent::Started,
+        PipelineEvent::Completed,
+        PipelineEvent::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineEvent::Started => "pipeline.started",
+            PipelineEvent::Completed => "pipeline.completed",
+            PipelineEvent::Failed => "pipeline.failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PipelineEvent> {
+        PipelineEvent::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// The status of the pipeline run once this event is recorded.
+    pub fn run_status(self) -> RunStatus {
+        match self {
+            PipelineEvent::Started => RunStatus::Running,
+            PipelineEvent::Completed => RunStatus::Completed,
+            PipelineEvent::Failed => RunStatus::Failed,
+        }
+    }
+}
+
+/// The payload of the pipeline events. `pipeline.started` says what the run will do; the
+/// terminal event adds how it went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PipelinePayload {
+    pub pipeline: String,
+    /// The window every step shares: `until` is fixed for all; `since` is `None` when each
+    /// step resumes from its own last success (`since_input` `last-success`) or has no start.
+    pub window: Window,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_input: Option<String>,
+    /// `--account`, when it was given for every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub parallel: usize,
+    pub total: usize,
+    /// `--resume`: the pipeline run this one finishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<String>,
+    /// The steps completed by the runs it resumes, not run again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<String>,
+    pub host: String,
+    pub pid: u32,
+    pub lorch_version: String,
+    /// Terminal events: how it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<PipelineSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// The counts of a pipeline run's terminal event: `succeeded` includes the carried steps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PipelineSummary {
+    pub total: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// Steps that never started (the run was cancelled or abandoned first).
+    pub not_run: usize,
+    pub failed_steps: Vec<String>,
+    pub skipped_steps: Vec<String>,
+    pub duration_seconds: f64,
 }
 
 /// What a run's upserts did to the objects table (docs/objects.md): a key not stored before
@@ -332,7 +440,7 @@ mod tests {
             types,
             ["job.started", "job.completed", "job.failed", "job.skipped"]
         );
-        assert!(types.iter().all(|t| t.starts_with(RESERVED_PREFIX)));
+        assert!(types.iter().all(|t| t.starts_with(RESERVED_PREFIXES[0])));
         for t in EventType::ALL {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
@@ -347,7 +455,13 @@ mod tests {
             assert_eq!(json!(status), json!(name));
             assert_eq!(RunStatus::parse(name), Some(status));
         }
+        for t in PipelineEvent::ALL {
+            assert_eq!(PipelineEvent::parse(t.as_str()), Some(t));
+            assert!(t.as_str().starts_with(RESERVED_PREFIXES[1]));
+        }
         let reasons = [
+            Reason::UpstreamFailed,
+            Reason::StepFailed,
             Reason::Error,
             Reason::Panic,
             Reason::Crash,
@@ -357,6 +471,8 @@ mod tests {
             Reason::Locked,
         ];
         let names = [
+            "upstream_failed",
+            "step_failed",
             "error",
             "panic",
             "crash",

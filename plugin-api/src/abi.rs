@@ -83,7 +83,7 @@ pub const RUN_BAD_REQUEST: i32 = 4;
 
 /// The event was recorded.
 pub const EMIT_OK: i32 = 0;
-/// The event was refused: not valid JSON, empty type, or a reserved `job.*` type.
+/// The event was refused: not valid JSON, empty type, or a reserved `job.*` or `pipeline.*` type.
 pub const EMIT_INVALID: i32 = 1;
 /// The host could not store the event.
 pub const EMIT_NOT_RECORDED: i32 = 2;
@@ -218,7 +218,7 @@ pub struct RunRequest {
 /// The JSON a job passes to `emit`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmittedEvent {
-    /// The job's own type, e.g. `notes.counted`; `job.*` is lorch's.
+    /// The job's own type, e.g. `notes.counted`; `job.*` and `pipeline.*` are lorch's.
     pub event_type: String,
     /// Any JSON.
     #[serde(default)]

@@ -139,7 +139,10 @@ unsafe extern "C" fn emit(ctx: *mut c_void, event: Str) -> i32 {
     let Ok(event) = serde_json::from_slice::<EmittedEvent>(json) else {
         return abi::EMIT_INVALID;
     };
-    if event.event_type.trim().is_empty() || event.event_type.starts_with("job.") {
+    let reserved = ["job.", "pipeline."];
+    if event.event_type.trim().is_empty()
+        || reserved.iter().any(|p| event.event_type.starts_with(p))
+    {
         return abi::EMIT_INVALID;
     }
     // SAFETY: see `run`.

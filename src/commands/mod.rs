@@ -5,6 +5,7 @@ mod config;
 mod events;
 mod jobs;
 mod objects;
+mod pipelines;
 mod plugins;
 mod run;
 mod runs;
@@ -14,8 +15,8 @@ mod state;
 use std::fmt::Write as _;
 
 use crate::cli::{
-    Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PluginsCommand,
-    RunOptions, RunsCommand, ScheduleCommand, StateCommand,
+    Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PipelinesCommand,
+    PluginsCommand, RunOptions, RunsCommand, ScheduleCommand, StateCommand,
 };
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
@@ -143,6 +144,32 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let job = find_job(discover(), &search_path, &job)?;
             state::set(job, account.as_deref(), None)
         }
+        Command::RunPipeline {
+            name,
+            since,
+            until,
+            account,
+            parallel,
+            resume,
+            quiet,
+        } => {
+            let request = pipelines::Request {
+                name: &name,
+                since: since.as_deref(),
+                until: until.as_deref(),
+                account: account.as_deref(),
+                parallel: parallel.map(usize::from),
+                resume: resume.as_deref(),
+                quiet,
+            };
+            pipelines::run(cli.config.as_deref(), discover(), &request)
+        }
+        Command::Pipelines(PipelinesCommand::List { json }) => {
+            pipelines::list(cli.config.as_deref(), json)
+        }
+        Command::Pipelines(PipelinesCommand::Show { name, json, dot }) => {
+            pipelines::show(cli.config.as_deref(), &name, json, dot)
+        }
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
 }
@@ -166,7 +193,7 @@ fn configured(
     if !own.is_empty() {
         return Err(config_problems(own));
     }
-    Ok(run::with_defaults(options, config.defaults_of(&id)))
+    Ok(crate::plan::with_defaults(options, config.defaults_of(&id)))
 }
 
 /// The mistakes of a configuration file, one a line, as a usage error.
@@ -310,6 +337,80 @@ fn report_reaped(runs: Vec<RunRow>) {
             run.started_at
         );
     }
+}
+
+/// One warning per pipeline run the reaper closed.
+fn report_reaped_pipelines(runs: Vec<crate::events::PipelineRunRow>) {
+    for run in runs {
+        stderr!(
+            "warning: pipeline run {} of {} (started {}) was abandoned: its lorch process is gone; recorded pipeline.failed, reason abandoned",
+            run.pipeline_run_id,
+            run.pipeline,
+            run.started_at
+        );
+    }
+}
+
+/// Delivers what the store queues for BigQuery in the background, when BigQuery is configured.
+fn start_delivery(
+    home: &std::path::Path,
+    store: &crate::events::LocalStore,
+) -> Result<Option<crate::bigquery::Background>> {
+    if !crate::bigquery::config::requested() {
+        return Ok(None);
+    }
+    Ok(Some(crate::bigquery::Background::start(
+        home,
+        crate::bigquery::Config::from_env(),
+        store.last_seq()?,
+        flush_timeout()?,
+    )))
+}
+
+/// Stops background delivery, with a warning for what is not in BigQuery yet; the exit code
+/// stays the runs'.
+fn finish_delivery(background: crate::bigquery::Background, store: &crate::events::LocalStore) {
+    match background.finish() {
+        Ok(finished) => warn_undelivered(finished, store),
+        Err(e) => stderr!(
+            "warning: BigQuery delivery stopped ({e:#}); pending events stay in {}; deliver them with: lorch events flush",
+            store.path().display()
+        ),
+    }
+}
+
+/// `LORCH_BQ_FLUSH_TIMEOUT`: how long a run may spend, after its job, delivering what is
+/// still pending (default 10s).
+fn flush_timeout() -> Result<std::time::Duration> {
+    match std::env::var("LORCH_BQ_FLUSH_TIMEOUT") {
+        Err(_) => Ok(std::time::Duration::from_secs(10)),
+        Ok(value) => crate::timearg::duration(&value)
+            .map_err(|e| Error::Usage(format!("invalid LORCH_BQ_FLUSH_TIMEOUT '{value}': {e}"))),
+    }
+}
+
+/// One warning when events of this run (or earlier ones) are not in BigQuery yet.
+fn warn_undelivered(finished: crate::bigquery::Finished, store: &crate::events::LocalStore) {
+    if !finished.dead.is_empty() {
+        stderr!(
+            "warning: BigQuery refused {} events of this run ({}); they are kept as dead letters: see `lorch events status`",
+            finished.dead.len(),
+            finished.dead[0].reason
+        );
+    }
+    let waiting = match (finished.pending, finished.objects_pending) {
+        (0, 0) => return,
+        (events, 0) => format!("{events} events are"),
+        (0, objects) => format!("{objects} objects are"),
+        (events, objects) => format!("{events} events and {objects} objects are"),
+    };
+    let why = finished
+        .problem
+        .unwrap_or_else(|| "delivery did not finish in time".to_owned());
+    stderr!(
+        "warning: {waiting} not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
+        store.path().display()
+    );
 }
 
 /// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.

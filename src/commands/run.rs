@@ -1,62 +1,29 @@
 //! `lorch run-job` and `lorch run`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use lorch_plugin_api::TimeArg;
-
-use crate::bigquery::{self, Background, Finished};
+use crate::bigquery::{self, Background};
 use crate::cli::RunOptions;
-use crate::config::{self, RunDefaults};
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
-use crate::lifecycle::{LAST_SUCCESS, Reason, RunStatus};
+use crate::lifecycle::{Reason, RunStatus};
 use crate::output::stderr;
 use crate::plugins::Job;
-use crate::runner::{self, Limits, Mode, Outcome, RunPlan};
+use crate::runner::{self, Outcome};
 use crate::signals::Signals;
-use crate::{history, output, params, timearg};
-
-/// The options of a run: its command line, and for what it does not give, the job's defaults
-/// in the configuration file (docs/configuration.md).
-pub fn with_defaults(mut options: RunOptions, defaults: Option<&RunDefaults>) -> RunOptions {
-    let Some(defaults) = defaults else {
-        return options;
-    };
-    let text = |value: &Option<toml::Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
-    options.account = options.account.or_else(|| defaults.account.clone());
-    options.since = options.since.or_else(|| text(&defaults.since));
-    // The file's start of a first window applies only to a run that resumes.
-    if last_success(&options) {
-        options.initial_since = options
-            .initial_since
-            .or_else(|| text(&defaults.initial_since));
-    }
-    options.timeout = options
-        .timeout
-        .or_else(|| config::duration(&defaults.timeout));
-    options.kill_after = options
-        .kill_after
-        .or_else(|| config::duration(&defaults.kill_after));
-    options.retries = options.retries.or(defaults.retries);
-    options.retry_backoff = options
-        .retry_backoff
-        .or_else(|| config::duration(&defaults.retry_backoff));
-    options.params = defaults.params_with(&options.params);
-    options
-}
+use crate::{history, output, plan};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
-    let mut plan = plan(job, options, super::lorch_home()?)?;
+    let mut plan = plan::plan(job, options, super::lorch_home()?)?;
     let route = Route::choose(options)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     // The run's events wait through a busy store for as long as the run lasts.
     let mut store = LocalStore::open_in(&plan.home)?.wait_while_busy(signals.shared_cancel_flag());
-    if last_success(options) {
-        resume_from_last_success(&mut plan, &store, options.initial_since.as_deref())?;
+    if plan::last_success(options) {
+        plan::resume_from_last_success(&mut plan, &store, options.initial_since.as_deref())?;
     }
     if let Route::Queue { outbox, .. } = &route {
         store = store.queue_for_delivery(outbox.clone());
@@ -71,7 +38,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
         let mark = store.watermark(job.package(), job.name(), plan.account.as_deref())?;
         Ok(mark.and_then(|m| m.until.parse().ok()))
     };
-    let resumes = last_success(options).then_some(&watermark as &dyn Fn() -> _);
+    let resumes = plan::last_success(options).then_some(&watermark as &dyn Fn() -> _);
     let report = runner::run(&plan, &store, &signals, resumes)?;
     let exit = match report.record_error {
         Some(_) => Exit::Environment,
@@ -85,7 +52,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {
         match background.finish() {
-            Ok(finished) => warn_undelivered(finished, &store),
+            Ok(finished) => super::warn_undelivered(finished, &store),
             Err(e) => stderr!(
                 "warning: BigQuery delivery stopped ({e:#}); pending events stay in {}; deliver them with: lorch events flush",
                 store.path().display()
@@ -230,7 +197,7 @@ impl Route {
                 table: table.map(str::to_owned),
             },
             config: bigquery::Config::from_env(),
-            flush_timeout: flush_timeout()?,
+            flush_timeout: super::flush_timeout()?,
         })
     }
 
@@ -251,40 +218,6 @@ impl Route {
             *flush_timeout,
         )))
     }
-}
-
-/// `LORCH_BQ_FLUSH_TIMEOUT`: how long a run may spend, after its job, delivering what is
-/// still pending (default 10s).
-fn flush_timeout() -> Result<Duration> {
-    match std::env::var("LORCH_BQ_FLUSH_TIMEOUT") {
-        Err(_) => Ok(Duration::from_secs(10)),
-        Ok(value) => timearg::duration(&value)
-            .map_err(|e| Error::Usage(format!("invalid LORCH_BQ_FLUSH_TIMEOUT '{value}': {e}"))),
-    }
-}
-
-/// One warning when events of this run (or earlier ones) are not in BigQuery yet.
-fn warn_undelivered(finished: Finished, store: &LocalStore) {
-    if !finished.dead.is_empty() {
-        stderr!(
-            "warning: BigQuery refused {} events of this run ({}); they are kept as dead letters: see `lorch events status`",
-            finished.dead.len(),
-            finished.dead[0].reason
-        );
-    }
-    let waiting = match (finished.pending, finished.objects_pending) {
-        (0, 0) => return,
-        (events, 0) => format!("{events} events are"),
-        (0, objects) => format!("{objects} objects are"),
-        (events, objects) => format!("{events} events and {objects} objects are"),
-    };
-    let why = finished
-        .problem
-        .unwrap_or_else(|| "delivery did not finish in time".to_owned());
-    stderr!(
-        "warning: {waiting} not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
-        store.path().display()
-    );
 }
 
 /// `--dry-run`: the run's event rows as insertAll would receive them, then the rows of the
@@ -322,96 +255,3 @@ fn print_dry_run(store: &LocalStore, run_id: &str, tables: Option<DryRunTables>)
 
 /// The events table and the objects table a dry run would have sent to.
 type DryRunTables = (bigquery::Table, bigquery::Table);
-
-/// Whether `--since` is `last-success`.
-fn last_success(options: &RunOptions) -> bool {
-    options.since.as_deref().map(str::trim) == Some(LAST_SUCCESS)
-}
-
-/// `--since last-success` (docs/windows.md): the end of the newest window this job and account
-/// completed, else `--initial-since`, else a usage error (never "all time"). The window ends at
-/// `--until`, or at the run's start: the next run starts exactly there.
-fn resume_from_last_success(
-    plan: &mut RunPlan,
-    store: &LocalStore,
-    initial: Option<&str>,
-) -> Result<()> {
-    let (package, name, account) = (plan.job.package(), plan.job.name(), plan.account.as_deref());
-    let start = match store.watermark(package, name, account)? {
-        Some(mark) => TimeArg {
-            utc: mark.until.parse().map_err(|e| {
-                Error::Environment(anyhow::anyhow!(
-                    "the watermark {} of {package}/{name} in {} is not a time: {e}",
-                    mark.until,
-                    store.path().display()
-                ))
-            })?,
-            raw: LAST_SUCCESS.to_owned(),
-        },
-        None => {
-            let Some(initial) = initial else {
-                let of = account.map_or(String::new(), |a| format!(" for account {a}"));
-                return Err(Error::Usage(format!(
-                    "--since last-success: no run of {package}/{name}{of} has completed yet, so there is no window to start from; give the first start with --initial-since (e.g. --initial-since -30d), or set one with `lorch state set {package}/{name} --to TIME`"
-                )));
-            };
-            let (since, _) = timearg::window(Some(initial), None, plan.now)
-                .map_err(|e| Error::Usage(e.replace("for --since", "for --initial-since")))?;
-            since.expect("a value was given")
-        }
-    };
-    let until = plan.until.get_or_insert_with(|| TimeArg {
-        raw: "now".to_owned(),
-        utc: plan.now,
-    });
-    if start.utc > until.utc {
-        return Err(Error::Usage(format!(
-            "--since last-success is {} (the end of the last completed window of {package}/{name}), later than --until '{}' ({}); nothing is left to run",
-            timearg::micros(&start.utc),
-            until.raw,
-            timearg::micros(&until.utc)
-        )));
-    }
-    plan.since = Some(start);
-    Ok(())
-}
-
-fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
-    let now = timearg::now().map_err(Error::Usage)?;
-    let resumes = last_success(options);
-    if options.initial_since.is_some() && !resumes {
-        return Err(Error::Usage(
-            "--initial-since is the start of the first window of --since last-success; give --since last-success with it".to_owned(),
-        ));
-    }
-    let since = options.since.as_deref().filter(|_| !resumes);
-    let (since, until) =
-        timearg::window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
-    let params = params::resolve(job.meta(), &options.params).map_err(Error::Usage)?;
-    Ok(RunPlan {
-        job,
-        account: options.account.clone(),
-        since,
-        until,
-        now,
-        params,
-        trace_id: options.trace_id.clone().filter(|t| !t.is_empty()),
-        mode: if options.in_process {
-            Mode::InProcess
-        } else {
-            Mode::Supervised(Limits {
-                timeout: options.timeout,
-                kill_after: options.kill_after.unwrap_or(Duration::from_secs(5)),
-            })
-        },
-        retries: options.retries.unwrap_or(0),
-        retry_backoff: options.retry_backoff.unwrap_or(Duration::from_secs(10)),
-        lock_wait: match options.no_lock {
-            true => None,
-            false => Some(options.wait_lock.unwrap_or_default()),
-        },
-        home,
-        backfill_id: options.backfill_id.clone(),
-        dry_run: options.dry_run,
-    })
-}

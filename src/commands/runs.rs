@@ -1,15 +1,16 @@
-//! `lorch runs list|show|reap`: run history from the local store. Each first closes the runs
-//! whose lorch process is gone, so no run shows "running" forever.
+//! `lorch runs list|show|reap`: run history from the local store, pipeline runs included
+//! (docs/pipelines.md). Each first closes the runs whose lorch process is gone, so no run shows
+//! "running" forever.
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{format_events, report_reaped};
+use super::{format_events, report_reaped, report_reaped_pipelines};
 use crate::cli::RunsQuery;
 use crate::error::{Error, Exit, Result};
-use crate::events::{EventFilter, LocalStore, RunFilter, RunRow};
+use crate::events::{EventFilter, LocalStore, PipelineRunRow, RunFilter, RunRow};
 use crate::output::stderr;
 use crate::{history, output};
 
@@ -17,10 +18,14 @@ use crate::{history, output};
 fn open_reaped() -> Result<LocalStore> {
     let (home, store) = super::open_home()?;
     report_reaped(history::reap(&store, &home, None)?);
+    report_reaped_pipelines(history::reap_pipelines(&store, &home)?);
     Ok(store)
 }
 
 pub fn list(query: RunsQuery) -> Result<Exit> {
+    if let Some(pipeline) = &query.pipeline {
+        return list_pipeline(pipeline, query.status, query.limit, query.json);
+    }
     let json = query.json;
     let filter = filter(query)?;
     let store = open_reaped()?;
@@ -65,17 +70,69 @@ fn filter(query: RunsQuery) -> Result<RunFilter> {
     })
 }
 
+/// `runs list --pipeline NAME`: its runs, one line each.
+fn list_pipeline(
+    name: &str,
+    status: Option<crate::lifecycle::RunStatus>,
+    limit: usize,
+    json: bool,
+) -> Result<Exit> {
+    let store = open_reaped()?;
+    let runs = store.pipeline_runs(Some(name), status, Some(limit))?;
+    if json {
+        output::print_json(&json!({ "pipeline_runs": runs }))?;
+        return Ok(Exit::Success);
+    }
+    if runs.is_empty() {
+        stderr!(
+            "no runs of the pipeline {name} match in {}",
+            store.path().display()
+        );
+        return Ok(Exit::Success);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            let counts = run.summary.as_ref().map_or("-".to_owned(), |s| {
+                format!(
+                    "{} ok, {} failed, {} skipped",
+                    s.succeeded, s.failed, s.skipped
+                )
+            });
+            vec![
+                short_time(&run.started_at),
+                run.pipeline_run_id.clone(),
+                pipeline_status(run),
+                counts,
+                between(&run.started_at, run.ended_at.as_deref()),
+            ]
+        })
+        .collect();
+    let header = ["STARTED", "PIPELINE RUN", "STATUS", "STEPS", "DURATION"];
+    output::print(&output::table(&header, &rows))?;
+    Ok(Exit::Success)
+}
+
+/// `failed (step_failed)`, `completed`, `running`.
+fn pipeline_status(run: &PipelineRunRow) -> String {
+    match &run.reason {
+        Some(reason) => format!("{} ({reason})", run.status.as_str()),
+        None => run.status.as_str().to_owned(),
+    }
+}
+
+/// `2026-11-26T06:00:00Z`: a stored time to the second.
+fn short_time(at: &str) -> String {
+    at.get(..19).unwrap_or(at).to_owned() + "Z"
+}
+
 /// One line a run, in aligned columns under a header.
 fn table(runs: &[RunRow]) -> String {
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|run| {
             [
-                run.started_at
-                    .get(..19)
-                    .unwrap_or(&run.started_at)
-                    .to_owned()
-                    + "Z",
+                short_time(&run.started_at),
                 run.run_id.clone(),
                 format!("{}/{}", run.package, run.job),
                 run.account.clone().unwrap_or_else(|| "-".to_owned()),
@@ -130,11 +187,13 @@ fn status_text(run: &RunRow) -> String {
 }
 
 fn duration(run: &RunRow) -> String {
+    between(&run.started_at, run.ended_at.as_deref())
+}
+
+/// `1.25s` from a start to an end; `-` while it runs.
+fn between(started_at: &str, ended_at: Option<&str>) -> String {
     let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
-    match (
-        parse(&run.started_at),
-        run.ended_at.as_deref().and_then(parse),
-    ) {
+    match (parse(started_at), ended_at.and_then(parse)) {
         (Some(start), Some(end)) => format!("{:.2}s", (end - start).as_seconds_f64()),
         _ => "-".to_owned(),
     }
@@ -156,6 +215,9 @@ pub fn show(run_id: &str, json: bool) -> Result<Exit> {
         }
         id => id,
     };
+    if let Some(pipeline_run) = store.pipeline_run(run_id)? {
+        return show_pipeline(&store, pipeline_run, json);
+    }
     let Some(run) = store.run(run_id)? else {
         return Err(Error::Usage(format!(
             "no run {run_id} in {}; `lorch runs list` shows the recorded runs",
@@ -219,6 +281,68 @@ pub fn reap() -> Result<Exit> {
     if reaped.is_empty() {
         text.push_str("no abandoned runs\n");
     }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
+
+/// `runs show PIPELINE_RUN_ID`: the pipeline run, then each step's run: status, reason,
+/// duration.
+fn show_pipeline(store: &LocalStore, run: PipelineRunRow, json: bool) -> Result<Exit> {
+    let steps = store.steps_of(&run.pipeline_run_id)?;
+    if json {
+        output::print_json(&json!({ "pipeline_run": run, "steps": steps }))?;
+        return Ok(Exit::Success);
+    }
+    let mut text = format!(
+        "pipeline run {}\nPipeline: {}\nStatus: {}\n",
+        run.pipeline_run_id,
+        run.pipeline,
+        pipeline_status(&run)
+    );
+    let window = &run.started.window;
+    let since = match (&window.since, &run.started.since_input) {
+        (Some(since), _) => since.as_str(),
+        (None, Some(input)) => input.as_str(),
+        (None, None) => "(no start)",
+    };
+    writeln!(text, "Window: {since} to {}", window.until).unwrap();
+    if let Some(resumes) = &run.started.resumes {
+        writeln!(
+            text,
+            "Resumes: {resumes} (carried: {})",
+            run.started.carried.join(", ")
+        )
+        .unwrap();
+    }
+    writeln!(text, "Started: {}", run.started_at).unwrap();
+    if let Some(ended) = &run.ended_at {
+        let took = between(&run.started_at, Some(ended));
+        writeln!(text, "Ended: {ended} (after {took})").unwrap();
+    }
+    if let Some(summary) = &run.summary {
+        writeln!(
+            text,
+            "Steps: {} of {} succeeded, {} failed, {} skipped, {} not run",
+            summary.succeeded, summary.total, summary.failed, summary.skipped, summary.not_run
+        )
+        .unwrap();
+    }
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|step| {
+            vec![
+                step.step.clone().unwrap_or_default(),
+                format!("{}/{}", step.package, step.job),
+                status_text(step),
+                duration(step),
+                step.run_id.clone(),
+            ]
+        })
+        .collect();
+    text.push_str(&output::table(
+        &["STEP", "JOB", "STATUS", "DURATION", "RUN"],
+        &rows,
+    ));
     output::print(&text)?;
     Ok(Exit::Success)
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 pub use store::{
     DeadLetter, DeliveryStatus, EventFilter, LocalStore, ObjectFilter, Outbox, Pending,
-    PendingObject, RunFilter, RunRow, Watermark,
+    PendingObject, PipelineRunRow, RunFilter, RunRow, Watermark,
 };
 
 use crate::lifecycle::ObjectCounts;

@@ -25,11 +25,13 @@ use crate::lifecycle::{
 mod file;
 mod objects;
 mod outbox;
+mod pipelines;
 mod state;
 
 use file::SharedMemory;
 pub use objects::{ObjectFilter, PendingObject};
 pub use outbox::{DeadLetter, DeliveryStatus, Pending};
+pub use pipelines::PipelineRunRow;
 pub use state::Watermark;
 
 /// How long a command waits for another process's write transaction before giving up, unless
@@ -48,7 +50,7 @@ fn busy_timeout() -> Result<Duration> {
 
 /// The store's layout, kept in SQLite's `user_version`: bump it with every change of
 /// [`SCHEMA`] or [`upgrade`], so that stores opened by an earlier lorch are brought up to date.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 -- No index but the primary key: each index costs about a quarter of the time of storing an
@@ -94,8 +96,28 @@ CREATE TABLE IF NOT EXISTS runs (
     -- The run's window [window_since, window_until) (docs/windows.md); window_since NULL: no
     -- start. NULL window_until: a run from a lorch that did not record windows.
     window_since  TEXT,
-    window_until  TEXT
+    window_until  TEXT,
+    -- The pipeline run this run is a step of, and the step (docs/pipelines.md).
+    pipeline_run_id TEXT,
+    step            TEXT
 );
+
+-- One row per pipeline run, kept up to date from its pipeline.* events in the same
+-- transaction. `started` is the pipeline.started payload (its window, what it resumes),
+-- `summary` the terminal event's counts.
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    pipeline_run_id TEXT PRIMARY KEY,
+    pipeline        TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    reason          TEXT,
+    started_at      TEXT NOT NULL,
+    ended_at        TEXT,
+    pid             INTEGER,
+    host            TEXT,
+    started         TEXT NOT NULL,
+    summary         TEXT
+);
+CREATE INDEX IF NOT EXISTS pipeline_runs_by_name ON pipeline_runs (pipeline, started_at);
 
 -- The end of the newest window each job and account completed: what `--since last-success`
 -- starts from. Moved only forward by a completed run (in its job.completed's transaction), or
@@ -210,6 +232,11 @@ pub struct RunRow {
     /// The run's window (docs/windows.md): `[window_since, window_until)`.
     pub window_since: Option<String>,
     pub window_until: Option<String>,
+    /// The pipeline run this run is a step of, and the step (docs/pipelines.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline_run_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// Which runs `runs` returns.
@@ -487,6 +514,11 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
             .exists([])
             .map(|current| !current)
     };
+    let steps_unknown = |conn: &Connection| {
+        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'step'")?
+            .exists([])
+            .map(|current| !current)
+    };
     let object_outbox_outdated = |conn: &Connection| {
         conn.prepare("SELECT 1 FROM pragma_table_info('object_outbox') WHERE name = 'payload'")?
             .exists([])
@@ -497,8 +529,9 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         && !queueing_unknown(conn)?
         && !windows_unknown(conn)?
         && !object_outbox_outdated(conn)?
+        && !steps_unknown(conn)?
     {
-        return Ok(());
+        return conn.execute_batch(RUNS_BY_PIPELINE);
     }
     // Another lorch may be upgrading too: look again once holding the write lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -540,6 +573,13 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
              ALTER TABLE runs ADD COLUMN window_until TEXT;",
         )?;
     }
+    if steps_unknown(&tx)? {
+        tx.execute_batch(
+            "ALTER TABLE runs ADD COLUMN pipeline_run_id TEXT;
+             ALTER TABLE runs ADD COLUMN step TEXT;",
+        )?;
+    }
+    tx.execute_batch(RUNS_BY_PIPELINE)?;
     if outbox_outdated(&tx)? {
         // SCHEMA creates only what is missing: the new outbox.
         tx.execute_batch(&format!(
@@ -553,6 +593,10 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     tx.commit()
 }
+
+/// Made by [`upgrade`], not [`SCHEMA`]: a store from an earlier lorch gets the column first.
+const RUNS_BY_PIPELINE: &str =
+    "CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline_run_id);";
 
 /// Runs `f` again while SQLite says the database is busy or locked, for up to `timeout`.
 fn retry_while_busy<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
@@ -648,6 +692,8 @@ impl LocalStore {
                     update_run(&tx, event, seq, self.outbox.as_ref())?;
                 } else if let Some(change) = state_change(event) {
                     change_watermark(&tx, event, change)?;
+                } else if let Some(kind) = pipelines::pipeline_event(event) {
+                    pipelines::update(&tx, event, kind)?;
                 }
             }
             // A run's lifecycle event goes where its run's events go, whichever lorch records
@@ -802,8 +848,9 @@ fn update_run(
             tx.execute(
                 "INSERT INTO runs (run_id, package, job, account, status, reason, attempt, started_at,
                      ended_at, pid, host, first_seq, last_seq, queued, queue_target, window_since,
-                     window_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                     window_until, pipeline_run_id, step)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19)
                  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
                      reason = NULL, ended_at = NULL, error_message = NULL, pid = excluded.pid,
                      last_seq = NULL",
@@ -825,6 +872,8 @@ fn update_run(
                     outbox.and_then(|o| o.table.as_deref()),
                     window.and_then(|w| w.since.as_deref()).and_then(window_bound),
                     window.and_then(|w| window_bound(&w.until)),
+                    payload.pipeline.as_ref().map(|p| &p.pipeline_run_id),
+                    payload.pipeline.as_ref().map(|p| &p.step),
                 ],
             )?;
         }
@@ -899,17 +948,16 @@ impl LocalStore {
         let (package, job) = filter.job.clone().unzip();
         let limit = filter.limit.map_or(-1, |n| n as i64);
         // Cached: `schedule list` asks once per entry.
-        let mut stmt = conn.prepare_cached(
-            "SELECT run_id, package, job, account, status, reason, attempt, started_at, ended_at,
-                    pid, host, error_message, window_since, window_until
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS}
              FROM (SELECT rowid AS seq, * FROM runs
                    WHERE (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR job = ?2)
                      AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR run_id = ?5)
                      AND (?6 IS NULL OR account = ?6)
                      AND (?7 IS NULL OR started_at >= ?7) AND (?8 IS NULL OR started_at < ?8)
                    ORDER BY started_at DESC, seq DESC LIMIT ?4)
-             ORDER BY started_at, seq",
-        )?;
+             ORDER BY started_at, seq"
+        ))?;
         // Timestamps are stored in one fixed form (`timestamp`), so text order is time order.
         let since = filter.since.as_ref().map(timestamp);
         let until = filter.until.as_ref().map(timestamp);
@@ -924,24 +972,7 @@ impl LocalStore {
                 since,
                 until
             ],
-            |row| {
-                Ok(RunRow {
-                    run_id: row.get(0)?,
-                    package: row.get(1)?,
-                    job: row.get(2)?,
-                    account: row.get(3)?,
-                    status: row.get(4)?,
-                    reason: row.get(5)?,
-                    attempt: row.get(6)?,
-                    started_at: row.get(7)?,
-                    ended_at: row.get(8)?,
-                    pid: row.get(9)?,
-                    host: row.get(10)?,
-                    error_message: row.get(11)?,
-                    window_since: row.get(12)?,
-                    window_until: row.get(13)?,
-                })
-            },
+            run_from_row,
         )?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .with_context(|| format!("cannot read the event store {}", self.path.display()))
@@ -970,6 +1001,31 @@ impl LocalStore {
         };
         Ok(self.runs(&filter)?.pop())
     }
+}
+
+/// The columns of `runs` that [`run_from_row`] reads, in its order.
+const RUN_COLUMNS: &str = "run_id, package, job, account, status, reason, attempt, started_at,
+    ended_at, pid, host, error_message, window_since, window_until, pipeline_run_id, step";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        package: row.get(1)?,
+        job: row.get(2)?,
+        account: row.get(3)?,
+        status: row.get(4)?,
+        reason: row.get(5)?,
+        attempt: row.get(6)?,
+        started_at: row.get(7)?,
+        ended_at: row.get(8)?,
+        pid: row.get(9)?,
+        host: row.get(10)?,
+        error_message: row.get(11)?,
+        window_since: row.get(12)?,
+        window_until: row.get(13)?,
+        pipeline_run_id: row.get(14)?,
+        step: row.get(15)?,
+    })
 }
 
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {

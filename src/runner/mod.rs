@@ -63,6 +63,8 @@ pub struct RunPlan<'a> {
     pub backfill_id: Option<String>,
     /// `--dry-run`: recorded in the payload, so its window does not count as done.
     pub dry_run: bool,
+    /// The pipeline run this run is a step of.
+    pub pipeline: Option<lifecycle::StepOf>,
 }
 
 /// A failed attempt.
@@ -291,9 +293,7 @@ fn skipped(
         }),
         ..lifecycle_payload(plan, 1)
     };
-    let event = lifecycle_event(EventType::Skipped, &run_id, plan, &payload);
-    sink.record(&event)
-        .with_context(|| format!("cannot record job.skipped of run {run_id}"))?;
+    record_skipped(plan, sink, &run_id, &payload)?;
     Ok(RunReport {
         run_id,
         attempts: 1,
@@ -303,6 +303,39 @@ fn skipped(
         objects: ObjectCounts::default(),
         record_error: None,
     })
+}
+
+/// Records `job.skipped`, reason `upstream_failed`, for a pipeline step that does not run
+/// because the step `upstream` it needs did not complete; returns the skipped run's id.
+pub fn skip_for_upstream(
+    plan: &RunPlan,
+    sink: &dyn EventSink,
+    upstream: &str,
+) -> anyhow::Result<String> {
+    let run_id = Uuid::now_v7().to_string();
+    let payload = Payload {
+        reason: Some(Reason::UpstreamFailed),
+        upstream: Some(upstream.to_owned()),
+        ..lifecycle_payload(plan, 1)
+    };
+    record_skipped(plan, sink, &run_id, &payload)?;
+    Ok(run_id)
+}
+
+fn record_skipped(
+    plan: &RunPlan,
+    sink: &dyn EventSink,
+    run_id: &str,
+    payload: &Payload,
+) -> anyhow::Result<()> {
+    let mut event = lifecycle_event(EventType::Skipped, run_id, plan, payload);
+    if let Some(upstream) = &payload.upstream {
+        event.error_message = Some(format!(
+            "skipped: the step {upstream} it needs did not complete"
+        ));
+    }
+    sink.record(&event)
+        .with_context(|| format!("cannot record job.skipped of run {run_id}"))
 }
 
 fn execute(
@@ -426,6 +459,7 @@ fn lifecycle_payload(plan: &RunPlan, attempt: u32) -> Payload {
         plugin: plan.job.location().to_string(),
         backfill_id: plan.backfill_id.clone(),
         dry_run: plan.dry_run,
+        pipeline: plan.pipeline.clone(),
         ..Payload::default()
     }
 }

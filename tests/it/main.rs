@@ -13,6 +13,7 @@ mod discovery;
 mod docs_jobs;
 mod faults;
 mod objects;
+mod pipelines;
 mod runs;
 mod schedules;
 mod supervision;

@@ -1,0 +1,140 @@
+//! From a run's options to its [`RunPlan`]: the job's defaults from the configuration file,
+//! the window (with `--since last-success`), the parameters checked against the job. What
+//! `run-job`, the runs `tick` and `backfill` start, and pipeline steps share.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lorch_plugin_api::TimeArg;
+
+use crate::cli::RunOptions;
+use crate::config::{self, RunDefaults};
+use crate::error::{Error, Result};
+use crate::events::LocalStore;
+use crate::lifecycle::LAST_SUCCESS;
+use crate::plugins::Job;
+use crate::runner::{Limits, Mode, RunPlan};
+use crate::{params, timearg};
+
+/// The options of a run: its command line, and for what it does not give, the job's defaults
+/// in the configuration file (docs/configuration.md).
+pub fn with_defaults(mut options: RunOptions, defaults: Option<&RunDefaults>) -> RunOptions {
+    let Some(defaults) = defaults else {
+        return options;
+    };
+    let text = |value: &Option<toml::Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
+    options.account = options.account.or_else(|| defaults.account.clone());
+    options.since = options.since.or_else(|| text(&defaults.since));
+    // The file's start of a first window applies only to a run that resumes.
+    if last_success(&options) {
+        options.initial_since = options
+            .initial_since
+            .or_else(|| text(&defaults.initial_since));
+    }
+    options.timeout = options
+        .timeout
+        .or_else(|| config::duration(&defaults.timeout));
+    options.kill_after = options
+        .kill_after
+        .or_else(|| config::duration(&defaults.kill_after));
+    options.retries = options.retries.or(defaults.retries);
+    options.retry_backoff = options
+        .retry_backoff
+        .or_else(|| config::duration(&defaults.retry_backoff));
+    options.params = defaults.params_with(&options.params);
+    options
+}
+
+/// Whether `--since` is `last-success`.
+pub fn last_success(options: &RunOptions) -> bool {
+    options.since.as_deref().map(str::trim) == Some(LAST_SUCCESS)
+}
+
+/// `--since last-success` (docs/windows.md): the end of the newest window this job and account
+/// completed, else `--initial-since`, else a usage error (never "all time"). The window ends at
+/// `--until`, or at the run's start: the next run starts exactly there.
+pub fn resume_from_last_success(
+    plan: &mut RunPlan,
+    store: &LocalStore,
+    initial: Option<&str>,
+) -> Result<()> {
+    let (package, name, account) = (plan.job.package(), plan.job.name(), plan.account.as_deref());
+    let start = match store.watermark(package, name, account)? {
+        Some(mark) => TimeArg {
+            utc: mark.until.parse().map_err(|e| {
+                Error::Environment(anyhow::anyhow!(
+                    "the watermark {} of {package}/{name} in {} is not a time: {e}",
+                    mark.until,
+                    store.path().display()
+                ))
+            })?,
+            raw: LAST_SUCCESS.to_owned(),
+        },
+        None => {
+            let Some(initial) = initial else {
+                let of = account.map_or(String::new(), |a| format!(" for account {a}"));
+                return Err(Error::Usage(format!(
+                    "--since last-success: no run of {package}/{name}{of} has completed yet, so there is no window to start from; give the first start with --initial-since (e.g. --initial-since -30d), or set one with `lorch state set {package}/{name} --to TIME`"
+                )));
+            };
+            let (since, _) = timearg::window(Some(initial), None, plan.now)
+                .map_err(|e| Error::Usage(e.replace("for --since", "for --initial-since")))?;
+            since.expect("a value was given")
+        }
+    };
+    let until = plan.until.get_or_insert_with(|| TimeArg {
+        raw: "now".to_owned(),
+        utc: plan.now,
+    });
+    if start.utc > until.utc {
+        return Err(Error::Usage(format!(
+            "--since last-success is {} (the end of the last completed window of {package}/{name}), later than --until '{}' ({}); nothing is left to run",
+            timearg::micros(&start.utc),
+            until.raw,
+            timearg::micros(&until.utc)
+        )));
+    }
+    plan.since = Some(start);
+    Ok(())
+}
+
+pub fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
+    let now = timearg::now().map_err(Error::Usage)?;
+    let resumes = last_success(options);
+    if options.initial_since.is_some() && !resumes {
+        return Err(Error::Usage(
+            "--initial-since is the start of the first window of --since last-success; give --since last-success with it".to_owned(),
+        ));
+    }
+    let since = options.since.as_deref().filter(|_| !resumes);
+    let (since, until) =
+        timearg::window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
+    let params = params::resolve(job.meta(), &options.params).map_err(Error::Usage)?;
+    Ok(RunPlan {
+        job,
+        account: options.account.clone(),
+        since,
+        until,
+        now,
+        params,
+        trace_id: options.trace_id.clone().filter(|t| !t.is_empty()),
+        mode: if options.in_process {
+            Mode::InProcess
+        } else {
+            Mode::Supervised(Limits {
+                timeout: options.timeout,
+                kill_after: options.kill_after.unwrap_or(Duration::from_secs(5)),
+            })
+        },
+        retries: options.retries.unwrap_or(0),
+        retry_backoff: options.retry_backoff.unwrap_or(Duration::from_secs(10)),
+        lock_wait: match options.no_lock {
+            true => None,
+            false => Some(options.wait_lock.unwrap_or_default()),
+        },
+        home,
+        backfill_id: options.backfill_id.clone(),
+        dry_run: options.dry_run,
+        pipeline: None,
+    })
+}
