@@ -128,6 +128,10 @@ pub enum Command {
         /// step from its own last completed window) [default: each step's own since]
         #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         since: Option<String>,
+        /// With last-success: the start of a step's first window, for a step that has no
+        /// watermark yet nor an initial_since of its own
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        initial_since: Option<String>,
         /// End of every step's window [default: the instant the pipeline starts]
         #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         until: Option<String>,
@@ -139,7 +143,7 @@ pub enum Command {
         parallel: Option<u16>,
         /// Run only the steps of an earlier run of this pipeline that did not complete, with its
         /// window
-        #[arg(long, value_name = "PIPELINE_RUN_ID", conflicts_with_all = ["since", "until"])]
+        #[arg(long, value_name = "PIPELINE_RUN_ID", conflicts_with_all = ["since", "until", "initial_since"])]
         resume: Option<String>,
         /// Print nothing for the steps that complete, nor for the pipeline when it completes
         #[arg(long, short)]

@@ -86,11 +86,47 @@ pub enum CatchUp {
     All,
 }
 
+/// What a `[[schedule]]` entry runs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// `job = "PACKAGE/JOB"`.
+    Job(Spanned<String>),
+    /// `pipeline = "NAME"`: a `[pipeline.NAME]` of the file.
+    Pipeline(Spanned<String>),
+}
+
+impl Target {
+    /// The job's `PACKAGE/JOB`, or the pipeline's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Job(id) | Target::Pipeline(id) => id.get_ref(),
+        }
+    }
+
+    /// `ingester/extract_gmail`, or `pipeline daily`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Job(id) => id.get_ref().clone(),
+            Target::Pipeline(name) => format!("pipeline {}", name.get_ref()),
+        }
+    }
+
+    /// The job, when it is one.
+    pub fn job(&self) -> Option<&Spanned<String>> {
+        match self {
+            Target::Job(id) => Some(id),
+            Target::Pipeline(_) => None,
+        }
+    }
+}
+
 /// A `[[schedule]]` entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct Schedule {
-    /// `PACKAGE/JOB`.
-    pub job: Spanned<String>,
+    /// `job = "PACKAGE/JOB"` or `pipeline = "NAME"`.
+    #[serde(flatten)]
+    pub target: Target,
     /// 5 fields, or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
     pub cron: Spanned<String>,
     /// An IANA time zone name; UTC when not given.
@@ -260,17 +296,9 @@ impl Config {
             let schedule = fields.schedule(&mut crons);
             let problems = fields.finish(SCHEDULE_KEYS);
             match schedule {
-                Some(schedule) if problems.is_empty() => schedules.push(schedule),
+                Some(schedule) if problems.is_empty() => schedules.push((i + 1, schedule)),
                 _ => config.problems.extend(problems),
             }
-        }
-        // What an entry does not say, its job's [jobs] entry does: tick then knows the account
-        // and start each run really has (its lock, its watermark).
-        for mut schedule in schedules {
-            if let Some(defaults) = config.defaults_of(schedule.job.get_ref()) {
-                schedule.options.fill_from(defaults);
-            }
-            config.schedules.push(schedule);
         }
         for (name, raw) in raw.pipeline {
             match config.pipeline(&name, raw) {
@@ -289,6 +317,30 @@ impl Config {
                     config.problems.extend(problems);
                 }
             }
+        }
+        // What an entry does not say, its job's [jobs] entry does: tick then knows the account
+        // and start each run really has (its lock, its watermark).
+        for (i, mut schedule) in schedules {
+            if let Target::Pipeline(name) = &schedule.target
+                && !config.pipelines.contains_key(name.get_ref())
+            {
+                let known: Vec<&str> = config.pipelines.keys().map(String::as_str).collect();
+                let hint = crate::suggest::hint(name.get_ref(), known.iter().copied());
+                let message = format!(
+                    "schedule {i}: pipeline: no [pipeline.{}] in this file{hint}",
+                    name.get_ref()
+                );
+                config.problems.push(config.problem(name.span(), message));
+                continue;
+            }
+            if let Some(defaults) = schedule
+                .target
+                .job()
+                .and_then(|job| config.defaults_of(job.get_ref()))
+            {
+                schedule.options.fill_from(defaults);
+            }
+            config.schedules.push(schedule);
         }
         Ok(config)
     }
@@ -415,8 +467,10 @@ impl Config {
             })
             .collect();
         for (i, schedule) in self.schedules.iter().enumerate() {
-            let key = format!("schedule {}: job", i + 1);
-            named.push((&schedule.job, key, schedule.options.param_flags()));
+            if let Some(job) = schedule.target.job() {
+                let key = format!("schedule {}: job", i + 1);
+                named.push((job, key, schedule.options.param_flags()));
+            }
         }
         for (name, pipeline) in &self.pipelines {
             for step in &pipeline.steps {
@@ -507,6 +561,7 @@ const RUN_KEYS: &[&str] = &[
 /// The keys of a schedule besides the run options.
 const SCHEDULE_KEYS: &[&str] = &[
     "job",
+    "pipeline",
     "cron",
     "timezone",
     "catch_up",
@@ -653,12 +708,7 @@ impl<'a> Fields<'a> {
         &mut self,
         crons: &mut HashMap<String, Result<Arc<croner::Cron>, String>>,
     ) -> Option<Schedule> {
-        let job = self.required("job", "\"ingester/extract_gmail\"");
-        if let Some(job) = &job
-            && let Err(why) = check_job_id(job.get_ref())
-        {
-            self.problem(job.span(), format!("job: {why}"));
-        }
+        let target = self.target();
         let cron = self.required("cron", "\"0 6 * * *\"");
         let parsed = cron.as_ref().and_then(|cron| {
             match crons
@@ -709,8 +759,24 @@ impl<'a> Fields<'a> {
                 "since: a schedule's runs start at last-success (the default) or at a fixed time such as 2026-01-01; a relative time would be read when tick runs, not at the fire time".to_owned(),
             );
         }
+        if let Some(Target::Pipeline(_)) = &target {
+            let per_step = [
+                ("timeout", options.timeout.is_some()),
+                ("kill_after", options.kill_after.is_some()),
+                ("retries", options.retries.is_some()),
+                ("retry_backoff", options.retry_backoff.is_some()),
+                ("params", !options.params.is_empty()),
+            ];
+            for (key, _) in per_step.iter().filter(|(_, given)| *given) {
+                let span = self.span.clone();
+                self.problem(
+                    span,
+                    format!("{key}: a pipeline's steps take it from their own entries in [pipeline.NAME]; a schedule of a pipeline takes account, since and initial_since"),
+                );
+            }
+        }
         Some(Schedule {
-            job: job?,
+            target: target?,
             cron: cron?,
             parsed: (parsed?, zone),
             options,
@@ -719,6 +785,39 @@ impl<'a> Fields<'a> {
             max_catch_up,
             jitter,
         })
+    }
+
+    /// `job = "PACKAGE/JOB"` or `pipeline = "NAME"`: one of them.
+    fn target(&mut self) -> Option<Target> {
+        let job = self.string("job");
+        let pipeline = self.string("pipeline");
+        match (job, pipeline) {
+            (Some(job), None) => match check_job_id(job.get_ref()) {
+                Ok(()) => Some(Target::Job(job)),
+                Err(why) => {
+                    self.problem(job.span(), format!("job: {why}"));
+                    None
+                }
+            },
+            (None, Some(name)) => Some(Target::Pipeline(name)),
+            (Some(_), Some(name)) => {
+                self.problem(
+                    name.span(),
+                    "pipeline: an entry runs a job or a pipeline; give job or pipeline, not both"
+                        .to_owned(),
+                );
+                None
+            }
+            (None, None) => {
+                let span = self.span.clone();
+                self.problem(
+                    span,
+                    "job is missing, e.g. job = \"ingester/extract_gmail\" (or pipeline = \"daily\")"
+                        .to_owned(),
+                );
+                None
+            }
+        }
     }
 
     /// A pipeline step; `None` when a key it needs is missing or wrong.

@@ -297,6 +297,9 @@ pub struct PipelinePayload {
     pub window: Window,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since_input: Option<String>,
+    /// `--initial-since`: where a step resuming from its last success starts when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_since: Option<String>,
     /// `--account`, when it was given for every step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::{Cron, Direction};
 
-use crate::config::{self, CatchUp, Schedule};
+use crate::config::{self, CatchUp, Schedule, Target};
 
 /// How far back missed fire times are looked for when the entry does not say.
 pub const DEFAULT_MAX_CATCH_UP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -52,13 +52,17 @@ impl<'a> Entry<'a> {
         }
     }
 
-    /// What identifies the entry's progress: its job, account, cron expression and zone. An
-    /// entry whose expression changes starts afresh.
+    /// What identifies the entry's progress: its job (or `pipeline:NAME`), account, cron
+    /// expression and zone. An entry whose expression changes starts afresh.
     pub fn key(&self) -> String {
         let s = self.schedule;
+        let target = match &s.target {
+            Target::Job(id) => id.get_ref().clone(),
+            Target::Pipeline(name) => format!("pipeline:{}", name.get_ref()),
+        };
         format!(
             "{} {} {} {}",
-            s.job.get_ref(),
+            target,
             s.options.account.as_deref().unwrap_or("-"),
             s.cron.get_ref().trim(),
             self.zone.name()

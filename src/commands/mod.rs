@@ -147,6 +147,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::RunPipeline {
             name,
             since,
+            initial_since,
             until,
             account,
             parallel,
@@ -156,6 +157,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let request = pipelines::Request {
                 name: &name,
                 since: since.as_deref(),
+                initial_since: initial_since.as_deref(),
                 until: until.as_deref(),
                 account: account.as_deref(),
                 parallel: parallel.map(usize::from),
@@ -217,6 +219,16 @@ impl Passed<'_> {
     /// own flags to. Each run is a process of its own, as a cron line would start it.
     fn run_job(&self, id: &str) -> Result<std::process::Command> {
         let (package, job) = id.split_once('/').unwrap_or((id, ""));
+        self.lorch(&["run-job", package, job])
+    }
+
+    /// `lorch [the parent's global flags] run-pipeline NAME [--quiet]`.
+    fn run_pipeline(&self, name: &str) -> Result<std::process::Command> {
+        self.lorch(&["run-pipeline", name])
+    }
+
+    /// `lorch [the parent's global flags] ARGS [--quiet]`.
+    fn lorch(&self, args: &[&str]) -> Result<std::process::Command> {
         let exe = std::env::current_exe().map_err(|e| {
             Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}"))
         })?;
@@ -230,7 +242,7 @@ impl Passed<'_> {
         if self.allow_insecure_plugins {
             command.arg("--allow-insecure-plugins");
         }
-        command.args(["run-job", package, job]);
+        command.args(args);
         if self.quiet {
             command.arg("--quiet");
         }

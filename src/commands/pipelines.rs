@@ -33,6 +33,8 @@ use crate::{history, locks, output, plan, timearg};
 pub struct Request<'a> {
     pub name: &'a str,
     pub since: Option<&'a str>,
+    /// A fallback for the steps that resume from their last success.
+    pub initial_since: Option<&'a str>,
     pub until: Option<&'a str>,
     pub account: Option<&'a str>,
     pub parallel: Option<usize>,
@@ -102,6 +104,8 @@ enum State {
 /// The window every step shares.
 struct Shared {
     since: Option<String>,
+    initial_since: Option<String>,
+    account: Option<String>,
     until: String,
     carried: BTreeSet<String>,
     resumes: Option<String>,
@@ -135,7 +139,8 @@ pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<
             until: shared.until.clone(),
         },
         since_input: shared.since.clone(),
-        account: request.account.map(str::to_owned),
+        initial_since: shared.initial_since.clone(),
+        account: shared.account.clone(),
         parallel: parallel(request),
         total: pipeline.steps.len(),
         resumes: shared.resumes.clone(),
@@ -220,6 +225,11 @@ fn window(store: &LocalStore, request: &Request, now: DateTime<Utc>) -> Result<S
         }
         return Ok(Shared {
             since: run.started.since_input.clone(),
+            initial_since: run.started.initial_since.clone(),
+            account: request
+                .account
+                .map(str::to_owned)
+                .or(run.started.account.clone()),
             until: run.started.window.until.clone(),
             carried,
             resumes: Some(resume.to_owned()),
@@ -233,6 +243,8 @@ fn window(store: &LocalStore, request: &Request, now: DateTime<Utc>) -> Result<S
             Some(LAST_SUCCESS) => Some(LAST_SUCCESS.to_owned()),
             _ => since.as_ref().map(micros),
         },
+        initial_since: request.initial_since.map(str::to_owned),
+        account: request.account.map(str::to_owned),
         until: until.as_ref().map_or_else(|| timearg::micros(&now), micros),
         carried: BTreeSet::new(),
         resumes: None,
@@ -264,12 +276,15 @@ fn plan_steps<'a>(
         let (package, name) = id.split_once('/').unwrap_or_default();
         let job = catalog.find(package, name).map_err(|e| mistake(e.into()))?;
         let options = RunOptions {
-            account: request.account.map(str::to_owned),
+            account: shared.account.clone(),
             since: shared.since.clone(),
             until: Some(shared.until.clone()),
             ..RunOptions::default()
         };
-        let options = plan::with_defaults(options, Some(&step.options));
+        let mut options = plan::with_defaults(options, Some(&step.options));
+        if plan::last_success(&options) && options.initial_since.is_none() {
+            options.initial_since = shared.initial_since.clone();
+        }
         let mut run_plan = plan::plan(job, &options, home.to_owned()).map_err(mistake)?;
         run_plan.now = now;
         let resumes = plan::last_success(&options).then(|| options.initial_since.clone());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::config::{self, Config, Schedule};
+use crate::config::{self, Config, Schedule, Target};
 use crate::error::{Error, Exit, Result};
 use crate::events::LocalStore;
 use crate::lifecycle::LAST_SUCCESS;
@@ -77,8 +77,12 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
                 };
                 let due = e["due"].as_array().map_or(0, Vec::len);
                 let missed = e["missed"].as_array().map_or(0, Vec::len);
+                let target = match &e["pipeline"] {
+                    serde_json::Value::String(name) => format!("pipeline {name}"),
+                    _ => text(&e["job"]),
+                };
                 vec![
-                    text(&e["job"]),
+                    target,
                     text(&e["account"]),
                     format!("{} {}", text(&e["cron"]), text(&e["timezone"])),
                     last_run,
@@ -112,10 +116,25 @@ fn describe(
     let last = fires.get(&entry.key()).copied();
     let due = entry.due(last, now);
     let next = entry.next_after(now);
-    let id = s.job.get_ref().split_once('/').unwrap_or_default();
-    let last_run = store.last_run(id, s.options.account.as_deref())?;
+    let last_run = match &s.target {
+        Target::Job(id) => {
+            let id = id.get_ref().split_once('/').unwrap_or_default();
+            store.last_run(id, s.options.account.as_deref())?
+        }
+        Target::Pipeline(name) => store
+            .pipeline_runs(Some(name.get_ref()), None, Some(1))?
+            .pop()
+            .map(|r| {
+                (
+                    r.pipeline_run_id,
+                    r.status.as_str().to_owned(),
+                    r.started_at,
+                )
+            }),
+    };
     Ok(json!({
-            "job": s.job.get_ref(),
+            "job": s.target.job().map(|j| j.get_ref()),
+            "pipeline": matches!(s.target, Target::Pipeline(_)).then(|| s.target.name()),
             "account": s.options.account,
             "cron": s.cron.get_ref(),
             "timezone": entry.zone.name(),
@@ -190,9 +209,9 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
             Fired::Refused => {
                 let file = config.path.as_deref().unwrap_or(Path::new("lorch.toml"));
                 stderr!(
-                    "error: {}: the schedule entry of {}: lorch run-job refused it (see above); it stays due until it is fixed",
+                    "error: {}: the schedule entry of {}: lorch refused to run it (see above); it stays due until it is fixed",
                     file.display(),
-                    entry.schedule.job.get_ref()
+                    entry.schedule.target.describe()
                 );
                 broken = true;
             }
@@ -266,10 +285,15 @@ fn owe(
 /// or later): a tick that died after the run, before recording the fire time, does not run the
 /// window again.
 fn covered(schedule: &Schedule, store: &LocalStore, fire: DateTime<Utc>) -> Result<bool> {
-    if since(schedule) != LAST_SUCCESS {
+    // A pipeline's steps each resume from their own watermark.
+    let Some(job) = schedule
+        .target
+        .job()
+        .filter(|_| since(schedule) == LAST_SUCCESS)
+    else {
         return Ok(false);
-    }
-    let (package, job) = schedule.job.get_ref().split_once('/').unwrap_or_default();
+    };
+    let (package, job) = job.get_ref().split_once('/').unwrap_or_default();
     let mark = store.watermark(package, job, schedule.options.account.as_deref())?;
     Ok(mark.and_then(|m| m.until.parse::<DateTime<Utc>>().ok()) >= Some(fire))
 }
@@ -296,7 +320,8 @@ enum Fired {
     NotRun,
 }
 
-/// `lorch run-job` for the window ending at `fire`, after the entry's jitter. A signal to tick
+/// `lorch run-job` (or `run-pipeline`) for the window ending at `fire`, after the entry's
+/// jitter. A signal to tick
 /// reaches the run (it is in tick's process group) and is waited out.
 fn run_fire(
     entry: &Entry,
@@ -311,7 +336,10 @@ fn run_fire(
             return Ok(Fired::NotRun);
         }
     }
-    let mut command = passed.run_job(s.job.get_ref())?;
+    let mut command = match &s.target {
+        Target::Job(id) => passed.run_job(id.get_ref())?,
+        Target::Pipeline(name) => passed.run_pipeline(name.get_ref())?,
+    };
     command.args(["--since", since(s)]);
     command.args([
         "--until",

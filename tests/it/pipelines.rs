@@ -387,3 +387,89 @@ fn pipelines_list_and_show_read_at_a_glance() {
         "completed"
     );
 }
+
+#[test]
+fn a_schedule_runs_a_pipeline_and_catches_it_up() {
+    let (_plugins, env) = common::testkit_env();
+    let config = [
+        step("daily", "extract", "echo", &[], ""),
+        step(
+            "daily",
+            "build",
+            "echo",
+            &["extract"],
+            "account = \"views\"\n",
+        ),
+        "[[schedule]]\npipeline = \"daily\"\ncron = \"0 6 * * *\"\ncatch_up = \"all\"\n".to_owned(),
+    ]
+    .concat();
+    write_config(&env, &config);
+    let tick = |now: &str| {
+        env.lorch()
+            .args(["tick", "--quiet"])
+            .env("LORCH_NOW", now)
+            .run()
+    };
+    tick("2026-11-01T06:00:30Z").code(0);
+    // Two mornings asleep: each is run, in order, and each step's windows tile the days.
+    tick("2026-11-03T07:00:00Z").code(0);
+    let out = env.run(&["runs", "list", "--pipeline", "daily", "--json"]);
+    let runs = out.json()["pipeline_runs"].as_array().unwrap().clone();
+    let untils: Vec<&str> = runs
+        .iter()
+        .map(|r| r["started"]["window"]["until"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        untils,
+        [
+            "2026-11-01T06:00:00.000000Z",
+            "2026-11-02T06:00:00.000000Z",
+            "2026-11-03T06:00:00.000000Z"
+        ]
+    );
+    let out = env.run(&[
+        "runs",
+        "list",
+        "--job",
+        "testkit/echo",
+        "--account",
+        "views",
+        "--json",
+    ]);
+    let windows: Vec<(String, String)> = out.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let text = |v: &Value| v.as_str().unwrap().get(..10).unwrap().to_owned();
+            (text(&r["window_since"]), text(&r["window_until"]))
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            ("2026-10-31".into(), "2026-11-01".into()),
+            ("2026-11-01".into(), "2026-11-02".into()),
+            ("2026-11-02".into(), "2026-11-03".into())
+        ]
+    );
+    let listed = env
+        .lorch()
+        .args(["schedule", "list"])
+        .env("LORCH_NOW", "2026-11-03T07:00:00Z")
+        .run();
+    listed.code(0);
+    listed.stdout_has("pipeline daily");
+
+    // An entry naming a pipeline that is not there, or both a job and a pipeline, or a run
+    // option the steps own, is named at its place.
+    write_config(
+        &env,
+        "[[schedule]]\npipeline = \"dialy\"\ncron = \"@daily\"\n\n[[schedule]]\njob = \"testkit/echo\"\npipeline = \"daily\"\ncron = \"@daily\"\n\n[[schedule]]\npipeline = \"daily\"\ncron = \"@daily\"\nretries = 2\n\n[pipeline.daily]\n[[pipeline.daily.steps]]\njob = \"testkit/echo\"\n",
+    );
+    let out = env.run(&["config", "check"]);
+    out.code(2);
+    out.stderr_has("lorch.toml:2:12: schedule 1: pipeline: no [pipeline.dialy] in this file (did you mean `daily`?)");
+    out.stderr_has("lorch.toml:7:12: schedule 2: pipeline: an entry runs a job or a pipeline");
+    out.stderr_has("schedule 3: retries: a pipeline's steps take it from their own entries");
+}
