@@ -33,10 +33,11 @@ pub fn check(flag: Option<&std::path::Path>, catalog: &Catalog, json: bool) -> R
     } else if problems.is_empty() {
         let text = match (&config.path, &file) {
             (Some(path), _) => format!(
-                "{}: ok ({} job defaults, {} schedules)\n",
+                "{}: ok ({} job defaults, {} schedules, {} pipelines)\n",
                 path.display(),
                 config.jobs.len(),
-                config.schedules.len()
+                config.schedules.len(),
+                config.pipelines.len()
             ),
             (None, Some(path)) => format!(
                 "no configuration file at {}: lorch runs with its defaults\n",

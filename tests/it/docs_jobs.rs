@@ -220,3 +220,29 @@ fn the_readme_install_and_cron_lines_work_under_umask_002_and_crons_environment(
     out.code(1);
     out.stderr_has("✗ ingester/extract_gmail failed");
 }
+
+/// The TOML of each document that shows the configuration file, its blocks together, is a
+/// file `config check` accepts with the example plugins: the jobs exist and take the params.
+#[test]
+fn the_configuration_examples_of_the_docs_pass_config_check() {
+    let plugins = common::plugin_dir(&["ingester", "canonizer"]);
+    let env = common::Env::new(&[plugins.path()]);
+    for doc in [
+        "README.md",
+        "docs/configuration.md",
+        "docs/schedules.md",
+        "docs/pipelines.md",
+    ] {
+        let markdown = std::fs::read_to_string(Path::new(common::REPO).join(doc)).unwrap();
+        let blocks: Vec<&str> = markdown
+            .split("```toml\n")
+            .skip(1)
+            .map(|rest| rest.split("```").next().unwrap())
+            .collect();
+        assert!(!blocks.is_empty(), "{doc} has no TOML example");
+        let file = env.home.path().join("lorch.toml");
+        std::fs::write(&file, blocks.concat()).unwrap();
+        let out = env.run(&["--config", file.to_str().unwrap(), "config", "check"]);
+        assert_eq!(out.code, 0, "{doc}: {out:?}");
+    }
+}
