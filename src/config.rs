@@ -1107,7 +1107,7 @@ catch_up = "all"
             ),
             (
                 "[shedule]\n",
-                "lorch.toml:1:2: unknown field `shedule`, expected `jobs` or `schedule`",
+                "lorch.toml:1:2: unknown field `shedule`, expected one of `jobs`, `schedule`, `pipeline`",
             ),
         ];
         for (text, expected) in cases {
@@ -1140,6 +1140,51 @@ catch_up = "all"
             assert!(
                 message.contains("accepted: 5 fields"),
                 "{wrong:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pipelines_steps_are_checked_and_ordered() {
+        let text = "[[pipeline.p.steps]]\njob = \"a/load\"\nneeds = [\"extract\"]\n\n[[pipeline.p.steps]]\njob = \"a/extract\"\n";
+        let config = Config::parse(Path::new("lorch.toml"), text.to_owned()).unwrap();
+        let pipeline = &config.pipelines["p"];
+        let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["load", "extract"], "a step is named after its job");
+        assert_eq!(
+            pipeline.order(),
+            Ok(vec![1, 0]),
+            "what a step needs comes first"
+        );
+        assert_eq!(pipeline.defined_at, "lorch.toml:1");
+        let cases = [
+            ("[pipeline.p]\n", "lorch.toml:1:1: pipeline p: no steps"),
+            (
+                "[[pipeline.P.steps]]\njob = \"a/b\"\n",
+                "lorch.toml:1:12: pipeline P: 'P' is not a name lorch accepts",
+            ),
+            (
+                "[[pipeline.p.steps]]\njob = \"a/b\"\nneeds = \"x\"\n",
+                "lorch.toml:3:9: pipeline p: step 1: needs: expected a list of step names",
+            ),
+            (
+                "[[pipeline.p.steps]]\njob = \"a/b\"\ncontinue_on_failure = \"yes\"\n",
+                "lorch.toml:3:23: pipeline p: step 1: continue_on_failure: expected true or false",
+            ),
+            (
+                "[[pipeline.p.steps]]\njob = \"a/b\"\nneeds = [\"b\"]\n",
+                "lorch.toml:1:12: pipeline p: its steps form a cycle: b → b",
+            ),
+            (
+                "[[pipeline.p.steps]]\njobs = \"a/b\"\n",
+                "lorch.toml:2:8: pipeline p: step 1: unknown key `jobs` (did you mean `job`?)",
+            ),
+        ];
+        for (text, expected) in cases {
+            let found = problems(text);
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "{text:?}: {found:?}"
             );
         }
     }

@@ -71,8 +71,8 @@ fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Pipeline> {
     })
 }
 
-/// The configuration with its problems on stderr (other entries' mistakes do not stop this
-/// one).
+/// The configuration file; one lorch cannot read or parse is a usage error (a mistake in
+/// another entry does not stop a pipeline).
 fn read_config(flag: Option<&Path>) -> Result<Config> {
     Config::read_file(flag).map_err(super::config_problems)
 }
@@ -132,25 +132,7 @@ pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<
     let _lock = locks::hold_run(&home, &id)
         .context("cannot create the pipeline run's lock file")
         .map_err(Error::Environment)?;
-    let started = PipelinePayload {
-        pipeline: request.name.to_owned(),
-        window: Window {
-            since: shared.since.clone().filter(|s| s != LAST_SUCCESS),
-            until: shared.until.clone(),
-        },
-        since_input: shared.since.clone(),
-        initial_since: shared.initial_since.clone(),
-        account: shared.account.clone(),
-        parallel: parallel(request),
-        total: pipeline.steps.len(),
-        resumes: shared.resumes.clone(),
-        carried: shared.carried.iter().cloned().collect(),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
-        pid: std::process::id(),
-        lorch_version: env!("CARGO_PKG_VERSION").to_owned(),
-        summary: None,
-        reason: None,
-    };
+    let started = started(request, pipeline.steps.len(), &shared);
     store
         .record(&history::pipeline_event(
             PipelineEvent::Started,
@@ -165,25 +147,58 @@ pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<
         })
         .map_err(Error::Environment)?;
     let background = super::start_delivery(&home, &store)?;
-    let clock = Instant::now();
-    let steps = steps_with_ids(steps, request.name, &id);
-    let outcome = execute(
-        &steps,
-        &shared,
-        &home,
-        &id,
-        &store,
-        &signals,
-        parallel(request),
-        request.quiet,
-    );
-    let exit = finish(
-        &store, &id, &started, &steps, &outcome, clock, request, &signals,
-    )?;
+    let run = PipelineRun {
+        name: request.name,
+        id: &id,
+        home: &home,
+        store: &store,
+        signals: &signals,
+        steps: steps_with_ids(steps, request.name, &id),
+        quiet: request.quiet,
+        clock: Instant::now(),
+    };
+    let executed = run.execute(&shared, parallel(request));
+    let exit = run.finish(&started, &executed)?;
     if let Some(background) = background {
         super::finish_delivery(background, &store);
     }
     Ok(exit)
+}
+
+/// A pipeline run under way: what its steps share.
+struct PipelineRun<'a> {
+    name: &'a str,
+    /// The pipeline run id.
+    id: &'a str,
+    home: &'a Path,
+    store: &'a LocalStore,
+    signals: &'a Signals,
+    steps: Vec<Step<'a>>,
+    quiet: bool,
+    clock: Instant,
+}
+
+/// The payload of `pipeline.started`: what this run will do.
+fn started(request: &Request, total: usize, shared: &Shared) -> PipelinePayload {
+    PipelinePayload {
+        pipeline: request.name.to_owned(),
+        window: Window {
+            since: shared.since.clone().filter(|s| s != LAST_SUCCESS),
+            until: shared.until.clone(),
+        },
+        since_input: shared.since.clone(),
+        initial_since: shared.initial_since.clone(),
+        account: shared.account.clone(),
+        parallel: parallel(request),
+        total,
+        resumes: shared.resumes.clone(),
+        carried: shared.carried.iter().cloned().collect(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id(),
+        lorch_version: env!("CARGO_PKG_VERSION").to_owned(),
+        summary: None,
+        reason: None,
+    }
 }
 
 fn parallel(request: &Request) -> usize {
@@ -330,87 +345,116 @@ struct Executed {
     record_errors: usize,
 }
 
-/// Runs the steps: each once all it needs completed, at most `parallel` at once; a step whose
-/// need is blocked is skipped. After a signal nothing new starts; the running steps end as
-/// cancelled runs (their supervisors saw the signal too).
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    steps: &[Step],
-    shared: &Shared,
-    home: &Path,
-    pipeline_run_id: &str,
-    store: &LocalStore,
-    signals: &Signals,
-    parallel: usize,
-    quiet: bool,
-) -> Executed {
-    let mut states: Vec<State> = steps
-        .iter()
-        .map(|s| match shared.carried.contains(s.name) {
-            true => State::Completed,
-            false => State::Waiting,
-        })
-        .collect();
-    let mut record_errors = 0;
-    let view = LiveView::new(steps.len(), &states);
-    let job_locks = JobLocks {
-        home,
-        pipeline_run_id,
-        held: Mutex::new(HashMap::new()),
-    };
-    let (done, finished) = mpsc::channel::<(usize, anyhow::Result<RunReport>)>();
-    std::thread::scope(|scope| {
-        let mut running = 0;
-        loop {
-            // After a signal nothing starts, and what has not started is left not run.
-            if signals.received().is_none() {
-                skip_blocked(steps, &mut states, store, &view);
-                for i in 0..steps.len() {
-                    if running >= parallel {
-                        break;
-                    }
-                    let ready = states[i] == State::Waiting
-                        && steps[i]
-                            .needs
-                            .iter()
-                            .all(|&n| matches!(states[n], State::Completed | State::Tolerated));
-                    if ready {
+impl PipelineRun<'_> {
+    /// Runs the steps: each once all it needs completed, at most `parallel` at once; a step
+    /// whose need is blocked is skipped. After a signal nothing new starts; the running steps
+    /// end as cancelled runs (their supervisors saw the signal too).
+    fn execute(&self, shared: &Shared, parallel: usize) -> Executed {
+        let steps = &self.steps;
+        let mut states: Vec<State> = steps
+            .iter()
+            .map(|s| match shared.carried.contains(s.name) {
+                true => State::Completed,
+                false => State::Waiting,
+            })
+            .collect();
+        let mut record_errors = 0;
+        let view = LiveView::new(steps.len(), &states);
+        let job_locks = JobLocks {
+            home: self.home,
+            pipeline_run_id: self.id,
+            held: Mutex::new(HashMap::new()),
+        };
+        let (done, finished) = mpsc::channel::<(usize, anyhow::Result<RunReport>)>();
+        std::thread::scope(|scope| {
+            let mut running = 0;
+            loop {
+                // After a signal nothing starts, and what has not started is left not run.
+                if self.signals.received().is_none() {
+                    self.skip_blocked(&mut states, &view);
+                    for i in self.ready(&states).into_iter().take(parallel - running) {
                         states[i] = State::Running;
                         running += 1;
-                        let done = done.clone();
-                        let step = &steps[i];
-                        let job_locks = &job_locks;
+                        let (done, step, job_locks) = (done.clone(), &steps[i], &job_locks);
+                        let (store, signals) = (self.store, self.signals);
                         scope.spawn(move || {
                             let _ = done.send((i, run_step(step, store, signals, job_locks)));
                         });
                     }
                 }
+                view.update(steps, &states);
+                if running == 0 {
+                    break;
+                }
+                let Ok((i, result)) = finished.recv() else {
+                    break;
+                };
+                running -= 1;
+                states[i] = ended_as(&steps[i], &result);
+                if result.as_ref().map_or(true, |r| r.record_error.is_some()) {
+                    record_errors += 1;
+                }
+                view.print(|| step_line(&steps[i], &result, self.quiet));
             }
-            view.update(steps, &states);
-            if running == 0 {
-                break;
-            }
-            let Ok((i, result)) = finished.recv() else {
-                break;
+        });
+        view.finish();
+        Executed { record_errors }
+    }
+
+    /// The waiting steps whose needs all completed (or failed with `continue_on_failure`).
+    fn ready(&self, states: &[State]) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|&i| {
+                states[i] == State::Waiting
+                    && self.steps[i]
+                        .needs
+                        .iter()
+                        .all(|&n| matches!(states[n], State::Completed | State::Tolerated))
+            })
+            .collect()
+    }
+
+    /// Records `job.skipped` (reason `upstream_failed`) for every waiting step that needs a
+    /// blocked one, until none is left.
+    fn skip_blocked(&self, states: &mut [State], view: &LiveView) {
+        let steps = &self.steps;
+        loop {
+            let blocked = (0..steps.len()).find_map(|i| {
+                let upstream = steps[i]
+                    .needs
+                    .iter()
+                    .find(|&&n| states[n] == State::Blocked)?;
+                (states[i] == State::Waiting).then_some((i, *upstream))
+            });
+            let Some((i, upstream)) = blocked else {
+                return;
             };
-            running -= 1;
+            states[i] = State::Blocked;
             let step = &steps[i];
-            states[i] = match &result {
-                Ok(report) => match &report.outcome {
-                    Outcome::Completed if report.events_not_recorded == 0 => State::Completed,
-                    Outcome::Failed(_) if step.continue_on_failure => State::Tolerated,
-                    _ => State::Blocked,
-                },
-                Err(_) => State::Blocked,
-            };
-            if result.as_ref().map_or(true, |r| r.record_error.is_some()) {
-                record_errors += 1;
-            }
-            view.print(|| step_line(step, &result, quiet));
+            let recorded = runner::skip_for_upstream(&step.plan, self.store, steps[upstream].name);
+            view.print(|| match recorded {
+                Ok(run) => stderr!(
+                    "- {} ({}) skipped: the step {} it needs did not complete (run {run})",
+                    step.name,
+                    step.job_id,
+                    steps[upstream].name
+                ),
+                Err(e) => stderr!("error: {} ({}): {e:#}", step.name, step.job_id),
+            });
         }
-    });
-    view.finish();
-    Executed { record_errors }
+    }
+}
+
+/// What a step's end means for the steps that need it.
+fn ended_as(step: &Step, result: &anyhow::Result<RunReport>) -> State {
+    match result {
+        Ok(report) => match &report.outcome {
+            Outcome::Completed if report.events_not_recorded == 0 => State::Completed,
+            Outcome::Failed(_) if step.continue_on_failure => State::Tolerated,
+            _ => State::Blocked,
+        },
+        Err(_) => State::Blocked,
+    }
 }
 
 /// The job locks of the running steps. Steps of one job and account share theirs: a
@@ -499,35 +543,6 @@ fn run_under_lock(
     runner::run(&plan, store as &dyn EventSink, signals, resumes)
 }
 
-/// Records `job.skipped` (reason `upstream_failed`) for every waiting step that needs a blocked
-/// one, until none is left.
-fn skip_blocked(steps: &[Step], states: &mut [State], store: &LocalStore, view: &LiveView) {
-    loop {
-        let blocked = (0..steps.len()).find_map(|i| {
-            let upstream = steps[i]
-                .needs
-                .iter()
-                .find(|&&n| states[n] == State::Blocked)?;
-            (states[i] == State::Waiting).then_some((i, *upstream))
-        });
-        let Some((i, upstream)) = blocked else {
-            return;
-        };
-        states[i] = State::Blocked;
-        let step = &steps[i];
-        let recorded = runner::skip_for_upstream(&step.plan, store, steps[upstream].name);
-        view.print(|| match recorded {
-            Ok(run) => stderr!(
-                "- {} ({}) skipped: the step {} it needs did not complete (run {run})",
-                step.name,
-                step.job_id,
-                steps[upstream].name
-            ),
-            Err(e) => stderr!("error: {} ({}): {e:#}", step.name, step.job_id),
-        });
-    }
-}
-
 /// The line a step prints when it ends: `✓` on stdout (unless quiet), `✗` or `-` on stderr.
 fn step_line(step: &Step, result: &anyhow::Result<RunReport>, quiet: bool) {
     let (name, job) = (step.name, &step.job_id);
@@ -568,81 +583,74 @@ fn step_line(step: &Step, result: &anyhow::Result<RunReport>, quiet: bool) {
 }
 
 /// Records the pipeline's terminal event, prints the summary line, and says the exit code.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    store: &LocalStore,
-    id: &str,
-    started: &PipelinePayload,
-    steps: &[Step],
-    executed: &Executed,
-    clock: Instant,
-    request: &Request,
-    signals: &Signals,
-) -> Result<Exit> {
-    let runs = store.steps_of(id)?;
-    let summary = history::pipeline_summary(started, &runs, clock.elapsed().as_secs_f64());
-    let tolerated = |name: &String| {
-        steps
-            .iter()
-            .any(|s| s.name == name && s.continue_on_failure)
-    };
-    let failed = summary.failed_steps.iter().any(|s| !tolerated(s))
-        || summary.skipped > 0
-        || summary.not_run > 0;
-    let signal = signals.received();
-    let (kind, reason) = match (signal, failed) {
-        (Some(_), _) => (
-            PipelineEvent::Failed,
-            Some(crate::lifecycle::Reason::Cancelled),
-        ),
-        (None, true) => (
-            PipelineEvent::Failed,
-            Some(crate::lifecycle::Reason::StepFailed),
-        ),
-        (None, false) => (PipelineEvent::Completed, None),
-    };
-    let payload = PipelinePayload {
-        summary: Some(summary.clone()),
-        reason,
-        ..started.clone()
-    };
-    let mut event = history::pipeline_event(kind, id, &payload);
-    if kind == PipelineEvent::Failed {
-        event.error_message = Some(summary_text(&summary));
-    }
-    let recorded = store.record(&event);
-    let name = request.name;
-    let took = output::round_duration(std::time::Duration::from_secs_f64(summary.duration_seconds));
-    match (kind, signal) {
-        (PipelineEvent::Completed, _) if !request.quiet => {
-            let _ = output::print(&format!(
-                "✓ pipeline {name} completed: {} in {took} (pipeline run {id})\n",
-                summary_text(&summary)
-            ));
+impl PipelineRun<'_> {
+    fn finish(&self, started: &PipelinePayload, executed: &Executed) -> Result<Exit> {
+        let (store, id, steps, name) = (self.store, self.id, &self.steps, self.name);
+        let runs = store.steps_of(id)?;
+        let summary = history::pipeline_summary(started, &runs, self.clock.elapsed().as_secs_f64());
+        let tolerated = |name: &String| {
+            steps
+                .iter()
+                .any(|s| s.name == name && s.continue_on_failure)
+        };
+        let failed = summary.failed_steps.iter().any(|s| !tolerated(s))
+            || summary.skipped > 0
+            || summary.not_run > 0;
+        let signal = self.signals.received();
+        let (kind, reason) = match (signal, failed) {
+            (Some(_), _) => (
+                PipelineEvent::Failed,
+                Some(crate::lifecycle::Reason::Cancelled),
+            ),
+            (None, true) => (
+                PipelineEvent::Failed,
+                Some(crate::lifecycle::Reason::StepFailed),
+            ),
+            (None, false) => (PipelineEvent::Completed, None),
+        };
+        let payload = PipelinePayload {
+            summary: Some(summary.clone()),
+            reason,
+            ..started.clone()
+        };
+        let mut event = history::pipeline_event(kind, id, &payload);
+        if kind == PipelineEvent::Failed {
+            event.error_message = Some(summary_text(&summary));
         }
-        (PipelineEvent::Completed, _) => {}
-        (_, Some(signal)) => stderr!(
-            "✗ pipeline {name} cancelled by {}: {} (pipeline run {id}); run the rest with: lorch run-pipeline {name} --resume {id}",
-            crate::sys::signal_name(signal),
-            summary_text(&summary)
-        ),
-        _ => stderr!(
-            "✗ pipeline {name} failed: {} in {took} (pipeline run {id}); run the rest with: lorch run-pipeline {name} --resume {id}",
-            summary_text(&summary)
-        ),
+        let recorded = store.record(&event);
+        let took =
+            output::round_duration(std::time::Duration::from_secs_f64(summary.duration_seconds));
+        match (kind, signal) {
+            (PipelineEvent::Completed, _) if !self.quiet => {
+                let _ = output::print(&format!(
+                    "✓ pipeline {name} completed: {} in {took} (pipeline run {id})\n",
+                    summary_text(&summary)
+                ));
+            }
+            (PipelineEvent::Completed, _) => {}
+            (_, Some(signal)) => stderr!(
+                "✗ pipeline {name} cancelled by {}: {} (pipeline run {id}); run the rest with: lorch run-pipeline {name} --resume {id}",
+                crate::sys::signal_name(signal),
+                summary_text(&summary)
+            ),
+            _ => stderr!(
+                "✗ pipeline {name} failed: {} in {took} (pipeline run {id}); run the rest with: lorch run-pipeline {name} --resume {id}",
+                summary_text(&summary)
+            ),
+        }
+        if let Err(e) = recorded {
+            return Err(Error::Environment(e.context(format!(
+                "cannot record {} of pipeline run {id}",
+                kind.as_str()
+            ))));
+        }
+        Ok(match signal {
+            Some(signal) => Exit::cancelled_by(signal),
+            None if executed.record_errors > 0 => Exit::Environment,
+            None if failed => Exit::JobFailed,
+            None => Exit::Success,
+        })
     }
-    if let Err(e) = recorded {
-        return Err(Error::Environment(e.context(format!(
-            "cannot record {} of pipeline run {id}",
-            kind.as_str()
-        ))));
-    }
-    Ok(match signal {
-        Some(signal) => Exit::cancelled_by(signal),
-        None if executed.record_errors > 0 => Exit::Environment,
-        None if failed => Exit::JobFailed,
-        None => Exit::Success,
-    })
 }
 
 /// `4 succeeded, 1 failed (c), 1 skipped (d)`.
