@@ -223,7 +223,7 @@ fn a_broken_entry_is_reported_and_the_others_still_run() {
     let out = tick(&env, "2026-11-02T06:00:30Z");
     out.code(3);
     out.stderr_has("unknown job `nope` in package `testkit`");
-    out.stderr_has("the schedule entry of testkit/nope: lorch run-job refused it");
+    out.stderr_has("the schedule entry of testkit/nope: lorch refused to run it");
     assert_eq!(
         windows(&env, "testkit/echo", "completed").len(),
         2,
