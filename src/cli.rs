@@ -143,7 +143,7 @@ pub enum Command {
         parallel: Option<u16>,
         /// Run only the steps of an earlier run of this pipeline that did not complete, with its
         /// window
-        #[arg(long, value_name = "PIPELINE_RUN_ID", conflicts_with_all = ["since", "until", "initial_since"])]
+        #[arg(long, value_name = "PIPELINE_RUN_ID", conflicts_with_all = ["since", "until", "initial_since", "account"])]
         resume: Option<String>,
         /// Print nothing for the steps that complete, nor for the pipeline when it completes
         #[arg(long, short)]

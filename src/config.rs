@@ -175,6 +175,11 @@ pub struct Step {
     /// Its run options; its job's `[jobs]` entry applies for what they do not say.
     #[serde(flatten)]
     pub options: RunDefaults,
+    /// Where its name is (its job's when it has none), and its `needs`, in the file.
+    #[serde(skip)]
+    pub name_at: Range<usize>,
+    #[serde(skip)]
+    pub needs_at: Range<usize>,
 }
 
 /// The file, as read: the entries without mistakes (an entry with one is left out, and named
@@ -324,12 +329,22 @@ impl Config {
             if let Target::Pipeline(name) = &schedule.target
                 && !config.pipelines.contains_key(name.get_ref())
             {
+                let broken = config
+                    .problems
+                    .iter()
+                    .any(|p| p.in_pipeline.as_deref() == Some(name.get_ref()));
                 let known: Vec<&str> = config.pipelines.keys().map(String::as_str).collect();
                 let hint = crate::suggest::hint(name.get_ref(), known.iter().copied());
-                let message = format!(
-                    "schedule {i}: pipeline: no [pipeline.{}] in this file{hint}",
-                    name.get_ref()
-                );
+                let message = match broken {
+                    true => format!(
+                        "schedule {i}: pipeline: [pipeline.{}] has mistakes (see them above)",
+                        name.get_ref()
+                    ),
+                    false => format!(
+                        "schedule {i}: pipeline: no [pipeline.{}] in this file{hint}",
+                        name.get_ref()
+                    ),
+                };
                 config.problems.push(config.problem(name.span(), message));
                 continue;
             }
@@ -342,6 +357,8 @@ impl Config {
             }
             config.schedules.push(schedule);
         }
+        // In file order, whichever check found them.
+        config.problems.sort_by_key(|p| (p.line, p.column));
         Ok(config)
     }
 
@@ -368,27 +385,25 @@ impl Config {
                 ),
             ));
         }
+        // Every step's name, a step with a mistake included: what needs it is not named again.
+        let declared: Vec<String> = raw.steps.iter().map(declared_name).collect();
         let mut steps = Vec::new();
-        let mut places = Vec::new();
         for (i, table) in raw.steps.into_iter().enumerate() {
             let step_key = format!("{key}: step {}", i + 1);
-            let place = table.span();
             let mut fields = Fields::new(self, &step_key, table);
             let step = fields.step();
             let step_problems = fields.finish(STEP_KEYS);
             if step_problems.is_empty()
                 && let Some(step) = step
             {
-                steps.push(step);
-                places.push(place);
+                steps.push((i, step));
             }
             problems.extend(step_problems);
         }
-        let mut seen = HashMap::new();
-        for (i, step) in steps.iter().enumerate() {
-            if let Some(first) = seen.insert(step.name.as_str(), i) {
+        for (i, step) in &steps {
+            if let Some(first) = declared[..*i].iter().position(|n| *n == step.name) {
                 problems.push(self.problem(
-                    places[i].clone(),
+                    step.name_at.clone(),
                     format!(
                         "{key}: step {}: the name '{}' is taken by step {}; give one of them another with name = \"...\"",
                         i + 1,
@@ -397,21 +412,19 @@ impl Config {
                     ),
                 ));
             }
-            for need in &step.needs {
-                if !steps.iter().any(|s| &s.name == need) {
-                    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
-                    let hint = crate::suggest::hint(need, names.iter().copied());
-                    problems.push(self.problem(
-                        places[i].clone(),
-                        format!(
-                            "{key}: step '{}': needs '{need}', which is not a step of this pipeline{hint}; its steps: {}",
-                            step.name,
-                            names.join(", ")
-                        ),
-                    ));
-                }
+            for need in step.needs.iter().filter(|n| !declared.contains(n)) {
+                let hint = crate::suggest::hint(need, declared.iter().map(String::as_str));
+                problems.push(self.problem(
+                    step.needs_at.clone(),
+                    format!(
+                        "{key}: step '{}': needs '{need}', which is not a step of this pipeline{hint}; its steps: {}",
+                        step.name,
+                        declared.join(", ")
+                    ),
+                ));
             }
         }
+        let steps = steps.into_iter().map(|(_, step)| step).collect();
         let pipeline = Pipeline {
             defined_at: format!(
                 "{}:{}",
@@ -650,7 +663,7 @@ impl<'a> Fields<'a> {
             }
             timearg::resolve(text, chrono::Utc::now())
                 .map(drop)
-                .map_err(|why| format!("{why}; {}", timearg::ACCEPTED))
+                .map_err(|why| format!("{why}; {}, or last-success", timearg::ACCEPTED))
         };
         let duration = |text: &str| timearg::duration(text).map(drop);
         let positive = |text: &str| timearg::positive_duration(text).map(drop);
@@ -829,6 +842,10 @@ impl<'a> Fields<'a> {
             self.problem(job.span(), format!("job: {why}"));
         }
         let name = self.checked("name", check_pipeline_name);
+        let needs_at = self
+            .table
+            .get("needs")
+            .map_or(self.span.clone(), |v| v.span());
         let needs = self.table.remove("needs").and_then(|value| {
             let span = value.span();
             let names = match value.into_inner() {
@@ -867,8 +884,11 @@ impl<'a> Fields<'a> {
             .split_once('/')
             .map_or("", |(_, j)| j)
             .to_owned();
+        let name_at = name.as_ref().map_or(job.span(), |n| n.span());
         Some(Step {
             name: name.map_or(default_name, Spanned::into_inner),
+            name_at,
+            needs_at,
             job,
             needs: needs.unwrap_or_default(),
             continue_on_failure: continue_on_failure.unwrap_or(false),
@@ -911,6 +931,16 @@ fn check_job_id(id: &str) -> Result<(), String> {
     }
 }
 
+/// The name a step table declares: its `name`, else its job's name.
+fn declared_name(table: &Spanned<RawTable>) -> String {
+    let text = |key: &str| table.get_ref().get(key).and_then(|v| v.get_ref().as_str());
+    match (text("name"), text("job")) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(job)) => job.split_once('/').map_or(job, |(_, j)| j).to_owned(),
+        (None, None) => String::new(),
+    }
+}
+
 /// A pipeline or step name: lowercase letters, digits, `_` and `-`.
 fn check_pipeline_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -926,8 +956,9 @@ fn check_pipeline_name(name: &str) -> Result<(), String> {
 }
 
 impl Pipeline {
-    /// The indexes of the steps in an order where each comes after every step it needs (file
-    /// order among the ready ones), or the steps of a cycle, its first step again at the end.
+    /// The indexes of the steps in an order where each comes after every step it needs (each
+    /// step in file order, preceded by what it needs that is not listed yet), or the steps of a
+    /// cycle, its first step again at the end.
     pub fn order(&self) -> Result<Vec<usize>, Vec<String>> {
         let index = |name: &str| self.steps.iter().position(|s| s.name == name);
         // 0: not visited, 1: on the current path, 2: done.

@@ -173,30 +173,28 @@ pub fn pipeline_event(kind: PipelineEvent, id: &str, payload: &PipelinePayload) 
     event
 }
 
-/// The counts of a pipeline run from its steps' runs (the newest run of each step): the steps
-/// it carried from the run it resumed count as succeeded, the steps with no run as not run.
+/// The counts of a pipeline run from its steps' runs (one each: a step's retries are attempts
+/// of its run): the steps it carried from the run it resumed count as succeeded, a completed run
+/// that does not count for its window (events not recorded) as failed, the steps with no run as
+/// not run.
 pub fn pipeline_summary(
     started: &PipelinePayload,
     steps: &[RunRow],
     duration_seconds: f64,
 ) -> PipelineSummary {
-    let mut newest: Vec<&RunRow> = Vec::new();
-    for run in steps {
-        match newest.iter_mut().find(|r| r.step == run.step) {
-            Some(seen) => *seen = run,
-            None => newest.push(run),
-        }
-    }
-    let named = |status: RunStatus| -> Vec<String> {
-        newest
+    let named = |keep: &dyn Fn(&RunRow) -> bool| -> Vec<String> {
+        steps
             .iter()
-            .filter(|r| r.status == status)
+            .filter(|r| keep(r))
             .filter_map(|r| r.step.clone())
             .collect()
     };
-    let failed_steps = named(RunStatus::Failed);
-    let skipped_steps = named(RunStatus::Skipped);
-    let succeeded = started.carried.len() + named(RunStatus::Completed).len();
+    let completed = |r: &RunRow| r.status == RunStatus::Completed && r.reason.is_none();
+    let failed_steps = named(&|r| {
+        r.status == RunStatus::Failed || (r.status == RunStatus::Completed && !completed(r))
+    });
+    let skipped_steps = named(&|r| r.status == RunStatus::Skipped);
+    let succeeded = started.carried.len() + named(&completed).len();
     let ended = succeeded + failed_steps.len() + skipped_steps.len();
     PipelineSummary {
         total: started.total,

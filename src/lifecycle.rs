@@ -292,6 +292,10 @@ impl PipelineEvent {
 #[serde(default)]
 pub struct PipelinePayload {
     pub pipeline: String,
+    /// The instant the steps' relative times were read from (UTC, microseconds); a resumed run
+    /// reads them from its first run's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub now: Option<String>,
     /// The window every step shares: `until` is fixed for all; `since` is `None` when each
     /// step resumes from its own last success (`since_input` `last-success`) or has no start.
     pub window: Window,

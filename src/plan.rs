@@ -50,6 +50,15 @@ pub fn last_success(options: &RunOptions) -> bool {
     options.since.as_deref().map(str::trim) == Some(LAST_SUCCESS)
 }
 
+/// What a run resuming from its last success does when that is already past its window's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Covered {
+    /// A usage error: `run-job` was asked for a window that is done.
+    Refuse,
+    /// An empty window at the end: a pipeline step whose job caught up elsewhere.
+    Empty,
+}
+
 /// `--since last-success` (docs/windows.md): the end of the newest window this job and account
 /// completed, else `--initial-since`, else a usage error (never "all time"). The window ends at
 /// `--until`, or at the run's start: the next run starts exactly there.
@@ -57,6 +66,7 @@ pub fn resume_from_last_success(
     plan: &mut RunPlan,
     store: &LocalStore,
     initial: Option<&str>,
+    covered: Covered,
 ) -> Result<()> {
     let (package, name, account) = (plan.job.package(), plan.job.name(), plan.account.as_deref());
     let start = match store.watermark(package, name, account)? {
@@ -86,6 +96,13 @@ pub fn resume_from_last_success(
         raw: "now".to_owned(),
         utc: plan.now,
     });
+    if start.utc > until.utc && covered == Covered::Empty {
+        plan.since = Some(TimeArg {
+            utc: until.utc,
+            raw: LAST_SUCCESS.to_owned(),
+        });
+        return Ok(());
+    }
     if start.utc > until.utc {
         return Err(Error::Usage(format!(
             "--since last-success is {} (the end of the last completed window of {package}/{name}), later than --until '{}' ({}); nothing is left to run",
@@ -98,8 +115,13 @@ pub fn resume_from_last_success(
     Ok(())
 }
 
-pub fn plan<'a>(job: &'a Job, options: &RunOptions, home: PathBuf) -> Result<RunPlan<'a>> {
-    let now = timearg::now().map_err(Error::Usage)?;
+/// The plan of a run starting at `now` (relative times are read from there).
+pub fn plan<'a>(
+    job: &'a Job,
+    options: &RunOptions,
+    home: PathBuf,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<RunPlan<'a>> {
     let resumes = last_success(options);
     if options.initial_since.is_some() && !resumes {
         return Err(Error::Usage(

@@ -163,6 +163,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 parallel: parallel.map(usize::from),
                 resume: resume.as_deref(),
                 quiet,
+                config: cli.config.as_deref(),
             };
             pipelines::run(cli.config.as_deref(), discover(), &request)
         }
@@ -259,7 +260,7 @@ fn run_child(
 ) -> Result<std::process::ExitStatus> {
     let mut child = command
         .spawn()
-        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch run-job: {e}")))?;
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch: {e}")))?;
     let mut passed_on = false;
     loop {
         match child.try_wait() {
@@ -267,7 +268,7 @@ fn run_child(
             Ok(None) => {}
             Err(e) => {
                 return Err(Error::Environment(anyhow::anyhow!(
-                    "cannot wait for lorch run-job: {e}"
+                    "cannot wait for the lorch it started: {e}"
                 )));
             }
         }
@@ -351,9 +352,11 @@ fn report_reaped(runs: Vec<RunRow>) {
     }
 }
 
-/// One warning per pipeline run the reaper closed.
-fn report_reaped_pipelines(runs: Vec<crate::events::PipelineRunRow>) {
-    for run in runs {
+/// Closes every abandoned run, then every abandoned pipeline run, with a warning for each.
+fn reap_all(store: &crate::events::LocalStore, home: &std::path::Path) -> Result<()> {
+    report_reaped(crate::history::reap(store, home, None)?);
+    let pipelines = crate::history::reap_pipelines(store, home)?;
+    for run in pipelines {
         stderr!(
             "warning: pipeline run {} of {} (started {}) was abandoned: its lorch process is gone; recorded pipeline.failed, reason abandoned",
             run.pipeline_run_id,
@@ -361,6 +364,7 @@ fn report_reaped_pipelines(runs: Vec<crate::events::PipelineRunRow>) {
             run.started_at
         );
     }
+    Ok(())
 }
 
 /// Delivers what the store queues for BigQuery in the background, when BigQuery is configured.

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::IsTerminal as _;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -19,10 +20,13 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::cli::RunOptions;
-use crate::config::{Config, Pipeline};
+use crate::config::{Config, Pipeline, Problem};
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventSink, LocalStore, Outbox};
-use crate::lifecycle::{LAST_SUCCESS, PipelineEvent, PipelinePayload, StepOf, Window};
+use crate::lifecycle::{
+    LAST_SUCCESS, PipelineEvent, PipelinePayload, PipelineSummary, Reason, RunStatus, StepOf,
+    Window,
+};
 use crate::output::stderr;
 use crate::plugins::Catalog;
 use crate::runner::{self, Outcome, RunPlan, RunReport};
@@ -40,31 +44,41 @@ pub struct Request<'a> {
     pub parallel: Option<usize>,
     pub resume: Option<&'a str>,
     pub quiet: bool,
+    /// `--config`, repeated in the hint to resume.
+    pub config: Option<&'a Path>,
 }
 
-/// The configuration's pipeline `name`, or a usage error naming the mistakes in its entry or
-/// the pipelines there are.
+/// The configuration's pipeline `name`, or a usage error naming the mistakes in its entry (or
+/// in the `[jobs]` entry of one of its steps' jobs), or the pipelines there are.
 fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Pipeline> {
-    let own: Vec<_> = config
+    let pipeline = config.pipelines.get(name);
+    let jobs: Vec<&str> = pipeline.map_or(Vec::new(), |p| {
+        p.steps.iter().map(|s| s.job.get_ref().as_str()).collect()
+    });
+    let own: Vec<Problem> = config
         .problems
         .iter()
-        .filter(|p| p.in_pipeline.as_deref() == Some(name))
+        .filter(|p| {
+            p.in_pipeline.as_deref() == Some(name)
+                || p.in_defaults_of
+                    .as_deref()
+                    .is_some_and(|j| jobs.contains(&j))
+        })
         .cloned()
         .collect();
     if !own.is_empty() {
         return Err(super::config_problems(own));
     }
-    config.pipelines.get(name).ok_or_else(|| {
-        let file = config
-            .path
-            .as_ref()
-            .map_or("no configuration file".to_owned(), |p| {
-                p.display().to_string()
-            });
+    pipeline.ok_or_else(|| {
+        let file = match (&config.path, crate::config::locate(None)) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some((path, _))) => format!("{} (there is no such file)", path.display()),
+            (None, None) => "the configuration file (there is none)".to_owned(),
+        };
         let names: Vec<&str> = config.pipelines.keys().map(String::as_str).collect();
         let hint = crate::suggest::hint(name, names.iter().copied());
         let known = match names.is_empty() {
-            true => "it has none: add a [pipeline.NAME] entry (docs/pipelines.md)".to_owned(),
+            true => "add a [pipeline.NAME] entry (docs/pipelines.md)".to_owned(),
             false => format!("its pipelines: {}", names.join(", ")),
         };
         Error::Usage(format!("no pipeline '{name}' in {file}{hint}; {known}"))
@@ -83,9 +97,12 @@ struct Step<'a> {
     job_id: String,
     needs: Vec<usize>,
     continue_on_failure: bool,
+    /// Its window already resolved, `--since last-success` included: every step of a pipeline
+    /// run works on the window it had when the pipeline started.
     plan: RunPlan<'a>,
-    /// `--since last-success`, with the first start when there is no watermark yet.
-    resumes: Option<Option<String>>,
+    /// Whether its window starts at its last success: then a run outside this pipeline that
+    /// moved the watermark meanwhile moves the start too (no window twice).
+    resumes: bool,
 }
 
 /// Where each step stands.
@@ -97,12 +114,14 @@ enum State {
     Completed,
     /// Failed with `continue_on_failure`: what needs it runs.
     Tolerated,
-    /// Failed, or skipped: what needs it is skipped.
+    /// Failed, skipped, or not recorded: what needs it is skipped.
     Blocked,
 }
 
-/// The window every step shares.
+/// The window every step shares, and what a resumed run carries.
 struct Shared {
+    /// The instant relative times are read from (the first run's, when resuming).
+    now: DateTime<Utc>,
     since: Option<String>,
     initial_since: Option<String>,
     account: Option<String>,
@@ -122,11 +141,9 @@ pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<
     if crate::bigquery::config::requested() {
         store = store.queue_for_delivery(Outbox::default());
     }
-    super::report_reaped(history::reap(&store, &home, None)?);
-    super::report_reaped_pipelines(history::reap_pipelines(&store, &home)?);
-    let now = timearg::now().map_err(Error::Usage)?;
-    let shared = window(&store, request, now)?;
-    let steps = plan_steps(catalog, pipeline, request, &shared, &home, &store, now)?;
+    super::reap_all(&store, &home)?;
+    let shared = window(&store, pipeline, request)?;
+    let steps = plan_steps(catalog, &config, pipeline, &shared, &home, &store)?;
 
     let id = Uuid::now_v7().to_string();
     let _lock = locks::hold_run(&home, &id)
@@ -158,7 +175,7 @@ pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<
         clock: Instant::now(),
     };
     let executed = run.execute(&shared, parallel(request));
-    let exit = run.finish(&started, &executed)?;
+    let exit = run.finish(&started, &executed, request.config)?;
     if let Some(background) = background {
         super::finish_delivery(background, &store);
     }
@@ -182,6 +199,7 @@ struct PipelineRun<'a> {
 fn started(request: &Request, total: usize, shared: &Shared) -> PipelinePayload {
     PipelinePayload {
         pipeline: request.name.to_owned(),
+        now: Some(timearg::micros(&shared.now)),
         window: Window {
             since: shared.since.clone().filter(|s| s != LAST_SUCCESS),
             until: shared.until.clone(),
@@ -207,53 +225,18 @@ fn parallel(request: &Request) -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
-/// The window of every step: `--since`/`--until` resolved once (or the window of the run
-/// `--resume` names), `until` defaulting to the instant the pipeline starts.
-fn window(store: &LocalStore, request: &Request, now: DateTime<Utc>) -> Result<Shared> {
+/// The window of every step: `--since`/`--until` resolved once, `until` defaulting to the
+/// instant the pipeline starts; or the window of the run `--resume` names.
+fn window(store: &LocalStore, pipeline: &Pipeline, request: &Request) -> Result<Shared> {
     if let Some(resume) = request.resume {
-        let run = store.pipeline_run(resume)?.ok_or_else(|| {
-            Error::Usage(format!(
-                "--resume: no pipeline run {resume}; see `lorch runs list --pipeline {}`",
-                request.name
-            ))
-        })?;
-        if run.pipeline != request.name {
-            return Err(Error::Usage(format!(
-                "--resume: {resume} is a run of the pipeline {}, not {}",
-                run.pipeline, request.name
-            )));
-        }
-        if run.status == crate::lifecycle::RunStatus::Running {
-            return Err(Error::Usage(format!(
-                "--resume: the pipeline run {resume} is still running (pid {})",
-                run.pid.unwrap_or_default()
-            )));
-        }
-        let mut carried: BTreeSet<String> = run.started.carried.iter().cloned().collect();
-        for step in store.steps_of(resume)? {
-            if step.status == crate::lifecycle::RunStatus::Completed
-                && step.reason.is_none()
-                && let Some(name) = step.step
-            {
-                carried.insert(name);
-            }
-        }
-        return Ok(Shared {
-            since: run.started.since_input.clone(),
-            initial_since: run.started.initial_since.clone(),
-            account: request
-                .account
-                .map(str::to_owned)
-                .or(run.started.account.clone()),
-            until: run.started.window.until.clone(),
-            carried,
-            resumes: Some(resume.to_owned()),
-        });
+        return resumed(store, pipeline, request.name, resume);
     }
+    let now = timearg::now().map_err(Error::Usage)?;
     let since = request.since.map(str::trim).filter(|s| *s != LAST_SUCCESS);
     let (since, until) = timearg::window(since, request.until, now).map_err(Error::Usage)?;
     let micros = |t: &lorch_plugin_api::TimeArg| timearg::micros(&t.utc);
     Ok(Shared {
+        now,
         since: match request.since.map(str::trim) {
             Some(LAST_SUCCESS) => Some(LAST_SUCCESS.to_owned()),
             _ => since.as_ref().map(micros),
@@ -266,63 +249,140 @@ fn window(store: &LocalStore, request: &Request, now: DateTime<Utc>) -> Result<S
     })
 }
 
+/// `--resume ID`: the window of that run, and the steps it and the runs it resumed completed.
+/// Refused when it is still running, when nothing is left to run, and when another run already
+/// resumed it (that one is the one to resume).
+fn resumed(store: &LocalStore, pipeline: &Pipeline, name: &str, id: &str) -> Result<Shared> {
+    let usage = |why: String| Err(Error::Usage(format!("--resume: {why}")));
+    let Some(run) = store.pipeline_run(id)? else {
+        return usage(format!(
+            "no pipeline run {id}; see `lorch runs list --pipeline {name}`"
+        ));
+    };
+    if run.pipeline != name {
+        return usage(format!(
+            "{id} is a run of the pipeline {}, not {name}",
+            run.pipeline
+        ));
+    }
+    if run.status == RunStatus::Running {
+        return usage(format!(
+            "the pipeline run {id} is still running (pid {})",
+            run.pid.unwrap_or_default()
+        ));
+    }
+    if let Some(later) = store
+        .pipeline_runs(Some(name), None, None)?
+        .into_iter()
+        .rfind(|r| r.started.resumes.as_deref() == Some(id))
+    {
+        return usage(format!(
+            "the pipeline run {id} was resumed already, by {} ({}); resume that one if it did not complete",
+            later.pipeline_run_id,
+            later.status.as_str()
+        ));
+    }
+    let steps: BTreeSet<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+    let mut carried: BTreeSet<String> = run.started.carried.iter().cloned().collect();
+    for step in store.steps_of(id)? {
+        if step.status == RunStatus::Completed
+            && step.reason.is_none()
+            && let Some(name) = step.step
+        {
+            carried.insert(name);
+        }
+    }
+    carried.retain(|s| steps.contains(s.as_str()));
+    if carried.len() == steps.len() {
+        return usage(format!(
+            "every step of the pipeline run {id} completed; nothing is left to run"
+        ));
+    }
+    let started = &run.started;
+    let now = started.now.as_deref().and_then(|t| t.parse().ok());
+    Ok(Shared {
+        now: now.unwrap_or(timearg::now().map_err(Error::Usage)?),
+        since: started.since_input.clone(),
+        initial_since: started.initial_since.clone(),
+        account: started.account.clone(),
+        until: started.window.until.clone(),
+        carried,
+        resumes: Some(id.to_owned()),
+    })
+}
+
 /// Every step's plan, checked before anything runs: its job exists, its parameters fit, its
-/// window resolves. A mistake in any step is a usage error and nothing runs.
+/// window resolves (from its last success too: every step starts from the watermark its job had
+/// when the pipeline started). Every mistake is named at its place; with one, nothing runs.
 fn plan_steps<'a>(
     catalog: &'a Catalog,
+    config: &Config,
     pipeline: &'a Pipeline,
-    request: &Request,
     shared: &Shared,
     home: &Path,
     store: &LocalStore,
-    now: DateTime<Utc>,
 ) -> Result<Vec<Step<'a>>> {
     catalog.report_problems();
     let mut steps = Vec::new();
+    let mut problems = Vec::new();
     for step in &pipeline.steps {
-        let id = step.job.get_ref();
-        let mistake = |e: Error| match e {
-            Error::Usage(why) => Error::Usage(format!(
-                "pipeline {}: step '{}': {why}",
-                request.name, step.name
-            )),
-            other => other,
+        let at = |why: String| {
+            let message = format!("pipeline step '{}': {why}", step.name);
+            config.problem(step.job.span(), message)
         };
-        let (package, name) = id.split_once('/').unwrap_or_default();
-        let job = catalog.find(package, name).map_err(|e| mistake(e.into()))?;
-        let options = RunOptions {
-            account: shared.account.clone(),
-            since: shared.since.clone(),
-            until: Some(shared.until.clone()),
-            ..RunOptions::default()
-        };
-        let mut options = plan::with_defaults(options, Some(&step.options));
-        if plan::last_success(&options) && options.initial_since.is_none() {
-            options.initial_since = shared.initial_since.clone();
+        match plan_step(catalog, pipeline, step, shared, home, store) {
+            Ok(planned) => steps.push(planned),
+            Err(Error::Usage(why)) => problems.push(at(why)),
+            Err(other) => return Err(other),
         }
-        let mut run_plan = plan::plan(job, &options, home.to_owned()).map_err(mistake)?;
-        run_plan.now = now;
-        let resumes = plan::last_success(&options).then(|| options.initial_since.clone());
-        if let Some(initial) = &resumes {
-            // Checked now, resolved again when the step starts (an earlier step may move it).
-            plan::resume_from_last_success(&mut run_plan.clone(), store, initial.as_deref())
-                .map_err(mistake)?;
-        }
-        let needs = step
-            .needs
-            .iter()
-            .filter_map(|n| pipeline.steps.iter().position(|s| &s.name == n))
-            .collect();
-        steps.push(Step {
-            name: &step.name,
-            job_id: id.clone(),
-            needs,
-            continue_on_failure: step.continue_on_failure,
-            plan: run_plan,
-            resumes,
-        });
     }
-    Ok(steps)
+    match problems.is_empty() {
+        true => Ok(steps),
+        false => Err(super::config_problems(problems)),
+    }
+}
+
+fn plan_step<'a>(
+    catalog: &'a Catalog,
+    pipeline: &'a Pipeline,
+    step: &'a crate::config::Step,
+    shared: &Shared,
+    home: &Path,
+    store: &LocalStore,
+) -> Result<Step<'a>> {
+    let id = step.job.get_ref();
+    let (package, name) = id.split_once('/').unwrap_or_default();
+    let job = catalog.find(package, name)?;
+    let options = RunOptions {
+        account: shared.account.clone(),
+        since: shared.since.clone(),
+        until: Some(shared.until.clone()),
+        ..RunOptions::default()
+    };
+    let mut options = plan::with_defaults(options, Some(&step.options));
+    let resumes = plan::last_success(&options);
+    if resumes && options.initial_since.is_none() {
+        options.initial_since = shared.initial_since.clone();
+    }
+    let mut run_plan = plan::plan(job, &options, home.to_owned(), shared.now)?;
+    // A carried step does not run: its window is not looked at.
+    if resumes && !shared.carried.contains(&step.name) {
+        let initial = options.initial_since.as_deref();
+        plan::resume_from_last_success(&mut run_plan, store, initial, plan::Covered::Empty)?;
+    }
+    let needs = step
+        .needs
+        .iter()
+        .filter_map(|n| pipeline.steps.iter().position(|s| &s.name == n))
+        .collect();
+    Ok(Step {
+        name: &step.name,
+        job_id: id.clone(),
+        needs,
+        continue_on_failure: step.continue_on_failure,
+        plan: run_plan,
+        resumes,
+    })
 }
 
 /// The steps, each run's plan naming the pipeline run (payload, and `trace_id` unless the step
@@ -341,8 +401,10 @@ fn steps_with_ids<'a>(mut steps: Vec<Step<'a>>, pipeline: &str, id: &str) -> Vec
 
 /// How the steps went.
 struct Executed {
-    /// A step whose run could not be recorded (lorch could not keep its promise: exit 3).
+    /// Steps whose run, or part of it, could not be recorded (exit 3).
     record_errors: usize,
+    /// The signal that stopped the pipeline before all its steps ended.
+    cancelled: Option<i32>,
 }
 
 impl PipelineRun<'_> {
@@ -371,14 +433,13 @@ impl PipelineRun<'_> {
             loop {
                 // After a signal nothing starts, and what has not started is left not run.
                 if self.signals.received().is_none() {
-                    self.skip_blocked(&mut states, &view);
+                    record_errors += self.skip_blocked(&mut states, &view);
                     for i in self.ready(&states).into_iter().take(parallel - running) {
                         states[i] = State::Running;
                         running += 1;
-                        let (done, step, job_locks) = (done.clone(), &steps[i], &job_locks);
-                        let (store, signals) = (self.store, self.signals);
+                        let (done, job_locks) = (done.clone(), &job_locks);
                         scope.spawn(move || {
-                            let _ = done.send((i, run_step(step, store, signals, job_locks)));
+                            let _ = done.send((i, self.run_step(&self.steps[i], job_locks)));
                         });
                     }
                 }
@@ -391,14 +452,21 @@ impl PipelineRun<'_> {
                 };
                 running -= 1;
                 states[i] = ended_as(&steps[i], &result);
-                if result.as_ref().map_or(true, |r| r.record_error.is_some()) {
+                if result.as_ref().map_or(true, |r| {
+                    r.record_error.is_some() || r.events_not_recorded > 0
+                }) {
                     record_errors += 1;
                 }
                 view.print(|| step_line(&steps[i], &result, self.quiet));
+                view.update(steps, &states);
             }
         });
         view.finish();
-        Executed { record_errors }
+        let interrupted = states.contains(&State::Waiting);
+        Executed {
+            record_errors,
+            cancelled: self.signals.received().filter(|_| interrupted),
+        }
     }
 
     /// The waiting steps whose needs all completed (or failed with `continue_on_failure`).
@@ -415,9 +483,10 @@ impl PipelineRun<'_> {
     }
 
     /// Records `job.skipped` (reason `upstream_failed`) for every waiting step that needs a
-    /// blocked one, until none is left.
-    fn skip_blocked(&self, states: &mut [State], view: &LiveView) {
+    /// blocked one, until none is left; returns how many could not be recorded.
+    fn skip_blocked(&self, states: &mut [State], view: &LiveView) -> usize {
         let steps = &self.steps;
+        let mut not_recorded = 0;
         loop {
             let blocked = (0..steps.len()).find_map(|i| {
                 let upstream = steps[i]
@@ -427,11 +496,12 @@ impl PipelineRun<'_> {
                 (states[i] == State::Waiting).then_some((i, *upstream))
             });
             let Some((i, upstream)) = blocked else {
-                return;
+                return not_recorded;
             };
             states[i] = State::Blocked;
             let step = &steps[i];
             let recorded = runner::skip_for_upstream(&step.plan, self.store, steps[upstream].name);
+            not_recorded += usize::from(recorded.is_err());
             view.print(|| match recorded {
                 Ok(run) => stderr!(
                     "- {} ({}) skipped: the step {} it needs did not complete (run {run})",
@@ -443,11 +513,135 @@ impl PipelineRun<'_> {
             });
         }
     }
+
+    /// One step's run, under the job lock the pipeline's steps share. A panic of lorch's own
+    /// while running it is this step's failure, not a pipeline that waits forever.
+    fn run_step(&self, step: &Step, job_locks: &JobLocks) -> anyhow::Result<RunReport> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut plan = step.plan.clone();
+            let lock = match job_locks.enter(&plan, self.signals) {
+                Entered::Busy(holder) => return runner::skip_locked(&plan, self.store, holder),
+                Entered::Shared(path) => {
+                    plan.lock_wait = None;
+                    Some(path)
+                }
+                Entered::Unlocked => None,
+            };
+            let report = self.run_in_window(step, &plan);
+            job_locks.leave(lock);
+            report
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("lorch panicked while running the step")))
+    }
+
+    /// A normal run of the step. One that resumes from its last success starts later when a run
+    /// outside this pipeline run moved the watermark since the pipeline started.
+    fn run_in_window(&self, step: &Step, plan: &RunPlan) -> anyhow::Result<RunReport> {
+        let job = plan.job;
+        let watermark = || -> anyhow::Result<Option<DateTime<Utc>>> {
+            let Some(mark) =
+                self.store
+                    .watermark(job.package(), job.name(), plan.account.as_deref())?
+            else {
+                return Ok(None);
+            };
+            let by = match &mark.run_id {
+                Some(run) => self.store.run(run)?.and_then(|r| r.pipeline_run_id),
+                None => None,
+            };
+            Ok((by.as_deref() != Some(self.id))
+                .then(|| mark.until.parse().ok())
+                .flatten())
+        };
+        let resumes = step.resumes.then_some(&watermark as &dyn Fn() -> _);
+        runner::run(plan, self.store as &dyn EventSink, self.signals, resumes)
+    }
+
+    /// Records the pipeline's terminal event, prints the summary line, and says the exit code.
+    fn finish(
+        &self,
+        started: &PipelinePayload,
+        executed: &Executed,
+        config: Option<&Path>,
+    ) -> Result<Exit> {
+        let runs = self.store.steps_of(self.id)?;
+        let took = self.clock.elapsed();
+        let summary = history::pipeline_summary(started, &runs, took.as_secs_f64());
+        let tolerated = |name: &String| {
+            self.steps
+                .iter()
+                .any(|s| s.name == name && s.continue_on_failure)
+        };
+        let failed = summary.failed_steps.iter().any(|s| !tolerated(s))
+            || summary.skipped > 0
+            || summary.not_run > 0;
+        let (kind, reason) = match (executed.cancelled, failed) {
+            (Some(_), _) => (PipelineEvent::Failed, Some(Reason::Cancelled)),
+            (None, true) => (PipelineEvent::Failed, Some(Reason::StepFailed)),
+            (None, false) => (PipelineEvent::Completed, None),
+        };
+        let payload = PipelinePayload {
+            summary: Some(summary.clone()),
+            reason,
+            ..started.clone()
+        };
+        let mut event = history::pipeline_event(kind, self.id, &payload);
+        if kind == PipelineEvent::Failed {
+            event.error_message = Some(summary_text(&summary));
+        }
+        let recorded = self.store.record(&event);
+        self.summary_line(kind, executed.cancelled, &summary, took, config);
+        if let Err(e) = recorded {
+            return Err(Error::Environment(e.context(format!(
+                "cannot record {} of pipeline run {}",
+                kind.as_str(),
+                self.id
+            ))));
+        }
+        Ok(match executed.cancelled {
+            Some(signal) => Exit::cancelled_by(signal),
+            None if executed.record_errors > 0 => Exit::Environment,
+            None if failed => Exit::JobFailed,
+            None => Exit::Success,
+        })
+    }
+
+    /// The pipeline's one line: `✓` on stdout (unless quiet), `✗` on stderr with how to resume.
+    fn summary_line(
+        &self,
+        kind: PipelineEvent,
+        cancelled: Option<i32>,
+        summary: &PipelineSummary,
+        took: Duration,
+        config: Option<&Path>,
+    ) {
+        let (name, id, counts) = (self.name, self.id, summary_text(summary));
+        let took = output::round_duration(took);
+        let config = config.map_or(String::new(), |c| format!(" --config {}", c.display()));
+        let resume = format!("run the rest with: lorch{config} run-pipeline {name} --resume {id}");
+        match (kind, cancelled) {
+            (PipelineEvent::Completed, _) if self.quiet => {}
+            (PipelineEvent::Completed, _) => {
+                let _ = output::print(&format!(
+                    "✓ pipeline {name} completed: {counts} in {took} (pipeline run {id})\n"
+                ));
+            }
+            (_, Some(signal)) => stderr!(
+                "✗ pipeline {name} cancelled by {}: {counts} (pipeline run {id}); {resume}",
+                crate::sys::signal_name(signal)
+            ),
+            _ => stderr!(
+                "✗ pipeline {name} failed: {counts} in {took} (pipeline run {id}); {resume}"
+            ),
+        }
+    }
 }
 
-/// What a step's end means for the steps that need it.
+/// What a step's end means for the steps that need it: only a run that completed and was
+/// recorded whole lets them run (or a failure with `continue_on_failure`).
 fn ended_as(step: &Step, result: &anyhow::Result<RunReport>) -> State {
     match result {
+        Ok(report) if report.record_error.is_some() => State::Blocked,
         Ok(report) => match &report.outcome {
             Outcome::Completed if report.events_not_recorded == 0 => State::Completed,
             Outcome::Failed(_) if step.continue_on_failure => State::Tolerated,
@@ -455,6 +649,17 @@ fn ended_as(step: &Step, result: &anyhow::Result<RunReport>) -> State {
         },
         Err(_) => State::Blocked,
     }
+}
+
+/// How a step took its job's lock.
+enum Entered {
+    /// The pipeline holds it (at this path) for this step and any sibling of the same job and
+    /// account.
+    Shared(PathBuf),
+    /// Another process holds it: the step is skipped.
+    Busy(locks::Holder),
+    /// The step takes no lock.
+    Unlocked,
 }
 
 /// The job locks of the running steps. Steps of one job and account share theirs: a
@@ -468,24 +673,26 @@ struct JobLocks<'a> {
 }
 
 impl JobLocks<'_> {
-    /// Holds the lock of `plan`'s job and account for one more step; `None` when the step
-    /// takes its own (another process holds it: the step's run then records `job.skipped`).
-    fn enter(&self, plan: &RunPlan, signals: &Signals) -> Option<PathBuf> {
-        plan.lock_wait?;
-        let (package, job, account) =
-            (plan.job.package(), plan.job.name(), plan.account.as_deref());
-        let path = locks::job_lock_path(self.home, package, job, account);
+    /// Holds the lock of `plan`'s job and account for one more step.
+    fn enter(&self, plan: &RunPlan, signals: &Signals) -> Entered {
+        if plan.lock_wait.is_none() {
+            return Entered::Unlocked;
+        }
+        let (package, job) = (plan.job.package(), plan.job.name());
+        let path = locks::job_lock_path(self.home, package, job, plan.account.as_deref());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, steps)) = held.get_mut(&path) {
             *steps += 1;
-            return Some(path);
+            return Entered::Shared(path);
         }
         match locks::acquire(&path, self.pipeline_run_id, Duration::ZERO, signals) {
             Ok(locks::Acquired::Held(lock)) => {
                 held.insert(path.clone(), (lock, 1));
-                Some(path)
+                Entered::Shared(path)
             }
-            _ => None,
+            Ok(locks::Acquired::Busy(holder)) => Entered::Busy(holder),
+            // The run takes it itself, and reports why it cannot.
+            Err(_) => Entered::Unlocked,
         }
     }
 
@@ -502,47 +709,6 @@ impl JobLocks<'_> {
     }
 }
 
-/// One step's run: its window resolved from its last success when it resumes (at its start:
-/// an earlier step of the same job may have moved it), then a normal run under the job lock
-/// the pipeline's steps share.
-fn run_step(
-    step: &Step,
-    store: &LocalStore,
-    signals: &Signals,
-    job_locks: &JobLocks,
-) -> anyhow::Result<RunReport> {
-    let mut plan = step.plan.clone();
-    let lock = job_locks.enter(&plan, signals);
-    if lock.is_some() {
-        plan.lock_wait = None;
-    }
-    let report = run_under_lock(step, plan, store, signals);
-    job_locks.leave(lock);
-    report
-}
-
-fn run_under_lock(
-    step: &Step,
-    mut plan: RunPlan,
-    store: &LocalStore,
-    signals: &Signals,
-) -> anyhow::Result<RunReport> {
-    if let Some(initial) = &step.resumes {
-        plan::resume_from_last_success(&mut plan, store, initial.as_deref())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let job = plan.job;
-    let watermark = || -> anyhow::Result<Option<DateTime<Utc>>> {
-        let mark = store.watermark(job.package(), job.name(), plan.account.as_deref())?;
-        Ok(mark.and_then(|m| m.until.parse().ok()))
-    };
-    let resumes = step
-        .resumes
-        .is_some()
-        .then_some(&watermark as &dyn Fn() -> _);
-    runner::run(&plan, store as &dyn EventSink, signals, resumes)
-}
-
 /// The line a step prints when it ends: `✓` on stdout (unless quiet), `✗` or `-` on stderr.
 fn step_line(step: &Step, result: &anyhow::Result<RunReport>, quiet: bool) {
     let (name, job) = (step.name, &step.job_id);
@@ -554,9 +720,13 @@ fn step_line(step: &Step, result: &anyhow::Result<RunReport>, quiet: bool) {
         }
     };
     let run = &report.run_id;
+    if let Some(e) = &report.record_error {
+        stderr!("✗ {name} ({job}): its outcome could not be recorded: {e:#} (run {run})");
+        return;
+    }
     match &report.outcome {
         Outcome::Completed if report.events_not_recorded > 0 => stderr!(
-            "✗ {name} ({job}) completed, but {} of its events were not recorded (run {run})",
+            "✗ {name} ({job}) completed, but {} of its events and objects were not recorded (run {run})",
             report.events_not_recorded
         ),
         Outcome::Completed if quiet => {}
@@ -582,93 +752,16 @@ fn step_line(step: &Step, result: &anyhow::Result<RunReport>, quiet: bool) {
     }
 }
 
-/// Records the pipeline's terminal event, prints the summary line, and says the exit code.
-impl PipelineRun<'_> {
-    fn finish(&self, started: &PipelinePayload, executed: &Executed) -> Result<Exit> {
-        let (store, id, steps, name) = (self.store, self.id, &self.steps, self.name);
-        let runs = store.steps_of(id)?;
-        let summary = history::pipeline_summary(started, &runs, self.clock.elapsed().as_secs_f64());
-        let tolerated = |name: &String| {
-            steps
-                .iter()
-                .any(|s| s.name == name && s.continue_on_failure)
-        };
-        let failed = summary.failed_steps.iter().any(|s| !tolerated(s))
-            || summary.skipped > 0
-            || summary.not_run > 0;
-        let signal = self.signals.received();
-        let (kind, reason) = match (signal, failed) {
-            (Some(_), _) => (
-                PipelineEvent::Failed,
-                Some(crate::lifecycle::Reason::Cancelled),
-            ),
-            (None, true) => (
-                PipelineEvent::Failed,
-                Some(crate::lifecycle::Reason::StepFailed),
-            ),
-            (None, false) => (PipelineEvent::Completed, None),
-        };
-        let payload = PipelinePayload {
-            summary: Some(summary.clone()),
-            reason,
-            ..started.clone()
-        };
-        let mut event = history::pipeline_event(kind, id, &payload);
-        if kind == PipelineEvent::Failed {
-            event.error_message = Some(summary_text(&summary));
-        }
-        let recorded = store.record(&event);
-        let took =
-            output::round_duration(std::time::Duration::from_secs_f64(summary.duration_seconds));
-        match (kind, signal) {
-            (PipelineEvent::Completed, _) if !self.quiet => {
-                let _ = output::print(&format!(
-                    "✓ pipeline {name} completed: {} in {took} (pipeline run {id})\n",
-                    summary_text(&summary)
-                ));
-            }
-            (PipelineEvent::Completed, _) => {}
-            (_, Some(signal)) => stderr!(
-                "✗ pipeline {name} cancelled by {}: {} (pipeline run {id}); run the rest with: lorch run-pipeline {name} --resume {id}",
-                crate::sys::signal_name(signal),
-                summary_text(&summary)
-            ),
-            _ => stderr!(
-                "✗ pipeline {name} failed: {} in {took} (pipeline run {id}); run the rest with: lorch run-pipeline {name} --resume {id}",
-                summary_text(&summary)
-            ),
-        }
-        if let Err(e) = recorded {
-            return Err(Error::Environment(e.context(format!(
-                "cannot record {} of pipeline run {id}",
-                kind.as_str()
-            ))));
-        }
-        Ok(match signal {
-            Some(signal) => Exit::cancelled_by(signal),
-            None if executed.record_errors > 0 => Exit::Environment,
-            None if failed => Exit::JobFailed,
-            None => Exit::Success,
-        })
-    }
-}
-
 /// `4 succeeded, 1 failed (c), 1 skipped (d)`.
-fn summary_text(summary: &crate::lifecycle::PipelineSummary) -> String {
+fn summary_text(summary: &PipelineSummary) -> String {
     let mut text = format!("{} succeeded", summary.succeeded);
     if summary.failed > 0 {
-        text.push_str(&format!(
-            ", {} failed ({})",
-            summary.failed,
-            summary.failed_steps.join(", ")
-        ));
+        let names = summary.failed_steps.join(", ");
+        text.push_str(&format!(", {} failed ({names})", summary.failed));
     }
     if summary.skipped > 0 {
-        text.push_str(&format!(
-            ", {} skipped ({})",
-            summary.skipped,
-            summary.skipped_steps.join(", ")
-        ));
+        let names = summary.skipped_steps.join(", ");
+        text.push_str(&format!(", {} skipped ({names})", summary.skipped));
     }
     if summary.not_run > 0 {
         text.push_str(&format!(", {} not run", summary.not_run));
@@ -734,7 +827,8 @@ pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
     for problem in &config.problems {
         stderr!("error: {problem} (this entry is left out)");
     }
-    let (_, store) = super::open_home()?;
+    let (home, store) = super::open_home()?;
+    super::reap_all(&store, &home)?;
     let mut listed = Vec::new();
     for (name, pipeline) in &config.pipelines {
         let last = store.pipeline_runs(Some(name), None, Some(1))?.pop();
@@ -833,19 +927,21 @@ pub fn show(flag: Option<&Path>, name: &str, json: bool, dot: bool) -> Result<Ex
 
 /// The steps as a Graphviz digraph: an edge from each need to the step that needs it.
 fn dot_graph(name: &str, steps: &[&crate::config::Step]) -> String {
-    let quote = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
-    let mut text = format!("digraph {} {{\n  rankdir=LR;\n", quote(name));
+    let quote = |text: &str| text.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = format!("digraph \"{}\" {{\n  rankdir=LR;\n", quote(name));
     for step in steps {
-        let label = format!("{}\\n{}", step.name, step.job.get_ref());
+        let (id, job) = (quote(&step.name), quote(step.job.get_ref()));
         text.push_str(&format!(
-            "  {} [shape=box, label={}];\n",
-            quote(&step.name),
-            quote(&label).replace("\\\\n", "\\n")
+            "  \"{id}\" [shape=box, label=\"{id}\\n{job}\"];\n"
         ));
     }
     for step in steps {
         for need in &step.needs {
-            text.push_str(&format!("  {} -> {};\n", quote(need), quote(&step.name)));
+            text.push_str(&format!(
+                "  \"{}\" -> \"{}\";\n",
+                quote(need),
+                quote(&step.name)
+            ));
         }
     }
     text.push_str("}\n");

@@ -16,14 +16,20 @@ use crate::{history, output, plan};
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
-    let mut plan = plan::plan(job, options, super::lorch_home()?)?;
+    let now = crate::timearg::now().map_err(Error::Usage)?;
+    let mut plan = plan::plan(job, options, super::lorch_home()?, now)?;
     let route = Route::choose(options)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     // The run's events wait through a busy store for as long as the run lasts.
     let mut store = LocalStore::open_in(&plan.home)?.wait_while_busy(signals.shared_cancel_flag());
     if plan::last_success(options) {
-        plan::resume_from_last_success(&mut plan, &store, options.initial_since.as_deref())?;
+        plan::resume_from_last_success(
+            &mut plan,
+            &store,
+            options.initial_since.as_deref(),
+            plan::Covered::Refuse,
+        )?;
     }
     if let Route::Queue { outbox, .. } = &route {
         store = store.queue_for_delivery(outbox.clone());
@@ -51,13 +57,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
 
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {
-        match background.finish() {
-            Ok(finished) => super::warn_undelivered(finished, &store),
-            Err(e) => stderr!(
-                "warning: BigQuery delivery stopped ({e:#}); pending events stay in {}; deliver them with: lorch events flush",
-                store.path().display()
-            ),
-        }
+        super::finish_delivery(background, &store);
     }
     if let Route::DryRun(tables) = route {
         print_dry_run(&store, &report.run_id, tables)?;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{format_events, report_reaped, report_reaped_pipelines};
+use super::format_events;
 use crate::cli::RunsQuery;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, PipelineRunRow, RunFilter, RunRow};
@@ -17,8 +17,7 @@ use crate::{history, output};
 /// Opens the store and closes abandoned runs, saying so on stderr.
 fn open_reaped() -> Result<LocalStore> {
     let (home, store) = super::open_home()?;
-    report_reaped(history::reap(&store, &home, None)?);
-    report_reaped_pipelines(history::reap_pipelines(&store, &home)?);
+    super::reap_all(&store, &home)?;
     Ok(store)
 }
 
@@ -94,8 +93,12 @@ fn list_pipeline(
         .iter()
         .map(|run| {
             let counts = run.summary.as_ref().map_or("-".to_owned(), |s| {
+                let not_run = match s.not_run {
+                    0 => String::new(),
+                    n => format!(", {n} not run"),
+                };
                 format!(
-                    "{} ok, {} failed, {} skipped",
+                    "{} ok, {} failed, {} skipped{not_run}",
                     s.succeeded, s.failed, s.skipped
                 )
             });
@@ -278,7 +281,16 @@ pub fn reap() -> Result<Exit> {
         )
         .unwrap();
     }
-    if reaped.is_empty() {
+    let pipelines = history::reap_pipelines(&store, &home)?;
+    for run in &pipelines {
+        writeln!(
+            text,
+            "closed abandoned pipeline run {} of {} (started {})",
+            run.pipeline_run_id, run.pipeline, run.started_at
+        )
+        .unwrap();
+    }
+    if reaped.is_empty() && pipelines.is_empty() {
         text.push_str("no abandoned runs\n");
     }
     output::print(&text)?;

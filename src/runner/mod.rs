@@ -305,6 +305,16 @@ fn skipped(
     })
 }
 
+/// Records `job.skipped`, reason `locked`, for a run whose caller found the job's lock held
+/// (a pipeline step: the pipeline takes the locks its steps share).
+pub fn skip_locked(
+    plan: &RunPlan,
+    sink: &dyn EventSink,
+    holder: Holder,
+) -> anyhow::Result<RunReport> {
+    skipped(plan, sink, Uuid::now_v7().to_string(), holder)
+}
+
 /// Records `job.skipped`, reason `upstream_failed`, for a pipeline step that does not run
 /// because the step `upstream` it needs did not complete; returns the skipped run's id.
 pub fn skip_for_upstream(

@@ -137,6 +137,13 @@ fn a_failed_branch_skips_what_needs_it_the_other_runs_and_resume_finishes_it() {
     assert_eq!(&second[0]["payload"]["window"]["until"], first_until);
     assert_eq!(second[0]["payload"]["resumes"], id.as_str());
     assert_eq!(second[1]["event_type"], "pipeline.completed");
+    // Resumed already, or nothing left: refused, naming what to do.
+    env.run(&["run-pipeline", "diamond", "--resume", &id])
+        .code(2)
+        .stderr_has(&format!("was resumed already, by {again} (completed)"));
+    env.run(&["run-pipeline", "diamond", "--resume", &again])
+        .code(2)
+        .stderr_has("nothing is left to run");
 
     // runs show of the pipeline run: each step's status and reason.
     let show = env.run(&["runs", "show", &id]);
@@ -193,6 +200,21 @@ fn independent_steps_overlap_with_parallel_2_and_not_with_parallel_1() {
     }
 }
 
+/// Two steps with a mistake each: every one is named at once.
+fn both_mistakes() -> String {
+    [
+        step("loop", "a", "nope", &[], ""),
+        step(
+            "loop",
+            "b",
+            "sleep",
+            &[],
+            "params = { seconds = \"long\" }\n",
+        ),
+    ]
+    .concat()
+}
+
 #[test]
 fn mistakes_in_a_pipeline_are_refused_before_anything_runs() {
     let (_plugins, env) = common::testkit_env();
@@ -219,18 +241,12 @@ fn mistakes_in_a_pipeline_are_refused_before_anything_runs() {
             "needs 'extrac', which is not a step of this pipeline",
         ),
         (
-            step("loop", "a", "nope", &[], ""),
-            "pipeline loop: step 'a': unknown job `nope` in package `testkit`",
+            both_mistakes(),
+            "lorch.toml:3:7: pipeline step 'a': unknown job `nope` in package `testkit`",
         ),
         (
-            step(
-                "loop",
-                "a",
-                "sleep",
-                &[],
-                "params = { seconds = \"long\" }\n",
-            ),
-            "pipeline loop: step 'a':",
+            both_mistakes(),
+            "lorch.toml:8:7: pipeline step 'b': invalid value 'long' for --param seconds",
         ),
     ];
     for (text, expected) in cases {
@@ -337,9 +353,11 @@ fn kill_9_in_the_middle_leaves_nothing_running() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The workers notice their lorch is gone and exit; the next command closes the runs.
+    let reaped = env.run(&["runs", "reap"]);
+    reaped.code(0);
+    reaped.stdout_has("closed abandoned pipeline run");
     let out = env.run(&["runs", "list", "--json"]);
     out.code(0);
-    out.stderr_has("was abandoned");
     let runs = out.json()["runs"].as_array().unwrap().clone();
     assert_eq!(runs.len(), 2);
     for run in &runs {
@@ -472,4 +490,44 @@ fn a_schedule_runs_a_pipeline_and_catches_it_up() {
     out.stderr_has("lorch.toml:2:12: schedule 1: pipeline: no [pipeline.dialy] in this file (did you mean `daily`?)");
     out.stderr_has("lorch.toml:7:12: schedule 2: pipeline: an entry runs a job or a pipeline");
     out.stderr_has("schedule 3: retries: a pipeline's steps take it from their own entries");
+}
+
+#[test]
+fn steps_of_one_job_share_the_window_their_job_had_when_the_pipeline_started() {
+    let (_plugins, env) = common::testkit_env();
+    let since = "since = \"last-success\"\ninitial_since = \"2026-11-01\"\n";
+    write_config(
+        &env,
+        &[
+            step("twice", "first", "echo", &[], since),
+            step("twice", "second", "echo", &["first"], since),
+        ]
+        .concat(),
+    );
+    env.lorch()
+        .args(["run-pipeline", "twice"])
+        .env("LORCH_NOW", "2026-11-02T00:00:00Z")
+        .run()
+        .code(0);
+    let windows = || -> Vec<(Value, Value)> {
+        let out = env.run(&["runs", "list", "--json"]);
+        let runs = out.json()["runs"].as_array().unwrap().clone();
+        runs.iter()
+            .map(|r| (r["window_since"].clone(), r["window_until"].clone()))
+            .collect()
+    };
+    let day = |d: &str| Value::from(format!("2026-11-{d}T00:00:00.000000Z"));
+    assert_eq!(windows(), [(day("01"), day("02")), (day("01"), day("02"))]);
+    // A watermark already past --until (the job caught up elsewhere): an empty window, not an
+    // error.
+    env.lorch()
+        .args(["run-pipeline", "twice", "--until", "2026-11-01T12:00:00Z"])
+        .env("LORCH_NOW", "2026-11-03T00:00:00Z")
+        .run()
+        .code(0);
+    let noon = Value::from("2026-11-01T12:00:00.000000Z");
+    assert_eq!(
+        windows()[2..],
+        [(noon.clone(), noon.clone()), (noon.clone(), noon)]
+    );
 }
