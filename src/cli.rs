@@ -152,6 +152,16 @@ pub enum Command {
     /// The pipelines of the configuration file
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
+    /// Is everything healthy? One row per job and account that has a schedule or has run, with
+    /// a verdict (ok, failing, stale, running long); exit 0 when all are ok, 1 otherwise
+    Status {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+        /// Stale: no success for this long (every job, scheduled or not), e.g. 26h
+        #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
+        max_age: Option<Duration>,
+    },
     /// Watermarks: where each job and account's last completed window ends (--since
     /// last-success starts there)
     #[command(subcommand)]

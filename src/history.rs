@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::events::{Event, EventFilter, EventSink, LocalStore, PipelineRunRow, RunFilter, RunRow};
+use crate::events::{Event, EventFilter, EventSink, LocalStore, PipelineRunRow, RunRow};
 use crate::lifecycle::{
     self, EventType, Payload, PipelineEvent, PipelinePayload, PipelineSummary, Reason, RunStatus,
 };
@@ -20,13 +20,9 @@ use chrono::Utc;
 /// Closes the abandoned runs (of one `(package, job)`, or all) and returns them.
 pub fn reap(store: &LocalStore, home: &Path, job: Option<(String, String)>) -> Result<Vec<RunRow>> {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let running = RunFilter {
-        job,
-        status: Some(RunStatus::Running),
-        ..RunFilter::default()
-    };
+    let job = job.as_ref().map(|(p, j)| (p.as_str(), j.as_str()));
     let mut reaped = Vec::new();
-    for run in store.runs(&running)? {
+    for run in store.running(job)? {
         // Another machine's run (a shared LORCH_HOME): its lock is not ours to judge.
         if run.host.as_deref().is_some_and(|h| h != host) {
             continue;

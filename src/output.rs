@@ -17,6 +17,11 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     write_stdout(&clean(text, Style::Text))
 }
 
+/// Writes `text` to stdout as it is: for text lorch cleaned itself, with its own colours.
+pub fn print_raw(text: &str) -> anyhow::Result<()> {
+    write_stdout(text)
+}
+
 /// Writes one JSON document and a newline.
 /// Rows in aligned columns under a header, two spaces apart, one line each.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -11,6 +11,7 @@ mod run;
 mod runs;
 mod schedule;
 mod state;
+mod status;
 
 use std::fmt::Write as _;
 
@@ -173,6 +174,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Pipelines(PipelinesCommand::Show { name, json, dot }) => {
             pipelines::show(cli.config.as_deref(), &name, json, dot)
         }
+        Command::Status { json, max_age } => status::status(cli.config.as_deref(), json, max_age),
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
 }

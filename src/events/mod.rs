@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 pub use store::{
-    DeadLetter, DeliveryStatus, EventFilter, LocalStore, ObjectFilter, Outbox, Pending,
+    DeadLetter, DeliveryStatus, EventFilter, JobRuns, LocalStore, ObjectFilter, Outbox, Pending,
     PendingObject, PipelineRunRow, RunFilter, RunRow, Watermark,
 };
 

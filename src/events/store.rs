@@ -23,12 +23,14 @@ use crate::lifecycle::{
 };
 
 mod file;
+mod health;
 mod objects;
 mod outbox;
 mod pipelines;
 mod state;
 
 use file::SharedMemory;
+pub use health::JobRuns;
 pub use objects::{ObjectFilter, PendingObject};
 pub use outbox::{DeadLetter, DeliveryStatus, Pending};
 pub use pipelines::PipelineRunRow;
@@ -101,6 +103,24 @@ CREATE TABLE IF NOT EXISTS runs (
     pipeline_run_id TEXT,
     step            TEXT
 );
+
+-- One row per job and account that completed or failed a run, kept up to date from its runs'
+-- terminal events in the same transaction, so `lorch status` reads one row a job instead of
+-- every run (docs/performance.md, Status). account '' is no account.
+CREATE TABLE IF NOT EXISTS job_status (
+    package                 TEXT NOT NULL,
+    job                     TEXT NOT NULL,
+    account                 TEXT NOT NULL,
+    last_run_id             TEXT NOT NULL,  -- the newest run that ended (by start)
+    last_status             TEXT NOT NULL,
+    last_reason             TEXT,
+    last_started_at         TEXT NOT NULL,
+    last_ended_at           TEXT,
+    last_success_at         TEXT,           -- the end of the newest run that counts
+    last_success_started_at TEXT,
+    consecutive_failures    INTEGER NOT NULL, -- runs failed since then
+    PRIMARY KEY (package, job, account)
+) WITHOUT ROWID;
 
 -- One row per pipeline run, kept up to date from its pipeline.* events in the same
 -- transaction. `started` is the pipeline.started payload (its window, what it resumes),
@@ -531,7 +551,8 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         && !object_outbox_outdated(conn)?
         && !steps_unknown(conn)?
     {
-        return conn.execute_batch(RUNS_BY_PIPELINE);
+        conn.execute_batch(RUNS_BY_PIPELINE)?;
+        return health::fill(conn);
     }
     // Another lorch may be upgrading too: look again once holding the write lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -580,6 +601,7 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         )?;
     }
     tx.execute_batch(RUNS_BY_PIPELINE)?;
+    health::fill(&tx)?;
     if outbox_outdated(&tx)? {
         // SCHEMA creates only what is missing: the new outbox.
         tx.execute_batch(&format!(
@@ -896,6 +918,7 @@ fn update_run(
             if kind == EventType::Completed && reason.is_none() {
                 move_watermark(tx, run, &at)?;
             }
+            health::record_end(tx, run)?;
         }
     }
     Ok(())
@@ -993,13 +1016,29 @@ impl LocalStore {
         Ok(conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?)
     }
 
-    /// One run.
+    /// One run, by its primary key.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRow>> {
-        let filter = RunFilter {
-            run_id: Some(run_id.to_owned()),
-            ..RunFilter::default()
-        };
-        Ok(self.runs(&filter)?.pop())
+        let conn = self.conn();
+        let found = conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))?
+            .query_row([run_id], run_from_row)
+            .optional()?;
+        Ok(found)
+    }
+
+    /// The runs in progress (of one `(package, job)` when given), through `runs_by_status`:
+    /// what the reaper looks at before every run, however long the history.
+    pub fn running(&self, job: Option<(&str, &str)>) -> Result<Vec<RunRow>> {
+        let conn = self.conn();
+        let (package, name) = job.unzip();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running'
+                 AND (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR job = ?2)
+             ORDER BY started_at, rowid"
+        ))?;
+        let rows = stmt.query_map(params![package, name], run_from_row)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read the event store {}", self.path.display()))
     }
 }
 

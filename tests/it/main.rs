@@ -16,5 +16,6 @@ mod objects;
 mod pipelines;
 mod runs;
 mod schedules;
+mod status;
 mod supervision;
 mod windows;
