@@ -22,15 +22,7 @@ export LORCH_HOME=$work/home XDG_CACHE_HOME=$work/cache XDG_DATA_HOME=$work/data
 export LORCH_CONFIG=$work/lorch.toml LORCH_PLUGIN_PATH=$work/plugins
 unset BQ_EVENTS_DATASET BQ_EVENTS_TABLE LORCH_NOW
 
-cat > "$work/noop.c" <<'C'
-#include "lorch_plugin.h"
-static const char METADATA[] = "{\"jobs\": [{\"package\": \"bench\", \"name\": \"noop\", \"description\": \"Does nothing.\", \"params\": []}]}";
-static LorchStr metadata(void) { LorchStr s = {(const uint8_t *)METADATA, sizeof METADATA - 1}; return s; }
-static int32_t run(const LorchHost *host, LorchStr job, LorchStr request) { (void)host; (void)job; (void)request; return LORCH_RUN_OK; }
-static const LorchPluginHeader HEADER = { LORCH_PLUGIN_ABI_VERSION, sizeof(LorchPluginHeader), metadata, run };
-const LorchPluginHeader *lorch_plugin_entry(void) { return &HEADER; }
-C
-cc -O2 -shared -fPIC -I "$repo/plugin-api/include" -o "$work/plugins/libbench.so" "$work/noop.c"
+cc -O2 -shared -fPIC -I "$repo/plugin-api/include" -o "$work/plugins/libbench.so" "$repo/benches/noop.c"
 
 {
   printf '[[pipeline.one.steps]]\nname = "s1"\njob = "bench/noop"\n\n'

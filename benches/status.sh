@@ -49,13 +49,25 @@ PY
 rows=$({ "$lorch" status --json || true; } | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')
 [ "$rows" = 1000 ] || { echo "status shows $rows jobs, not 1000" >&2; exit 1; }
 
+# A run's cost with the metrics file on (LORCH_METRICS_DIR) and off, in a store of its own with
+# one job: the no-op job of benches/noop.c.
+mkdir -p "$work/plugins" "$work/small"
+cc -O2 -shared -fPIC -I "$repo/plugin-api/include" -o "$work/plugins/libbench.so" "$repo/benches/noop.c"
+small="env LORCH_HOME=$work/small LORCH_PLUGIN_PATH=$work/plugins"
+hyperfine -N --warmup 5 --runs 50 --style none --export-json "$work/run.json" \
+  "$small $lorch run-job bench noop --quiet" \
+  "$small LORCH_METRICS_DIR=$work/metrics $lorch run-job bench noop --quiet" >/dev/null
+read -r plain with_metrics < <(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print(' '.join('%.2f' % (x['median']*1000) for x in r))" "$work/run.json")
+extra=$(python3 -c "print('%+.2f' % (float('$with_metrics') - float('$plain')))")
+echo "run-job: $plain ms, with metrics: $with_metrics ms ($extra ms)"
+
 hyperfine -N --warmup 5 --runs 50 --style none --export-json "$work/status.json" \
   -i "$lorch status" "$lorch status --json" "$lorch --version" >/dev/null
 read -r table json version < <(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print(' '.join('%.2f' % (x['median']*1000) for x in r))" "$work/status.json")
 echo "status: $table ms, status --json: $json ms, --version: $version ms"
 
 python3 "$repo/benches/section.py" "$repo/docs/performance.md" "<!-- benches/status.sh -->" <<MD
-## Status (issue 16)
+## Status and metrics (issue 16)
 
 \`bash benches/status.sh\`, release build, $(date -u +%Y-%m-%d): 1,000 jobs and accounts with 20
 runs each in the store (20,000 runs; every tenth job failing, ten running), hyperfine medians
@@ -66,5 +78,7 @@ of 50 runs. It reads the configuration file and the store only: no plugin, no ne
 | \`lorch status\`, 1,000 jobs' history | ≤ 20 ms | $table ms |
 | \`lorch status --json\` | | $json ms |
 | \`lorch --version\`, for scale | | $version ms |
+| \`lorch run-job\` of a no-op job (benches/noop.c), supervised | | $plain ms |
+| the same with the metrics file (\`LORCH_METRICS_DIR\`) | ≤ 2 ms more | $with_metrics ms ($extra ms) |
 MD
 echo "== wrote docs/performance.md (status)"

@@ -152,6 +152,9 @@ pub enum Command {
     /// The pipelines of the configuration file
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
+    /// Prometheus metrics of every job and account (the text exposition format), as the file
+    /// each run writes to LORCH_METRICS_DIR has them
+    Metrics,
     /// Is everything healthy? One row per job and account that has a schedule or has run, with
     /// a verdict (ok, failing, stale, running long); exit 0 when all are ok, 1 otherwise
     Status {

@@ -182,6 +182,13 @@ pub struct Step {
     pub needs_at: Range<usize>,
 }
 
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    /// The directory of `lorch.prom` (a node_exporter textfile-collector directory).
+    pub dir: PathBuf,
+}
+
 /// The file, as read: the entries without mistakes (an entry with one is left out, and named
 /// in [`Config::problems`]).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -194,6 +201,9 @@ pub struct Config {
     /// Pipelines by name (docs/pipelines.md).
     #[serde(rename = "pipeline", skip_serializing_if = "BTreeMap::is_empty")]
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// `[metrics] dir`: where every run writes the Prometheus file (docs/metrics.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
     /// The mistakes, each at its place.
     #[serde(skip)]
     pub problems: Vec<Problem>,
@@ -356,6 +366,23 @@ impl Config {
                 schedule.options.fill_from(defaults);
             }
             config.schedules.push(schedule);
+        }
+        if let Some(table) = raw.metrics {
+            let mut fields = Fields::new(&config, "[metrics]", table);
+            let dir = fields.required("dir", "\"/var/lib/node_exporter/textfile\"");
+            let mut problems = fields.problems;
+            for (name, value) in fields.table {
+                let message = format!("[metrics]: unknown key `{name}`; accepted: dir");
+                problems.push(config.problem(value.span(), message));
+            }
+            match dir {
+                Some(dir) if problems.is_empty() => {
+                    config.metrics = Some(Metrics {
+                        dir: PathBuf::from(dir.into_inner()),
+                    })
+                }
+                _ => config.problems.extend(problems),
+            }
         }
         // In file order, whichever check found them.
         config.problems.sort_by_key(|p| (p.line, p.column));
@@ -547,6 +574,7 @@ struct RawFile {
     schedule: Vec<Spanned<RawTable>>,
     #[serde(default)]
     pipeline: BTreeMap<Spanned<String>, Spanned<RawPipeline>>,
+    metrics: Option<Spanned<RawTable>>,
 }
 
 /// A `[pipeline.NAME]` table: its steps, each typed by [`Fields`].
@@ -1135,6 +1163,14 @@ catch_up = "all"
             (
                 "[[schedule]]\njob = \"a/b\"\ncron = \"@daily\"\ncatchup = \"all\"\n",
                 "lorch.toml:4:11: schedule 1: unknown key `catchup` (did you mean `catch_up`?)",
+            ),
+            (
+                "[metrics]\ndirr = \"x\"\n",
+                "lorch.toml:1:1: [metrics]: dir is missing",
+            ),
+            (
+                "[metrics]\ndirr = \"x\"\n",
+                "lorch.toml:2:8: [metrics]: unknown key `dirr`; accepted: dir",
             ),
             (
                 "[shedule]\n",

@@ -16,6 +16,7 @@ mod history;
 mod host;
 mod lifecycle;
 mod locks;
+mod metrics;
 mod output;
 mod params;
 mod paths;

@@ -51,11 +51,13 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let job = catalog
                 .find(&package, &job)
                 .map_err(|e| nowhere(&search_path, e))?;
-            run::run(job, &configured(cli.config.as_deref(), job, options)?)
+            let (options, metrics) = configured(cli.config.as_deref(), job, options)?;
+            run::run(job, &options, metrics.as_deref())
         }
         Command::Run { job, options } => {
             let job = find_job(discover(), &search_path, &job)?;
-            run::run(job, &configured(cli.config.as_deref(), job, options)?)
+            let (options, metrics) = configured(cli.config.as_deref(), job, options)?;
+            run::run(job, &options, metrics.as_deref())
         }
         Command::Config(ConfigCommand::Check { json }) => {
             config::check(cli.config.as_deref(), discover(), json)
@@ -175,18 +177,25 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             pipelines::show(cli.config.as_deref(), &name, json, dot)
         }
         Command::Status { json, max_age } => status::status(cli.config.as_deref(), json, max_age),
+        Command::Metrics => {
+            let (home, store) = open_home()?;
+            reap_all(&store, &home)?;
+            crate::output::print(&metrics_text(&store)?)?;
+            Ok(Exit::Success)
+        }
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
 }
 
-/// A run's options with the job's defaults from the configuration file (docs/configuration.md).
-/// A file lorch cannot read, or a mistake in this job's own `[jobs]` entry, is a usage error
-/// naming it; mistakes in other entries are `config check`'s and `tick`'s to report.
+/// A run's options with the job's defaults from the configuration file (docs/configuration.md),
+/// and the directory of the metrics file (docs/metrics.md). A file lorch cannot read, or a
+/// mistake in this job's own `[jobs]` entry, is a usage error naming it; mistakes in other
+/// entries are `config check`'s and `tick`'s to report.
 fn configured(
     file: Option<&std::path::Path>,
     job: &crate::plugins::Job,
     options: RunOptions,
-) -> Result<RunOptions> {
+) -> Result<(RunOptions, Option<std::path::PathBuf>)> {
     let config = crate::config::Config::read_file(file).map_err(config_problems)?;
     let id = job.id();
     let own: Vec<_> = config
@@ -198,7 +207,32 @@ fn configured(
     if !own.is_empty() {
         return Err(config_problems(own));
     }
-    Ok(crate::plan::with_defaults(options, config.defaults_of(&id)))
+    let metrics = crate::metrics::dir(config.metrics.as_ref().map(|m| m.dir.as_path()));
+    Ok((
+        crate::plan::with_defaults(options, config.defaults_of(&id)),
+        metrics,
+    ))
+}
+
+/// The Prometheus exposition of what the store knows of every job (docs/metrics.md).
+fn metrics_text(store: &crate::events::LocalStore) -> anyhow::Result<String> {
+    Ok(crate::metrics::exposition(
+        &store.job_runs()?,
+        store.events_pending()?,
+    ))
+}
+
+/// After a run: the metrics file rewritten, when a directory is set. A failure is a warning:
+/// it never changes the run's exit code.
+fn write_metrics(dir: Option<&std::path::Path>, store: &crate::events::LocalStore) {
+    let Some(dir) = dir else { return };
+    let written = metrics_text(store).and_then(|text| Ok(crate::metrics::write(dir, &text)?));
+    if let Err(e) = written {
+        stderr!(
+            "warning: cannot write the metrics file {}: {e:#}",
+            dir.join(crate::metrics::FILE).display()
+        );
+    }
 }
 
 /// The mistakes of a configuration file, one a line, as a usage error.

@@ -175,7 +175,10 @@ pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<
         clock: Instant::now(),
     };
     let executed = run.execute(&shared, parallel(request));
-    let exit = run.finish(&started, &executed, request.config)?;
+    let exit = run.finish(&started, &executed, request.config);
+    let metrics = crate::metrics::dir(config.metrics.as_ref().map(|m| m.dir.as_path()));
+    super::write_metrics(metrics.as_deref(), &store);
+    let exit = exit?;
     if let Some(background) = background {
         super::finish_delivery(background, &store);
     }

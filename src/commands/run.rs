@@ -15,7 +15,7 @@ use crate::{history, output, plan};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
-pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
+pub fn run(job: &Job, options: &RunOptions, metrics: Option<&std::path::Path>) -> Result<Exit> {
     let now = crate::timearg::now().map_err(Error::Usage)?;
     let mut plan = plan::plan(job, options, super::lorch_home()?, now)?;
     let route = Route::choose(options)?;
@@ -59,6 +59,7 @@ pub fn run(job: &Job, options: &RunOptions) -> Result<Exit> {
     if let Some(background) = background {
         super::finish_delivery(background, &store);
     }
+    super::write_metrics(metrics, &store);
     if let Route::DryRun(tables) = route {
         print_dry_run(&store, &report.run_id, tables)?;
     }

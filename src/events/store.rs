@@ -52,7 +52,7 @@ fn busy_timeout() -> Result<Duration> {
 
 /// The store's layout, kept in SQLite's `user_version`: bump it with every change of
 /// [`SCHEMA`] or [`upgrade`], so that stores opened by an earlier lorch are brought up to date.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 -- No index but the primary key: each index costs about a quarter of the time of storing an
@@ -119,6 +119,8 @@ CREATE TABLE IF NOT EXISTS job_status (
     last_success_at         TEXT,           -- the end of the newest run that counts
     last_success_started_at TEXT,
     consecutive_failures    INTEGER NOT NULL, -- runs failed since then
+    runs_completed          INTEGER NOT NULL DEFAULT 0, -- runs that ended so, each counted once
+    runs_failed             INTEGER NOT NULL DEFAULT 0, -- at its last attempt's end
     PRIMARY KEY (package, job, account)
 ) WITHOUT ROWID;
 

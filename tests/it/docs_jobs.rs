@@ -232,6 +232,7 @@ fn the_configuration_examples_of_the_docs_pass_config_check() {
         "docs/configuration.md",
         "docs/schedules.md",
         "docs/pipelines.md",
+        "docs/metrics.md",
     ] {
         let markdown = std::fs::read_to_string(Path::new(common::REPO).join(doc)).unwrap();
         let blocks: Vec<&str> = markdown

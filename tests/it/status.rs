@@ -115,3 +115,90 @@ fn a_run_past_three_times_its_usual_duration_is_running_long() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
 }
+
+/// A Python program that parses the metrics file with the Prometheus client's parser, over and
+/// over until `stop` exists, and prints how many times it did; it fails on any file it cannot
+/// parse or that lacks a family (a half-written one).
+const READER: &str = r#"
+import os, sys
+from prometheus_client.parser import text_string_to_metric_families
+path, stop = sys.argv[1], sys.argv[2]
+reads = 0
+while not os.path.exists(stop):
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        continue
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "lorch_events_pending" in families, text
+    reads += 1
+print(reads)
+"#;
+
+#[test]
+fn the_metrics_file_parses_after_every_run_and_is_never_seen_half_written() {
+    let Some(python) = common::bigquery::python() else {
+        return;
+    };
+    let (_plugins, env) = common::testkit_env();
+    let dir = env.home.path().join("metrics");
+    let file = dir.join("lorch.prom");
+    let stop = env.home.path().join("stop");
+    let reader = std::process::Command::new(python)
+        .args(["-c", READER])
+        .arg(&file)
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir_text = dir.to_str().unwrap();
+    for i in 0..200 {
+        let (job, account) = match i % 4 {
+            0 => ("fail", "a"),
+            1 => ("echo", "b\"quoted\""),
+            _ => ("echo", "a"),
+        };
+        env.lorch()
+            .args(["run-job", "testkit", job, "--account", account, "--quiet"])
+            .env("LORCH_METRICS_DIR", dir_text)
+            .run();
+    }
+    std::fs::write(&stop, "").unwrap();
+    let out = reader.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the reader saw a file it could not parse:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reads: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(reads > 0, "the reader never read the file");
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let check = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    for s in f.samples: print(s.name, sorted(s.labels.items()), float(s.value))",
+        ])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{text}");
+    let samples = String::from_utf8(check.stdout).unwrap();
+    for line in [
+        "lorch_job_runs_total [('account', 'a'), ('job', 'echo'), ('package', 'testkit'), ('status', 'completed')] 100.0",
+        "lorch_job_runs_total [('account', 'a'), ('job', 'fail'), ('package', 'testkit'), ('status', 'failed')] 50.0",
+        "lorch_job_last_exit_code [('account', 'a'), ('job', 'fail'), ('package', 'testkit')] 1.0",
+        "lorch_job_last_exit_code [('account', 'b\"quoted\"'), ('job', 'echo'), ('package', 'testkit')] 0.0",
+        "lorch_events_pending [] 0.0",
+    ] {
+        assert!(
+            samples.lines().any(|l| l == line),
+            "{line} not in\n{samples}"
+        );
+    }
+    // `lorch metrics` prints the same.
+    let printed = env.run(&["metrics"]);
+    printed.code(0);
+    assert_eq!(printed.stdout, text);
+}

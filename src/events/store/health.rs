@@ -26,6 +26,9 @@ pub struct JobRuns {
     pub consecutive_failures: u32,
     /// The start of the oldest run in progress, if one is.
     pub running_since: Option<String>,
+    /// Runs that ended completed, and failed (each run once, at its last attempt).
+    pub runs_completed: u32,
+    pub runs_failed: u32,
 }
 
 /// Takes the run `run`, which just ended, into its job's row: it becomes the last run unless a
@@ -36,15 +39,23 @@ pub(super) fn record_end(tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()
     tx.prepare_cached(
         "INSERT INTO job_status (package, job, account, last_run_id, last_status, last_reason,
              last_started_at, last_ended_at, last_success_at, last_success_started_at,
-             consecutive_failures)
+             consecutive_failures, runs_completed, runs_failed)
          SELECT package, job, coalesce(account, ''), run_id, status, reason, started_at,
-             ended_at, ok, ok_started, status = 'failed'
+             ended_at, ok, ok_started, status = 'failed', status = 'completed',
+             status = 'failed'
          FROM (SELECT *, CASE WHEN status = 'completed' AND reason IS NULL THEN ended_at END AS ok,
                    CASE WHEN status = 'completed' AND reason IS NULL THEN started_at END
                        AS ok_started
                FROM runs WHERE run_id = ?1 AND status IN ('completed', 'failed'))
          WHERE true
          ON CONFLICT (package, job, account) DO UPDATE SET
+             -- A later attempt of the last run moves its count from what the earlier one was.
+             runs_completed = job_status.runs_completed + excluded.runs_completed
+                 - (excluded.last_run_id = job_status.last_run_id
+                    AND job_status.last_status = 'completed'),
+             runs_failed = job_status.runs_failed + excluded.runs_failed
+                 - (excluded.last_run_id = job_status.last_run_id
+                    AND job_status.last_status = 'failed'),
              consecutive_failures = CASE
                  WHEN excluded.last_success_started_at
                       >= coalesce(job_status.last_success_started_at, '') THEN 0
@@ -87,8 +98,10 @@ pub(super) fn fill(conn: &Connection) -> rusqlite::Result<()> {
              g.ok_ended, nullif(g.ok_started, ''),
              (SELECT count(*) FROM runs f
               WHERE f.package = g.package AND f.job = g.job AND coalesce(f.account, '') = g.acct
-                AND f.status = 'failed' AND f.started_at > g.ok_started)
+                AND f.status = 'failed' AND f.started_at > g.ok_started),
+             g.completed, g.failed
          FROM (SELECT package, job, coalesce(account, '') AS acct,
+                   sum(status = 'completed') AS completed, sum(status = 'failed') AS failed,
                    max(CASE WHEN status IN ('completed', 'failed') THEN started_at END) AS last,
                    coalesce(max(CASE WHEN status = 'completed' AND reason IS NULL
                                      THEN started_at END), '') AS ok_started,
@@ -110,7 +123,8 @@ impl LocalStore {
         let mut jobs: Vec<JobRuns> = conn
             .prepare_cached(
                 "SELECT package, job, nullif(account, ''), last_run_id, last_status, last_reason,
-                     last_started_at, last_ended_at, last_success_at, consecutive_failures
+                     last_started_at, last_ended_at, last_success_at, consecutive_failures,
+                     runs_completed, runs_failed
                  FROM job_status ORDER BY package, job, account",
             )?
             .query_map([], |r| {
@@ -126,6 +140,8 @@ impl LocalStore {
                     last_success_at: r.get(8)?,
                     consecutive_failures: r.get(9)?,
                     running_since: None,
+                    runs_completed: r.get(10)?,
+                    runs_failed: r.get(11)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()
@@ -154,6 +170,14 @@ impl LocalStore {
             }
         }
         Ok(jobs)
+    }
+
+    /// How many events wait for BigQuery.
+    pub fn events_pending(&self) -> Result<i64> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT count(*) FROM outbox WHERE state = 'pending'")?;
+        Ok(stmt.query_row([], |r| r.get(0))?)
     }
 
     /// How long the newest `n` completed runs of a job and account took, in seconds.

@@ -18,10 +18,13 @@ use serde_json::{Map, Value, json};
 use super::{REPO, Run};
 
 pub const PROJECT: &str = "lorch-test";
-const PACKAGES: [&str; 2] = ["bqemulator==1.4.0", "numpy"];
+/// The emulator, and the Prometheus client whose parser checks lorch's metrics file
+/// (tests/it/status.rs).
+const PACKAGES: [&str; 3] = ["bqemulator==1.4.0", "numpy", "prometheus_client==0.26.0"];
 
-/// The venv's python with the emulator installed, or `None` after a loud message (locally).
-fn python() -> Option<&'static Path> {
+/// The venv's python with the emulator and the Prometheus parser installed, or `None` after a
+/// loud message (locally).
+pub fn python() -> Option<&'static Path> {
     static PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
     PYTHON.get_or_init(install).as_deref()
 }
@@ -32,7 +35,8 @@ fn install() -> Option<PathBuf> {
     }
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bqemulator-venv");
     let python = venv.join("bin/python");
-    let done = venv.join(".installed");
+    // Named after what is installed: a venv from an older list is completed.
+    let done = venv.join(format!(".installed-{}", PACKAGES.len()));
     // Test binaries may start together: one installs, the others wait for it.
     let lock = std::fs::File::create(venv.with_extension("lock")).unwrap();
     lock.lock().unwrap();
