@@ -26,10 +26,11 @@ pub fn dir(configured: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// The exit code a run with this status and reason ended with (README, "Exit codes"):
-/// 0 completed, 3 completed without all its events recorded, 130 cancelled, 1 failed.
+/// 0 completed (a dry run too), 3 completed without all its events recorded, 130 cancelled
+/// (by any signal), 1 failed.
 fn exit_code(status: &str, reason: Option<&str>) -> u8 {
     match (status, reason) {
-        ("completed", None) => 0,
+        ("completed", None | Some("dry_run")) => 0,
         ("completed", Some(_)) => 3,
         ("failed", Some("cancelled")) => 130,
         _ => 1,
@@ -132,12 +133,24 @@ fn labels(job: &JobRuns) -> String {
     )
 }
 
-/// Writes `text` to `dir/lorch.prom` atomically: a reader sees the old file or the new one. The
-/// temporary file is this process's own (`create_new`), named so the collector skips it (it
-/// reads `*.prom` only), and removed when anything fails.
-pub fn write(dir: &Path, text: &str) -> std::io::Result<()> {
+/// Writes the text `exposition` makes to `dir/lorch.prom` atomically: a reader sees the old
+/// file or the new one. The temporary file is this process's own (`create_new`), named so the
+/// collector skips it (it reads `*.prom` only), and removed when anything fails. Runs ending at
+/// once take turns (a lock file beside it), so the file never goes back to an older snapshot.
+pub fn write(
+    dir: &Path,
+    exposition: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open(dir.join(format!(".{FILE}.lock")))?;
+    lock.lock()?;
+    let text = exposition()?;
     let temp = dir.join(format!(
         ".{FILE}.{}.{:08x}.tmp",
         std::process::id(),
@@ -156,7 +169,7 @@ pub fn write(dir: &Path, text: &str) -> std::io::Result<()> {
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written
+    Ok(written?)
 }
 
 #[cfg(test)]

@@ -226,7 +226,7 @@ fn metrics_text(store: &crate::events::LocalStore) -> anyhow::Result<String> {
 /// it never changes the run's exit code.
 fn write_metrics(dir: Option<&std::path::Path>, store: &crate::events::LocalStore) {
     let Some(dir) = dir else { return };
-    let written = metrics_text(store).and_then(|text| Ok(crate::metrics::write(dir, &text)?));
+    let written = crate::metrics::write(dir, || metrics_text(store));
     if let Err(e) = written {
         stderr!(
             "warning: cannot write the metrics file {}: {e:#}",

@@ -69,14 +69,14 @@ pub fn status(flag: Option<&Path>, json: bool, max_age: Option<Duration>) -> Res
         (row.verdict, row.why) = health::verdict(&facts, now);
     }
     let rows: Vec<Row> = rows.into_values().collect();
+    let healthy = config.problems.is_empty() && rows.iter().all(|r| r.verdict == Verdict::Ok);
     if json {
-        print_json(&rows, now)?;
+        print_json(&rows, now, healthy)?;
     } else if rows.is_empty() {
         stderr!("no jobs: nothing has run, and the configuration file has no schedules");
     } else {
         print_table(&rows, now)?;
     }
-    let healthy = config.problems.is_empty() && rows.iter().all(|r| r.verdict == Verdict::Ok);
     Ok(match healthy {
         true => Exit::Success,
         false => Exit::JobFailed,
@@ -197,7 +197,7 @@ fn print_table(rows: &[Row], now: DateTime<Utc>) -> anyhow::Result<()> {
     output::print_raw(&coloured)
 }
 
-fn print_json(rows: &[Row], now: DateTime<Utc>) -> anyhow::Result<()> {
+fn print_json(rows: &[Row], now: DateTime<Utc>, ok: bool) -> anyhow::Result<()> {
     let jobs: Vec<serde_json::Value> = rows
         .iter()
         .map(|row| {
@@ -228,6 +228,5 @@ fn print_json(rows: &[Row], now: DateTime<Utc>) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let ok = rows.iter().all(|r| r.verdict == Verdict::Ok);
     output::print_json(&json!({ "ok": ok, "jobs": jobs }))
 }

@@ -119,8 +119,8 @@ CREATE TABLE IF NOT EXISTS job_status (
     last_success_at         TEXT,           -- the end of the newest run that counts
     last_success_started_at TEXT,
     consecutive_failures    INTEGER NOT NULL, -- runs failed since then
-    runs_completed          INTEGER NOT NULL DEFAULT 0, -- runs that ended so, each counted once
-    runs_failed             INTEGER NOT NULL DEFAULT 0, -- at its last attempt's end
+    runs_completed          INTEGER NOT NULL DEFAULT 0, -- attempts that ended so (they only grow)
+    runs_failed             INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (package, job, account)
 ) WITHOUT ROWID;
 
@@ -541,21 +541,16 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
             .exists([])
             .map(|current| !current)
     };
+    let job_status_outdated = |conn: &Connection| {
+        conn.prepare("SELECT 1 FROM pragma_table_info('job_status') WHERE name = 'runs_failed'")?
+            .exists([])
+            .map(|current| !current)
+    };
     let object_outbox_outdated = |conn: &Connection| {
         conn.prepare("SELECT 1 FROM pragma_table_info('object_outbox') WHERE name = 'payload'")?
             .exists([])
             .map(|current| !current)
     };
-    if !runs_outdated(conn)?
-        && !outbox_outdated(conn)?
-        && !queueing_unknown(conn)?
-        && !windows_unknown(conn)?
-        && !object_outbox_outdated(conn)?
-        && !steps_unknown(conn)?
-    {
-        conn.execute_batch(RUNS_BY_PIPELINE)?;
-        return health::fill(conn);
-    }
     // Another lorch may be upgrading too: look again once holding the write lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if runs_outdated(&tx)? {
@@ -603,7 +598,10 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         )?;
     }
     tx.execute_batch(RUNS_BY_PIPELINE)?;
-    health::fill(&tx)?;
+    if job_status_outdated(&tx)? {
+        tx.execute_batch(&format!("DROP TABLE job_status; {SCHEMA}"))?;
+    }
+    health::rebuild(&tx)?;
     if outbox_outdated(&tx)? {
         // SCHEMA creates only what is missing: the new outbox.
         tx.execute_batch(&format!(

@@ -26,51 +26,41 @@ pub struct JobRuns {
     pub consecutive_failures: u32,
     /// The start of the oldest run in progress, if one is.
     pub running_since: Option<String>,
-    /// Runs that ended completed, and failed (each run once, at its last attempt).
+    /// Attempts that ended completed, and failed (each once: the counts only grow).
     pub runs_completed: u32,
     pub runs_failed: u32,
 }
 
-/// Takes the run `run`, which just ended, into its job's row: it becomes the last run unless a
-/// newer one ended first (a run found abandoned late), resets the failures when it counts as a
-/// success, and adds one when it is a new failure since the last success (a retried run is one
-/// run, however many attempts failed).
+/// What makes a run a success for its job: it completed, recorded everything and its events
+/// went to the configured tables (the store's `COUNTS`: a test run is not one).
+const SUCCESS: &str = "status = 'completed' AND reason IS NULL AND queue_target IS NULL";
+
+/// Takes the run `run`, whose attempt just ended, into its job's row: it becomes the last run
+/// unless a newer one ended first (a run found abandoned late); the newest success stays the
+/// last success; the attempt is counted by how it ended (each attempt once, so the counts only
+/// grow); and the failures since the last success are counted again from `runs` (one row a
+/// run, however many attempts: a run waiting to retry counts as failed until its retry starts).
 pub(super) fn record_end(tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached(
+    tx.prepare_cached(&format!(
         "INSERT INTO job_status (package, job, account, last_run_id, last_status, last_reason,
              last_started_at, last_ended_at, last_success_at, last_success_started_at,
              consecutive_failures, runs_completed, runs_failed)
          SELECT package, job, coalesce(account, ''), run_id, status, reason, started_at,
-             ended_at, ok, ok_started, status = 'failed', status = 'completed',
-             status = 'failed'
-         FROM (SELECT *, CASE WHEN status = 'completed' AND reason IS NULL THEN ended_at END AS ok,
-                   CASE WHEN status = 'completed' AND reason IS NULL THEN started_at END
-                       AS ok_started
+             ended_at, ok, ok_started, 0, status = 'completed', status = 'failed'
+         FROM (SELECT *, CASE WHEN {SUCCESS} THEN ended_at END AS ok,
+                   CASE WHEN {SUCCESS} THEN started_at END AS ok_started
                FROM runs WHERE run_id = ?1 AND status IN ('completed', 'failed'))
          WHERE true
          ON CONFLICT (package, job, account) DO UPDATE SET
-             -- A later attempt of the last run moves its count from what the earlier one was.
-             runs_completed = job_status.runs_completed + excluded.runs_completed
-                 - (excluded.last_run_id = job_status.last_run_id
-                    AND job_status.last_status = 'completed'),
-             runs_failed = job_status.runs_failed + excluded.runs_failed
-                 - (excluded.last_run_id = job_status.last_run_id
-                    AND job_status.last_status = 'failed'),
-             consecutive_failures = CASE
-                 WHEN excluded.last_success_started_at
-                      >= coalesce(job_status.last_success_started_at, '') THEN 0
-                 WHEN excluded.last_status = 'failed'
-                      AND excluded.last_run_id != job_status.last_run_id
-                      AND excluded.last_started_at
-                          > coalesce(job_status.last_success_started_at, '')
-                     THEN job_status.consecutive_failures + 1
-                 ELSE job_status.consecutive_failures END,
+             runs_completed = job_status.runs_completed + excluded.runs_completed,
+             runs_failed = job_status.runs_failed + excluded.runs_failed,
              (last_success_at, last_success_started_at) = (
-                 SELECT CASE WHEN excluded.last_success_started_at
-                                  >= coalesce(job_status.last_success_started_at, '')
-                             THEN excluded.last_success_at ELSE job_status.last_success_at END,
-                        max(coalesce(excluded.last_success_started_at, ''),
-                            coalesce(job_status.last_success_started_at, '')) ),
+                 SELECT CASE WHEN newer THEN excluded.last_success_at
+                             ELSE job_status.last_success_at END,
+                        CASE WHEN newer THEN excluded.last_success_started_at
+                             ELSE job_status.last_success_started_at END
+                 FROM (SELECT excluded.last_success_started_at
+                              >= coalesce(job_status.last_success_started_at, '') AS newer)),
              (last_run_id, last_status, last_reason, last_started_at, last_ended_at) = (
                  SELECT CASE WHEN newer THEN excluded.last_run_id ELSE job_status.last_run_id END,
                         CASE WHEN newer THEN excluded.last_status ELSE job_status.last_status END,
@@ -79,21 +69,29 @@ pub(super) fn record_end(tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()
                              ELSE job_status.last_started_at END,
                         CASE WHEN newer THEN excluded.last_ended_at
                              ELSE job_status.last_ended_at END
-                 FROM (SELECT excluded.last_started_at >= job_status.last_started_at AS newer))",
-    )?
+                 FROM (SELECT excluded.last_started_at >= job_status.last_started_at AS newer))"
+    ))?
     .execute([run])?;
+    tx.prepare_cached(FAILURES)?.execute([run])?;
     Ok(())
 }
 
-/// Fills `job_status` from the runs of a store made before it existed (once: it is empty
-/// only then, or when there are no runs).
-pub(super) fn fill(conn: &Connection) -> rusqlite::Result<()> {
-    let empty = !conn.prepare("SELECT 1 FROM job_status")?.exists([])?;
-    if !empty {
-        return Ok(());
-    }
-    conn.execute_batch(
-        "INSERT INTO job_status
+/// The failed runs of the run `?1`'s job and account since its last success: a range of the
+/// `runs_by_job` index, usually a few rows.
+const FAILURES: &str = "UPDATE job_status SET consecutive_failures = (
+        SELECT count(*) FROM runs r
+        WHERE r.package = job_status.package AND r.job = job_status.job
+          AND coalesce(r.account, '') = job_status.account AND r.status = 'failed'
+          AND r.started_at > coalesce(job_status.last_success_started_at, ''))
+    WHERE (package, job, account) = (SELECT package, job, coalesce(account, '') FROM runs
+                                     WHERE run_id = ?1)";
+
+/// Makes `job_status` again from the runs: when a store is upgraded, which is also when a run
+/// recorded by an earlier lorch (which does not keep it) may be missing from it.
+pub(super) fn rebuild(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "DELETE FROM job_status;
+         INSERT INTO job_status
          SELECT g.package, g.job, g.acct, l.run_id, l.status, l.reason, l.started_at, l.ended_at,
              g.ok_ended, nullif(g.ok_started, ''),
              (SELECT count(*) FROM runs f
@@ -103,17 +101,15 @@ pub(super) fn fill(conn: &Connection) -> rusqlite::Result<()> {
          FROM (SELECT package, job, coalesce(account, '') AS acct,
                    sum(status = 'completed') AS completed, sum(status = 'failed') AS failed,
                    max(CASE WHEN status IN ('completed', 'failed') THEN started_at END) AS last,
-                   coalesce(max(CASE WHEN status = 'completed' AND reason IS NULL
-                                     THEN started_at END), '') AS ok_started,
-                   max(CASE WHEN status = 'completed' AND reason IS NULL THEN ended_at END)
-                       AS ok_ended
+                   coalesce(max(CASE WHEN {SUCCESS} THEN started_at END), '') AS ok_started,
+                   max(CASE WHEN {SUCCESS} THEN ended_at END) AS ok_ended
                FROM runs GROUP BY package, job, coalesce(account, '')) g
          JOIN runs l ON l.package = g.package AND l.job = g.job
              AND coalesce(l.account, '') = g.acct AND l.started_at = g.last
              AND l.status IN ('completed', 'failed')
          WHERE true
-         ON CONFLICT DO NOTHING",
-    )
+         ON CONFLICT DO NOTHING;"
+    ))
 }
 
 impl LocalStore {
@@ -149,8 +145,8 @@ impl LocalStore {
         // Few runs are in progress: found through `runs_by_status`.
         let running: Vec<(String, String, Option<String>, String)> = conn
             .prepare_cached(
-                "SELECT package, job, account, min(started_at) FROM runs
-                 WHERE status = 'running' GROUP BY package, job, account",
+                "SELECT package, job, nullif(coalesce(account, ''), ''), min(started_at) FROM runs
+                 WHERE status = 'running' GROUP BY package, job, coalesce(account, '')",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<rusqlite::Result<_>>()?;
