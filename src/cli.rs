@@ -169,6 +169,17 @@ pub enum Command {
     /// last-success starts there)
     #[command(subcommand)]
     State(StateCommand),
+    /// Print a completion script: `source <(lorch completions bash)`, and job names complete
+    /// after `run`, `run-job`, `jobs show`, `backfill` and `state` (docs/completions.md)
+    Completions {
+        /// bash, zsh or fish
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff): `lorch man > lorch.1`, then `man ./lorch.1`
+    Man,
+    /// Internal: the PACKAGE/JOB names a completion script offers, one a line
+    #[command(name = "__complete-jobs", hide = true)]
+    CompleteJobs,
     /// Internal: runs one job attempt for a supervising lorch
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -499,4 +510,12 @@ pub struct RunOptions {
     /// Internal: the `lorch backfill` this run is a window of
     #[arg(long, hide = true, value_name = "ID")]
     pub backfill_id: Option<String>,
+}
+
+/// The shells `lorch completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }

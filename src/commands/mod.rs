@@ -1,6 +1,7 @@
 //! One module per command group; `dispatch` routes a parsed command line to it.
 
 mod backfill;
+mod completions;
 mod config;
 mod events;
 mod jobs;
@@ -183,6 +184,9 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             crate::output::print(&metrics_text(&store)?)?;
             Ok(Exit::Success)
         }
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
+        Command::CompleteJobs => completions::jobs(discover()),
         Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
     }
 }

@@ -530,3 +530,52 @@ fn first_day_edges_get_a_clear_answer() {
         "{out:?}"
     );
 }
+
+/// Completing `lorch run ing<TAB>` in bash, as `source <(lorch completions bash)` sets it up
+/// (docs/completions.md): the job names come from the plugins lorch finds.
+#[test]
+fn bash_completes_commands_and_job_names() {
+    let (plugins, env) = env();
+    let lorch_dir = std::path::Path::new(env!("CARGO_BIN_EXE_lorch"))
+        .parent()
+        .unwrap();
+    let script = r#"
+source <(lorch completions bash)
+complete_at() {
+    COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=()
+    _lorch_with_jobs lorch "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
+    echo "${COMPREPLY[*]}"
+}
+complete_at lorch run ing
+complete_at lorch run-job ingester ex
+complete_at lorch jobs show can
+complete_at lorch run-pip
+"#;
+    let home = env.home.path();
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "-c", script])
+        .env("HOME", home)
+        .env("LORCH_HOME", home.join("lorch"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env(
+            "PATH",
+            format!("{}:{}", lorch_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("LORCH_PLUGIN_PATH", plugins.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "ingester/extract_gmail ingester/extract_slack\nextract_gmail extract_slack\ncanonizer\nrun-pipeline\n"
+    );
+    for shell in ["zsh", "fish"] {
+        let script = env.run(&["completions", shell]);
+        script.code(0);
+        script.stdout_has("run-pipeline");
+    }
+    let page = env.run(&["man"]);
+    page.code(0);
+    page.stdout_has(".TH lorch 1");
+}
