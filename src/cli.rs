@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
+    /// Log lines on stderr as text, or one JSON object a line (with a job's run id, package,
+    /// job and account) [default: LORCH_LOG_FORMAT, else text]
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<crate::logging::Format>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -16,6 +16,7 @@ mod history;
 mod host;
 mod lifecycle;
 mod locks;
+mod logging;
 mod metrics;
 mod output;
 mod params;
@@ -33,7 +34,6 @@ pub mod timearg;
 #[doc(hidden)]
 pub use runner::protocol as worker_protocol;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use crate::output::stderr;
@@ -50,7 +50,11 @@ pub fn main() -> ExitCode {
         // process logs at `warn` too.
         unsafe { std::env::set_var("LORCH_LOG", "warn") };
     }
-    init_logging();
+    if let Some(format) = cli.log_format {
+        // SAFETY: as above; the job's worker process logs in this format too.
+        unsafe { std::env::set_var(logging::FORMAT_VAR, format.as_str()) };
+    }
+    logging::init();
     if let cli::Command::Worker = cli.command {
         return runner::worker::main();
     }
@@ -60,31 +64,5 @@ pub fn main() -> ExitCode {
             stderr!("error: {error}");
             error.exit().into()
         }
-    }
-}
-
-/// Logs (lorch's and the jobs') go to stderr; `LORCH_LOG` sets the level (error, warn, info,
-/// debug, trace, off; default info). Colours only on a terminal, and not with `NO_COLOR` set
-/// (no-color.org) or `TERM=dumb`.
-fn init_logging() {
-    use tracing_subscriber::filter::LevelFilter;
-    let given = std::env::var("LORCH_LOG").ok().filter(|v| !v.is_empty());
-    let level = given.as_deref().map(str::parse::<LevelFilter>);
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_target(false)
-        .with_max_level(match level {
-            Some(Ok(level)) => level,
-            _ => LevelFilter::INFO,
-        })
-        .init();
-    if let (Some(given), Some(Err(_))) = (given, level) {
-        stderr!(
-            "warning: invalid LORCH_LOG '{given}': expected error, warn, info, debug, trace or off; logging at info"
-        );
     }
 }

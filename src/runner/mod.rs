@@ -372,8 +372,7 @@ fn execute(
         }
         Mode::InProcess => {
             let call = JobCall::new(plan.job, sink, &request, trace_id, signals.cancel_flag());
-            let result =
-                tracing::info_span!("job", id = %plan.job.id()).in_scope(|| call.run(plan.job));
+            let result = crate::logging::job_span(&request).in_scope(|| call.run(plan.job));
             let outcome = match (signals.received(), Failed::from_call(result)) {
                 // The job returned after lorch was asked to stop: the run was cancelled.
                 (Some(signal), Err(_)) => {

@@ -116,7 +116,7 @@ fn work() -> Result<()> {
                 input.trace_id.as_deref(),
                 &cancelled,
             );
-            tracing::info_span!("job", id = %job.id()).in_scope(|| call.run(&job))
+            crate::logging::job_span(request).in_scope(|| call.run(&job))
         }
         Err(why) => CallResult::Refused(Failure::new(format!(
             "cannot load the job in the worker: {why}"

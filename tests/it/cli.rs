@@ -579,3 +579,46 @@ complete_at lorch run-pip
     page.code(0);
     page.stdout_has(".TH lorch 1");
 }
+
+/// `--log-format json`: each log line is one JSON object; a job's carry its run's fields.
+#[test]
+fn json_log_lines_carry_the_run() {
+    let (_plugins, env) = env();
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "run-job",
+        "ingester",
+        "extract_gmail",
+        "--account",
+        "acct1",
+    ]);
+    out.code(0);
+    let run_id = out.run_id();
+    let lines: Vec<Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("extracted "))
+        })
+        .unwrap_or_else(|| panic!("no job log line: {lines:?}"));
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(
+        line["span"],
+        json!({"name": "job", "run_id": run_id, "package": "ingester", "job": "extract_gmail", "account": "acct1"})
+    );
+    // The worker learns it from the environment too.
+    let out = env
+        .lorch()
+        .args(["run-job", "ingester", "extract_gmail"])
+        .env("LORCH_LOG_FORMAT", "json")
+        .run();
+    out.code(0);
+    assert!(out.stderr.lines().all(|l| l.starts_with('{')), "{out:?}");
+}
