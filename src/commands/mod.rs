@@ -169,7 +169,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 quiet,
                 config: cli.config.as_deref(),
             };
-            pipelines::run(cli.config.as_deref(), discover(), &request)
+            pipelines::run(discover(), &request)
         }
         Command::Pipelines(PipelinesCommand::List { json }) => {
             pipelines::list(cli.config.as_deref(), json)

@@ -44,7 +44,7 @@ pub struct Request<'a> {
     pub parallel: Option<usize>,
     pub resume: Option<&'a str>,
     pub quiet: bool,
-    /// `--config`, repeated in the hint to resume.
+    /// `--config`: the file the pipeline is read from, repeated in the hint to resume.
     pub config: Option<&'a Path>,
 }
 
@@ -131,8 +131,8 @@ struct Shared {
 }
 
 /// `lorch run-pipeline NAME`.
-pub fn run(flag: Option<&Path>, catalog: &Catalog, request: &Request) -> Result<Exit> {
-    let config = read_config(flag)?;
+pub fn run(catalog: &Catalog, request: &Request) -> Result<Exit> {
+    let config = read_config(request.config)?;
     let pipeline = find(&config, request.name)?;
     let home = super::lorch_home()?;
     let signals = Signals::install()
