@@ -206,37 +206,11 @@ fn the_metrics_file_parses_after_every_run_and_is_never_seen_half_written() {
 #[test]
 fn a_retried_run_is_one_run_for_failures_and_each_attempt_counts_in_the_metrics() {
     let (_plugins, env) = common::testkit_env();
-    let counter = env.home.path().join("attempts");
-    let counter = format!("counter={}", counter.display());
-    // Fails its first attempt, completes its second.
-    env.run(&[
-        "run-job",
-        "testkit",
-        "flaky",
-        "--param",
-        &counter,
-        "--param",
-        "succeed_on=2",
-        "--retries",
-        "1",
-        "--retry-backoff",
-        "0s",
-    ])
-    .code(0);
-    let out = status(&env, None);
-    out.code(0);
-    assert_eq!(out.json()["jobs"][0]["consecutive_failures"], 0);
-    let metrics = env.run(&["metrics"]);
-    let labels = "package=\"testkit\",job=\"flaky\",account=\"\"";
-    metrics.stdout_has(&format!(
-        "lorch_job_runs_total{{{labels},status=\"completed\"}} 1\n"
-    ));
-    metrics.stdout_has(&format!(
-        "lorch_job_runs_total{{{labels},status=\"failed\"}} 1\n"
-    ));
-    // Two runs that fail all their attempts are two failures, not four.
-    for _ in 0..2 {
-        std::fs::remove_file(env.home.path().join("attempts")).unwrap();
+    let attempts = env.home.path().join("attempts");
+    let counter = format!("counter={}", attempts.display());
+    // A run of testkit/flaky with one retry, completing at attempt `succeed_on`.
+    let flaky = |succeed_on: &str| {
+        let _ = std::fs::remove_file(&attempts);
         env.run(&[
             "run-job",
             "testkit",
@@ -244,14 +218,28 @@ fn a_retried_run_is_one_run_for_failures_and_each_attempt_counts_in_the_metrics(
             "--param",
             &counter,
             "--param",
-            "succeed_on=9",
+            succeed_on,
             "--retries",
             "1",
             "--retry-backoff",
             "0s",
         ])
-        .code(1);
+    };
+    // Fails its first attempt, completes its second.
+    flaky("succeed_on=2").code(0);
+    let out = status(&env, None);
+    out.code(0);
+    assert_eq!(out.json()["jobs"][0]["consecutive_failures"], 0);
+    let metrics = env.run(&["metrics"]);
+    let labels = "package=\"testkit\",job=\"flaky\",account=\"\"";
+    for status in ["completed", "failed"] {
+        metrics.stdout_has(&format!(
+            "lorch_job_runs_total{{{labels},status=\"{status}\"}} 1\n"
+        ));
     }
+    // Two runs that fail all their attempts are two failures, not four.
+    flaky("succeed_on=9").code(1);
+    flaky("succeed_on=9").code(1);
     let out = status(&env, None);
     out.code(1);
     assert_eq!(out.json()["jobs"][0]["consecutive_failures"], 2);
