@@ -58,9 +58,7 @@ pub fn init() {
             .with_span_list(false)
             .init();
     } else {
-        let colour = std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
+        let colour = crate::output::colours(std::io::stderr().is_terminal());
         builder.with_ansi(colour).init();
     }
     if let (Some(given), Some(Err(_))) = (given, level) {

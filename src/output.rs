@@ -17,6 +17,14 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     write_stdout(&clean(text, Style::Text))
 }
 
+/// Whether to colour what goes to a stream: only a terminal, and not with `NO_COLOR` set
+/// (no-color.org) or `TERM=dumb`.
+pub fn colours(terminal: bool) -> bool {
+    terminal
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
 /// Writes `text` to stdout as it is: for text lorch cleaned itself, with its own colours.
 pub fn print_raw(text: &str) -> anyhow::Result<()> {
     write_stdout(text)

@@ -239,6 +239,17 @@ fn write_metrics(dir: Option<&std::path::Path>, store: &crate::events::LocalStor
     }
 }
 
+/// The configuration file for a command that reads every entry (`tick`, `schedule list`,
+/// `status`, `pipelines list`): a file lorch cannot read or parse is a usage error; an entry with
+/// a mistake is left out, and said so on stderr.
+fn read_config_reporting(flag: Option<&std::path::Path>) -> Result<crate::config::Config> {
+    let config = crate::config::Config::read_file(flag).map_err(config_problems)?;
+    for problem in &config.problems {
+        stderr!("error: {problem} (this entry is left out)");
+    }
+    Ok(config)
+}
+
 /// The mistakes of a configuration file, one a line, as a usage error.
 fn config_problems(problems: Vec<crate::config::Problem>) -> Error {
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();

@@ -826,10 +826,7 @@ fn ended(states: &[State]) -> u64 {
 
 /// `lorch pipelines list`: each pipeline, its steps, its last run.
 pub fn list(flag: Option<&Path>, json: bool) -> Result<Exit> {
-    let config = read_config(flag)?;
-    for problem in &config.problems {
-        stderr!("error: {problem} (this entry is left out)");
-    }
+    let config = super::read_config_reporting(flag)?;
     let (home, store) = super::open_home()?;
     super::reap_all(&store, &home)?;
     let mut listed = Vec::new();

@@ -25,13 +25,10 @@ use crate::timearg;
 
 use super::Passed;
 
-/// The configuration with its good entries, its problems reported on stderr; a file that
-/// cannot be read at all is a usage error.
+/// The configuration with its good entries (see [`super::read_config_reporting`]), and whether
+/// any entry was left out.
 fn read_config(flag: Option<&Path>) -> Result<(Config, bool)> {
-    let config = Config::read_file(flag).map_err(super::config_problems)?;
-    for problem in &config.problems {
-        stderr!("error: {problem} (this entry is left out)");
-    }
+    let config = super::read_config_reporting(flag)?;
     let broken = !config.problems.is_empty();
     Ok((config, broken))
 }

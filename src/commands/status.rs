@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::config::{Config, Target};
+use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::events::JobRuns;
 use crate::health::{self, Facts, Verdict};
@@ -27,10 +27,7 @@ struct Row {
 }
 
 pub fn status(flag: Option<&Path>, json: bool, max_age: Option<Duration>) -> Result<Exit> {
-    let config = Config::read_file(flag).map_err(super::config_problems)?;
-    for problem in &config.problems {
-        stderr!("error: {problem} (this entry is left out)");
-    }
+    let config = super::read_config_reporting(flag)?;
     let now = timearg::now().map_err(Error::Usage)?;
     let (home, store) = super::open_home()?;
     super::reap_all(&store, &home)?;
@@ -175,10 +172,7 @@ fn print_table(rows: &[Row], now: DateTime<Utc>) -> anyhow::Result<()> {
         "WHY",
     ];
     let text = output::table(&header, &cells);
-    let colour = std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        && std::env::var("TERM").map_or(true, |t| t != "dumb");
-    if !colour {
+    if !output::colours(std::io::stdout().is_terminal()) {
         return output::print(&text);
     }
     // Only the verdict, which lorch wrote, is coloured; the rest is printed as it always is.

@@ -515,45 +515,16 @@ fn span(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<(i64, i64)>
 
 /// Brings a store made by an earlier lorch up to date: `runs` gains the seq range of each run's
 /// events (filled in from the per-run index those stores have), and the index goes; the outbox
-/// is keyed by state and seq instead of having an index by state.
+/// is keyed by state and seq instead of having an index by state; `runs` gains the columns of
+/// queueing, windows and pipeline steps; `job_status` is made again from the runs.
 fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
-    let runs_outdated = |conn: &Connection| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'first_seq'")?
-            .exists([])
-            .map(|current| !current)
-    };
     let outbox_outdated = |conn: &Connection| {
         conn.prepare("SELECT 1 FROM sqlite_master WHERE name = 'outbox_by_state'")?
             .exists([])
     };
-    let queueing_unknown = |conn: &Connection| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'queued'")?
-            .exists([])
-            .map(|current| !current)
-    };
-    let windows_unknown = |conn: &Connection| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'window_until'")?
-            .exists([])
-            .map(|current| !current)
-    };
-    let steps_unknown = |conn: &Connection| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'step'")?
-            .exists([])
-            .map(|current| !current)
-    };
-    let job_status_outdated = |conn: &Connection| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('job_status') WHERE name = 'runs_failed'")?
-            .exists([])
-            .map(|current| !current)
-    };
-    let object_outbox_outdated = |conn: &Connection| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('object_outbox') WHERE name = 'payload'")?
-            .exists([])
-            .map(|current| !current)
-    };
     // Another lorch may be upgrading too: look again once holding the write lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if runs_outdated(&tx)? {
+    if lacks(&tx, "runs", "first_seq")? {
         tx.execute_batch(
             "ALTER TABLE runs ADD COLUMN first_seq INTEGER;
              ALTER TABLE runs ADD COLUMN last_seq INTEGER;
@@ -564,13 +535,13 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
              DROP INDEX IF EXISTS events_by_run;",
         )?;
     }
-    if queueing_unknown(&tx)? {
+    if lacks(&tx, "runs", "queued")? {
         tx.execute_batch(
             "ALTER TABLE runs ADD COLUMN queued INTEGER;
              ALTER TABLE runs ADD COLUMN queue_target TEXT;",
         )?;
     }
-    if object_outbox_outdated(&tx)? {
+    if lacks(&tx, "object_outbox", "payload")? {
         // SCHEMA creates only what is missing: the new object outbox, filled from the objects.
         tx.execute_batch(&format!(
             "ALTER TABLE object_outbox RENAME TO object_outbox_before;
@@ -585,20 +556,20 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
              DROP TABLE object_outbox_before;"
         ))?;
     }
-    if windows_unknown(&tx)? {
+    if lacks(&tx, "runs", "window_until")? {
         tx.execute_batch(
             "ALTER TABLE runs ADD COLUMN window_since TEXT;
              ALTER TABLE runs ADD COLUMN window_until TEXT;",
         )?;
     }
-    if steps_unknown(&tx)? {
+    if lacks(&tx, "runs", "step")? {
         tx.execute_batch(
             "ALTER TABLE runs ADD COLUMN pipeline_run_id TEXT;
              ALTER TABLE runs ADD COLUMN step TEXT;",
         )?;
     }
     tx.execute_batch(RUNS_BY_PIPELINE)?;
-    if job_status_outdated(&tx)? {
+    if lacks(&tx, "job_status", "runs_failed")? {
         tx.execute_batch(&format!("DROP TABLE job_status; {SCHEMA}"))?;
     }
     health::rebuild(&tx)?;
@@ -614,6 +585,13 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         ))?;
     }
     tx.commit()
+}
+
+/// Whether `table` lacks `column`: a store made by an earlier lorch.
+fn lacks(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])
+        .map(|has| !has)
 }
 
 /// Made by [`upgrade`], not [`SCHEMA`]: a store from an earlier lorch gets the column first.
