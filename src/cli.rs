@@ -305,6 +305,29 @@ pub enum RunsCommand {
     },
     /// Close runs whose lorch process is gone with job.failed, reason abandoned
     Reap,
+    /// What a run's job wrote to stdout and stderr and logged, with timestamps (docs/logs.md)
+    Logs {
+        /// The run id, or `last` for the newest run
+        run_id: String,
+        /// Only this attempt [default: every attempt]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        attempt: Option<u32>,
+        /// Keep printing lines as the run writes them, until it ends
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the logs of runs started before a time and, with --events, their events
+    Prune {
+        /// How old: 90d, 12w, ... (a duration back from now)
+        #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
+        older_than: Duration,
+        /// Delete events older than that too, except those still pending for BigQuery
+        #[arg(long)]
+        events: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -266,12 +266,9 @@ unsafe extern "C" fn host_upsert(ctx: *mut c_void, objects: Str) -> i32 {
 unsafe extern "C" fn host_log(ctx: *mut c_void, level: i32, message: Str) {
     // SAFETY: as in `host_emit`.
     let message = String::from_utf8_lossy(unsafe { message.as_bytes() });
-    with_call(ctx, (), |_| match level {
-        ..=1 => tracing::error!("{message}"),
-        2 => tracing::warn!("{message}"),
-        3 => tracing::info!("{message}"),
-        4 => tracing::debug!("{message}"),
-        _ => tracing::trace!("{message}"),
+    with_call(ctx, (), |call| {
+        call.sink
+            .log(crate::runlog::Level::from_abi(level), &message)
     })
 }
 

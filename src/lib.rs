@@ -23,6 +23,7 @@ mod params;
 mod paths;
 mod plan;
 pub mod plugins;
+mod runlog;
 mod runner;
 mod schedule;
 mod signals;

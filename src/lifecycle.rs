@@ -236,6 +236,13 @@ pub struct Payload {
     /// `job.failed` of an attempt: what the job or the system reported.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureDetail>,
+    /// Terminal events: the lines the attempt wrote to its log, kept or dropped
+    /// (docs/logs.md).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub log_lines: u64,
+    /// `job.failed` of an attempt: its last lines (docs/logs.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<Vec<String>>,
 }
 
 /// The pipeline run a job's run is a step of.
@@ -362,6 +369,10 @@ impl std::ops::AddAssign for ObjectCounts {
         self.updated += other.updated;
         self.unchanged += other.unchanged;
     }
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -224,6 +224,18 @@ pub fn take_orphaned_run(home: &Path, run_id: &str) -> io::Result<Option<Held>> 
     }
 }
 
+/// Whether a lorch process holds the lock of the run `run_id` (it is running, or waiting
+/// between attempts).
+pub fn run_is_held(home: &Path, run_id: &str) -> bool {
+    let Ok(path) = run_lock_path(home, run_id) else {
+        return false;
+    };
+    match File::open(path) {
+        Ok(file) => matches!(file.try_lock(), Err(TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 /// The run ids of the lock files in `<home>/runs` (only names that are run ids).
 pub fn run_lock_ids(home: &Path) -> io::Result<Vec<String>> {
     let entries = match std::fs::read_dir(home.join("runs")) {

@@ -97,6 +97,14 @@ impl Stream {
         Ok(!self.closed)
     }
 
+    /// Writes what is buffered: for output that waits between pieces (`runs logs --follow`).
+    pub fn flush(&mut self) -> anyhow::Result<bool> {
+        if !self.closed {
+            self.closed = gone(self.out.flush())?;
+        }
+        Ok(!self.closed)
+    }
+
     pub fn finish(mut self) -> anyhow::Result<()> {
         if !self.closed {
             gone(self.out.flush())?;

@@ -5,6 +5,7 @@ mod completions;
 mod config;
 mod events;
 mod jobs;
+mod logs;
 mod objects;
 mod pipelines;
 mod plugins;
@@ -134,6 +135,18 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Runs(RunsCommand::List(query)) => runs::list(query),
         Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
         Command::Runs(RunsCommand::Reap) => runs::reap(),
+        Command::Runs(RunsCommand::Logs {
+            run_id,
+            attempt,
+            follow,
+            json,
+        }) => logs::logs(&logs::Request {
+            run_id: &run_id,
+            attempt,
+            follow,
+            json,
+        }),
+        Command::Runs(RunsCommand::Prune { older_than, events }) => logs::prune(older_than, events),
         Command::Objects(ObjectsCommand::List(query)) => objects::list(query),
         Command::Objects(ObjectsCommand::Show { idem_key, json }) => objects::show(&idem_key, json),
         Command::Objects(ObjectsCommand::Count { json }) => objects::count(json),

@@ -203,7 +203,8 @@ fn between(started_at: &str, ended_at: Option<&str>) -> String {
 }
 
 pub fn show(run_id: &str, json: bool) -> Result<Exit> {
-    let store = open_reaped()?;
+    let (home, store) = super::open_home()?;
+    super::reap_all(&store, &home)?;
     // `last`: the newest run, as `events list --run last` has it.
     let newest;
     let run_id = match run_id {
@@ -231,8 +232,9 @@ pub fn show(run_id: &str, json: bool) -> Result<Exit> {
         run_id: Some(run_id.to_owned()),
         limit: None,
     })?;
+    let logs = kept_logs(&home, run_id)?;
     if json {
-        output::print_json(&json!({ "run": run, "events": events }))?;
+        output::print_json(&json!({ "run": run, "events": events, "logs": logs }))?;
         return Ok(Exit::Success);
     }
     let mut text = format!(
@@ -261,12 +263,51 @@ pub fn show(run_id: &str, json: bool) -> Result<Exit> {
     if let Some(error) = &run.error_message {
         writeln!(text, "Error: {error}").unwrap();
     }
+    let (kept, dropped) = logs
+        .iter()
+        .fold((0, 0), |(k, d), l| (k + l.kept, d + l.dropped));
+    if kept > 0 {
+        let dropped = match dropped {
+            0 => String::new(),
+            n => format!(" ({n} older lines dropped)"),
+        };
+        writeln!(
+            text,
+            "Logs: {kept} lines{dropped}: lorch runs logs {}",
+            run.run_id
+        )
+        .unwrap();
+    }
     text.push_str("Events:\n");
     for line in format_events(&events).lines() {
         writeln!(text, "  {line}").unwrap();
     }
     output::print(&text)?;
     Ok(Exit::Success)
+}
+
+/// What the run's log keeps of an attempt.
+#[derive(serde::Serialize)]
+struct KeptLog {
+    attempt: u32,
+    kept: usize,
+    dropped: u64,
+}
+
+fn kept_logs(home: &std::path::Path, run_id: &str) -> Result<Vec<KeptLog>> {
+    let unreadable = |e: std::io::Error| {
+        Error::Environment(anyhow::Error::new(e).context("cannot read the run's log"))
+    };
+    let mut logs = Vec::new();
+    for attempt in crate::runlog::attempts(home, run_id).map_err(unreadable)? {
+        let kept = crate::runlog::read(home, run_id, attempt, 0).map_err(unreadable)?;
+        logs.push(KeptLog {
+            attempt,
+            kept: kept.lines.len(),
+            dropped: kept.dropped,
+        });
+    }
+    Ok(logs)
 }
 
 pub fn reap() -> Result<Exit> {

@@ -11,10 +11,11 @@ use uuid::Uuid;
 
 pub use store::{
     DeadLetter, DeliveryStatus, EventFilter, JobRuns, LocalStore, ObjectFilter, Outbox, Pending,
-    PendingObject, PipelineRunRow, RunFilter, RunRow, Watermark,
+    PendingObject, PipelineRunRow, PrunedEvents, RunFilter, RunRow, Watermark,
 };
 
 use crate::lifecycle::ObjectCounts;
+use crate::runlog::Level;
 
 /// One event, with exactly the columns of the `event_log` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,4 +102,10 @@ pub trait EventSink: Sync {
     /// Records events and upserts objects, all or none, and says what the upserts did (a sink
     /// that only forwards them says nothing: zero counts).
     fn store(&self, events: &[Event], objects: &[Object]) -> anyhow::Result<ObjectCounts>;
+
+    /// A line the job logged through its context: shown as one of lorch's log lines, unless
+    /// the sink keeps it in the run's log too (docs/logs.md).
+    fn log(&self, level: Level, message: &str) {
+        level.show(message);
+    }
 }

@@ -261,6 +261,14 @@ pub struct RunRow {
     pub step: Option<String>,
 }
 
+/// What `runs prune --events` did.
+#[derive(Debug)]
+pub struct PrunedEvents {
+    pub deleted: usize,
+    /// Events old enough that were kept: pending for BigQuery, or dead letters.
+    pub pending: i64,
+}
+
 /// Which runs `runs` returns.
 #[derive(Debug, Default)]
 pub struct RunFilter {
@@ -451,6 +459,48 @@ impl LocalStore {
     }
 
     /// The run id of the newest event, if any.
+    /// The run of a job started last (pipeline runs are not job runs).
+    pub fn newest_job_run_id(&self) -> Result<Option<String>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT run_id FROM runs ORDER BY rowid DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Deletes the events created before `cutoff` (`runs prune --events`, docs/logs.md),
+    /// except those still pending for BigQuery or kept as dead letters, and the newest event,
+    /// whose `seq` must never be given again.
+    pub fn prune_events(&self, cutoff: &chrono::DateTime<chrono::Utc>) -> Result<PrunedEvents> {
+        let cutoff = timestamp(cutoff);
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let kept = "SELECT seq FROM outbox WHERE state IN ('pending', 'dead')";
+            let deleted = tx.execute(
+                &format!(
+                    "DELETE FROM events WHERE created_at < ?1 AND seq NOT IN ({kept})
+                     AND seq < (SELECT max(seq) FROM events)"
+                ),
+                [&cutoff],
+            )?;
+            tx.execute(
+                "DELETE FROM outbox WHERE state = 'delivered'
+                 AND seq NOT IN (SELECT seq FROM events)",
+                [],
+            )?;
+            let pending = tx.query_row(
+                &format!("SELECT count(*) FROM events WHERE created_at < ?1 AND seq IN ({kept})"),
+                [&cutoff],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(PrunedEvents { deleted, pending })
+        })
+    }
+
     pub fn last_run_id(&self) -> Result<Option<String>> {
         let conn = self.conn();
         Ok(conn

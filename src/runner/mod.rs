@@ -5,6 +5,7 @@
 //! `exit`, a hang or a signal still ends in a terminal event; `--in-process` calls the job
 //! directly instead. The runner knows events only through [`EventSink`].
 
+mod capture;
 pub mod protocol;
 mod ring;
 mod supervisor;
@@ -21,12 +22,13 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::backoff;
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, Object};
 use crate::host::{CallResult, JobCall};
 pub use crate::lifecycle::Reason;
 use crate::lifecycle::{self, EventType, FailureDetail, ObjectCounts, Parameters, Payload, Window};
 use crate::locks::{self, Acquired, Holder};
 use crate::plugins::Job;
+use crate::runlog::{self, Level};
 use crate::signals::Signals;
 pub use supervisor::Limits;
 
@@ -219,12 +221,19 @@ pub fn run(
         })?;
 
         let start = Instant::now();
-        let (outcome, tally) = execute(plan, &run_id, attempt, sink, signals);
+        let log = runlog::Writer::new(&plan.home, &run_id, attempt);
+        let (outcome, tally) = execute(plan, &run_id, attempt, sink, signals, &log);
         let duration = start.elapsed();
         events_not_recorded += tally.not_recorded;
         objects += tally.objects;
 
-        let terminal = terminal_event(&run_id, plan, base, &outcome, duration, tally);
+        let ended = Ended {
+            outcome: &outcome,
+            duration,
+            tally,
+            log: log.finish(),
+        };
+        let terminal = terminal_event(&run_id, plan, base, ended);
         let record_error = sink
             .record(&terminal)
             .with_context(|| format!("cannot record {} of run {run_id}", terminal.event_type))
@@ -348,12 +357,39 @@ fn record_skipped(
         .with_context(|| format!("cannot record job.skipped of run {run_id}"))
 }
 
+/// What the job sends to the host, and its logged lines kept in the run's log: a job run in
+/// lorch's own process (`--in-process`) has its logged lines kept, not its stdout and stderr.
+struct Logged<'a> {
+    sink: &'a dyn EventSink,
+    log: &'a runlog::Writer,
+}
+
+impl EventSink for Logged<'_> {
+    fn store(&self, events: &[Event], objects: &[Object]) -> anyhow::Result<ObjectCounts> {
+        self.sink.store(events, objects)
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        level.show(message);
+        if level.kept() {
+            self.log.push(
+                runlog::Stream::Log,
+                Some(level),
+                message,
+                chrono::Utc::now(),
+            );
+            self.log.flush();
+        }
+    }
+}
+
 fn execute(
     plan: &RunPlan,
     run_id: &str,
     attempt: u32,
     sink: &dyn EventSink,
     signals: &Signals,
+    log: &runlog::Writer,
 ) -> (Attempt, Tally) {
     let request = RunRequest {
         run_id: run_id.to_owned(),
@@ -368,10 +404,11 @@ fn execute(
     let trace_id = plan.trace_id.as_deref();
     match plan.mode {
         Mode::Supervised(limits) => {
-            supervisor::run(plan.job, &request, trace_id, sink, limits, signals)
+            supervisor::run(plan.job, &request, trace_id, sink, limits, signals, log)
         }
         Mode::InProcess => {
-            let call = JobCall::new(plan.job, sink, &request, trace_id, signals.cancel_flag());
+            let sink = Logged { sink, log };
+            let call = JobCall::new(plan.job, &sink, &request, trace_id, signals.cancel_flag());
             let result = crate::logging::job_span(&request).in_scope(|| call.run(plan.job));
             let outcome = match (signals.received(), Failed::from_call(result)) {
                 // The job returned after lorch was asked to stop: the run was cancelled.
@@ -393,21 +430,25 @@ fn execute(
     }
 }
 
-fn terminal_event(
-    run_id: &str,
-    plan: &RunPlan,
-    base: Payload,
-    outcome: &Attempt,
+/// How an attempt ended, for its terminal event.
+struct Ended<'a> {
+    outcome: &'a Attempt,
     duration: Duration,
     tally: Tally,
-) -> Event {
+    log: runlog::Written,
+}
+
+fn terminal_event(run_id: &str, plan: &RunPlan, base: Payload, ended: Ended) -> Event {
+    let failed = ended.outcome.is_err();
     let payload = Payload {
-        duration_seconds: Some(duration.as_secs_f64()),
-        events_not_recorded: tally.not_recorded,
-        objects: Some(tally.objects),
+        duration_seconds: Some(ended.duration.as_secs_f64()),
+        events_not_recorded: ended.tally.not_recorded,
+        objects: Some(ended.tally.objects),
+        log_lines: ended.log.lines,
+        log_tail: failed.then_some(ended.log.tail),
         ..base
     };
-    match outcome {
+    match ended.outcome {
         Ok(()) => lifecycle_event(EventType::Completed, run_id, plan, &payload),
         Err(failed) => {
             let payload = Payload {

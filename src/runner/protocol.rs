@@ -1,18 +1,20 @@
 //! What a worker process tells its supervisor over the [`ring`](super::ring): each event the job
-//! emits and each object it upserts, then how the call ended. stdout and stderr stay the job's own.
+//! emits, each object it upserts and each line it logs, then how the call ended. The job's
+//! stdout and stderr are pipes of their own (`super::capture`).
 //!
 //! Events travel in a small binary form, not JSON: a job may emit hundreds of thousands, and
 //! the fields are already strings (the payload is JSON text, checked again on arrival).
 
 use std::path::PathBuf;
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use lorch_plugin_api::abi::RunRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::events::{Event, Object};
 use crate::host::CallResult;
+use crate::runlog::Level;
 
 /// The worker's inherited descriptors: the pipe that wakes the supervisor (its closing is how
 /// the supervisor learns the worker is gone), the shared ring, the pipe that wakes the worker.
@@ -39,6 +41,12 @@ pub enum Message {
     Event(Event),
     /// An object the job upserted, as it was when the job gave it.
     Object(Object),
+    /// A line the job logged through its context, and when.
+    Log {
+        time: DateTime<Utc>,
+        level: Level,
+        text: String,
+    },
     /// How the job's call ended; the last message.
     Result(CallResult),
 }
@@ -46,6 +54,15 @@ pub enum Message {
 const EVENT: u8 = b'E';
 const RESULT: u8 = b'R';
 const OBJECT: u8 = b'O';
+const LOG: u8 = b'L';
+/// The levels in the order of their byte in a log message.
+const LEVELS: [Level; 5] = [
+    Level::Error,
+    Level::Warn,
+    Level::Info,
+    Level::Debug,
+    Level::Trace,
+];
 const NONE: u32 = u32::MAX;
 
 /// Appends the message for `event` to `out`.
@@ -79,6 +96,15 @@ pub fn encode_object(object: &Object, out: &mut Vec<u8>) {
     out.extend_from_slice(&object.last_seen.timestamp().to_le_bytes());
     out.extend_from_slice(&object.last_seen.timestamp_subsec_nanos().to_le_bytes());
     put(out, &object.correlation_id);
+}
+
+/// Appends the message for a line the job logged to `out`.
+pub fn encode_log(time: DateTime<Utc>, level: Level, text: &str, out: &mut Vec<u8>) {
+    out.push(LOG);
+    out.extend_from_slice(&time.timestamp().to_le_bytes());
+    out.extend_from_slice(&time.timestamp_subsec_nanos().to_le_bytes());
+    out.push(LEVELS.iter().position(|l| *l == level).unwrap_or(0) as u8);
+    put(out, text);
 }
 
 /// Appends the message for the call's result to `out`.
@@ -147,6 +173,13 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
                 correlation_id: r.string()?,
             };
             r.0.is_empty().then_some(Message::Object(object))
+        }
+        LOG => {
+            let mut r = Reader(rest);
+            let time = DateTime::from_timestamp(r.i64()?, r.u32()?)?;
+            let level = *LEVELS.get(usize::from(r.take::<1>()?[0]))?;
+            let text = r.string()?;
+            r.0.is_empty().then_some(Message::Log { time, level, text })
         }
         _ => None,
     }
@@ -263,6 +296,28 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&expected).unwrap()
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn logged_lines_come_back_as_they_were_sent() {
+        let time = chrono::Utc::now();
+        let mut bytes = Vec::new();
+        encode_log(time, Level::Warn, "disk 91% full é", &mut bytes);
+        let Some(Message::Log {
+            time: at,
+            level,
+            text,
+        }) = decode(&bytes)
+        else {
+            panic!("not a log line");
+        };
+        assert_eq!(
+            (at, level, text.as_str()),
+            (time, Level::Warn, "disk 91% full é")
         );
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");

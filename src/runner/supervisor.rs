@@ -5,7 +5,8 @@
 //! a timeout or a signal reaches the job and everything it started. Events arrive over a shared
 //! [`ring`](super::ring) as the job emits them and are stored at once, many to a transaction
 //! when they come fast; the outcome comes from the worker's result message or, when there is
-//! none (a crash, `exit`), from how the process ended.
+//! none (a crash, `exit`), from how the process ended. The job's stdout and stderr are pipes
+//! read by [`capture`](super::capture), and with its logged lines make the run's log.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -18,11 +19,12 @@ use std::time::{Duration, Instant};
 use lorch_plugin_api::abi::RunRequest;
 
 use super::protocol::{self, CHANNEL_FD, Message, PLUGIN_FD, RING_FD, ROOM_FD, WorkerInput};
-use super::ring;
 use super::{Failed, Reason, Tally};
+use super::{capture, ring};
 use crate::events::{Event, EventSink, Object};
 use crate::host::CallResult;
 use crate::plugins::Job;
+use crate::runlog::{Stream, Writer};
 use crate::signals::Signals;
 use crate::{sys, timearg};
 
@@ -58,6 +60,12 @@ struct Intake {
 /// The storing thread's state: what it has heard, and the events not stored yet.
 struct Storing<'a> {
     sink: &'a dyn EventSink,
+    /// The run's log, for the lines the job logs.
+    log: &'a Writer,
+    /// The job's stdout and stderr, emptied before a logged line is kept.
+    pipes: &'a capture::Pipes,
+    /// The job's span, which its logged lines are shown in.
+    span: tracing::Span,
     control: ring::Control,
     /// Set once the result arrived: the job returned, so no time-out or signal applies now.
     returned: &'a AtomicBool,
@@ -101,6 +109,11 @@ impl Storing<'_> {
                     match message {
                         Message::Event(event) => self.pending.push(event),
                         Message::Object(object) => self.objects.push(object),
+                        Message::Log { time, level, text } => {
+                            self.pipes.catch_up(self.log);
+                            self.span.in_scope(|| level.show(&text));
+                            self.log.push(Stream::Log, Some(level), &text, time);
+                        }
                         Message::Result(result) => {
                             self.intake.result = Some(result);
                             self.returned.store(true, Ordering::SeqCst);
@@ -118,6 +131,7 @@ impl Storing<'_> {
     }
 
     fn flush(&mut self) {
+        self.log.flush();
         let count = self.pending.len() + self.objects.len();
         if count == 0 {
             return;
@@ -152,6 +166,7 @@ enum Stop {
 struct Spec<'a> {
     limits: Limits,
     signals: &'a Signals,
+    log: &'a Writer,
 }
 
 /// Runs one attempt of `job` in a worker and returns its outcome and what became of what it
@@ -163,8 +178,13 @@ pub fn run(
     sink: &dyn EventSink,
     limits: Limits,
     signals: &Signals,
+    log: &Writer,
 ) -> (super::Attempt, Tally) {
-    let spec = Spec { limits, signals };
+    let spec = Spec {
+        limits,
+        signals,
+        log,
+    };
     match supervise(job, request, trace_id, sink, &spec) {
         Ok(result) => result,
         Err(error) => (
@@ -193,6 +213,9 @@ fn supervise(
     drop(files);
     let pgid = child.id();
     send_input(&mut child, job, request, trace_id)?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let pipes = capture::Pipes::new(stdout.into(), stderr.into())?;
 
     let returned = AtomicBool::new(false);
     let exited = Arc::new(AtomicBool::new(false));
@@ -203,14 +226,22 @@ fn supervise(
     let (tx, rx) = mpsc::sync_channel(1);
     let (exit_tx, exit_rx) = mpsc::channel();
     let (stop, status, intake) = std::thread::scope(|scope| {
-        // Dropped when the reader ends: `drain` waits on it, not in naps (5 ms naps were a
+        // Dropped when the readers end: `drain` waits on it, not in naps (5 ms naps were a
         // third of a pipeline step's time, docs/performance.md).
         let (reader_alive, reader_ended) = mpsc::channel::<()>();
         {
             let exited = Arc::clone(&exited);
             let give_up = &give_up;
+            let alive = reader_alive.clone();
             scope.spawn(move || {
                 forward(consumer, tx, &exited, give_up);
+                drop(alive);
+            });
+        }
+        {
+            let (give_up, pipes) = (&give_up, &pipes);
+            scope.spawn(move || {
+                pipes.capture(spec.log, give_up);
                 drop(reader_alive);
             });
         }
@@ -221,6 +252,9 @@ fn supervise(
         });
         let storing = Storing {
             sink,
+            log: spec.log,
+            pipes: &pipes,
+            span: crate::logging::job_span(request),
             control,
             returned: &returned,
             pending: Vec::new(),
@@ -232,6 +266,7 @@ fn supervise(
         let (stop, status) = escalate(spec, pgid, started, &returned, &exit_rx);
         drain(pgid, &reader_ended, &give_up);
         let intake = stored.join().unwrap_or_default();
+        pipes.finish(spec.log);
         (stop, status, intake)
     });
     let elapsed = started.elapsed();
@@ -248,6 +283,8 @@ fn spawn(files: &ring::WorkerFiles, plugin: Option<&std::fs::File>) -> anyhow::R
     command
         .arg("__worker")
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0);
     let mut fds = vec![
         (files.wake_reader.as_raw_fd(), CHANNEL_FD),
@@ -331,11 +368,12 @@ fn escalate(
 }
 
 /// After the worker exited: whatever the job left in its process group goes with it, then the
-/// reader passes on what is still in the ring. The channel closes once the worker and anything
-/// that inherited it are gone; a process that escaped the group cannot hold lorch forever, so
-/// after 2 s without the channel closing the reader is told to stop waiting for more: it passes
-/// on what was published, then closes (its batches may still be waiting for a busy store,
-/// which they do, however long: nothing it read is dropped).
+/// readers pass on what is still in the ring and the pipes. The channel and the pipes close
+/// once the worker and anything that inherited them are gone; a process that escaped the group
+/// cannot hold lorch forever, so after 2 s without them closing the readers are told to stop
+/// waiting for more: they pass on what was published, then close (the ring reader's batches
+/// may still be waiting for a busy store, which they do, however long: nothing it read is
+/// dropped).
 fn drain(pgid: u32, reader_ended: &mpsc::Receiver<()>, give_up: &AtomicBool) {
     let _ = sys::kill_group(pgid, libc::SIGKILL);
     // Nothing is ever sent: this returns when the reader ends, or after 2 s.

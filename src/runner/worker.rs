@@ -20,6 +20,7 @@ use crate::host::{CallResult, JobCall};
 use crate::lifecycle::ObjectCounts;
 use crate::output::stderr;
 use crate::plugins::Job;
+use crate::runlog::Level;
 use crate::sys;
 
 /// Sends events to the supervisor instead of storing them. The job's threads take turns.
@@ -72,6 +73,30 @@ impl EventSink for Channel {
         }
         Ok(ObjectCounts::default())
     }
+
+    /// The supervisor shows the line and keeps it in the run's log. A line that cannot reach
+    /// it (the supervisor is gone) is dropped: nobody is left to read it.
+    fn log(&self, level: Level, message: &str) {
+        if level.kept() {
+            let _ = self.send(false, |out| {
+                protocol::encode_log(chrono::Utc::now(), level, message, out)
+            });
+        }
+    }
+}
+
+unsafe extern "C" {
+    /// The C library's `stdout` stream, which a C plugin's `printf` writes to.
+    static mut stdout: *mut libc::FILE;
+}
+
+/// stdout is a pipe to the supervisor: C's stdio would buffer it by 4 KiB blocks, so lines
+/// would show late and a crash would lose up to a block. Line by line, as on a terminal.
+fn line_buffered_stdout() {
+    // SAFETY: no other thread uses stdio yet; glibc and musl both export `stdout`.
+    unsafe {
+        libc::setvbuf(stdout, std::ptr::null_mut(), libc::_IOLBF, 0);
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -92,6 +117,7 @@ pub fn main() -> ExitCode {
 
 fn work() -> Result<()> {
     let channel = Channel::open()?;
+    line_buffered_stdout();
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
     let input: WorkerInput = serde_json::from_str(&input).context("invalid worker input")?;

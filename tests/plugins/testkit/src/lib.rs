@@ -443,3 +443,55 @@ fn fail_on_window(_: &Context, args: &Args) -> JobResult {
     }
     Ok(())
 }
+
+lorch_plugin_api::job! {
+    /// Prints `--param stdout=N` lines to stdout and `--param stderr=N` to stderr, logs
+    /// `--param logs=N` lines, writes `--param partial=TEXT` with no newline, then ends as
+    /// `--param end=` says: `ok`, `fail` or `segfault`; `--param every=SECONDS` between stdout
+    /// lines.
+    package = "testkit",
+    name = "chatty",
+    params = [
+        ParamSpec::int("stdout").default("0").help("Lines to print to stdout"),
+        ParamSpec::int("stderr").default("0").help("Lines to print to stderr"),
+        ParamSpec::int("logs").default("0").help("Lines to log through the context"),
+        ParamSpec::string("partial").help("Text to write last, with no newline"),
+        ParamSpec::string("end").default("ok").help("ok, fail or segfault"),
+        ParamSpec::float("every").default("0").help("Seconds to wait after each stdout line"),
+    ],
+    run = chatty,
+}
+
+fn chatty(ctx: &Context, args: &Args) -> JobResult {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for i in 0..args.params.int("stdout").unwrap_or(0) {
+        writeln!(out, "out {i}").map_err(|e| JobError::new(e.to_string()))?;
+        std::thread::sleep(std::time::Duration::from_secs_f64(
+            args.params.float("every").unwrap_or(0.0),
+        ));
+    }
+    for i in 0..args.params.int("stderr").unwrap_or(0) {
+        eprintln!("err {i}");
+    }
+    for i in 0..args.params.int("logs").unwrap_or(0) {
+        ctx.info(format_args!("log {i}"));
+    }
+    if let Some(partial) = args.params.string("partial") {
+        out.write_all(partial.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| JobError::new(e.to_string()))?;
+    }
+    match args.params.string("end").unwrap_or("ok") {
+        "fail" => {
+            ctx.error("giving up");
+            Err(JobError::new("chatty failed as asked"))
+        }
+        // SAFETY: none; crashing is what was asked.
+        "segfault" => unsafe {
+            std::ptr::null_mut::<u8>().write_volatile(1);
+            Ok(())
+        },
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,238 @@
+//! `lorch runs logs` and `lorch runs prune`: what a run's job wrote and logged, kept with the
+//! run (docs/logs.md), and the deletion of old logs and events.
+
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+
+use crate::error::{Error, Exit, Result};
+use crate::events::{LocalStore, RunRow};
+use crate::lifecycle::RunStatus;
+use crate::output::{self, stderr};
+use crate::runlog::{self, Line, Stream};
+use crate::{history, locks};
+
+/// What `runs logs` was asked for.
+pub struct Request<'a> {
+    pub run_id: &'a str,
+    pub attempt: Option<u32>,
+    pub follow: bool,
+    pub json: bool,
+}
+
+/// How often `--follow` looks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+pub fn logs(request: &Request) -> Result<Exit> {
+    let (home, store) = super::open_home()?;
+    super::reap_all(&store, &home)?;
+    let run = find_run(&store, request.run_id)?;
+    if let Some(n) = request.attempt
+        && n > run.attempt
+    {
+        return Err(Error::Usage(format!(
+            "--attempt {n}: run {} has {} attempt{}",
+            run.run_id,
+            run.attempt,
+            if run.attempt == 1 { "" } else { "s" }
+        )));
+    }
+    let mut printer = Printer {
+        out: output::Stream::new(false),
+        json: request.json,
+        run: &run,
+        printed: 0,
+    };
+    let mut attempt = request.attempt.unwrap_or(1);
+    // The number of the next line to print.
+    let mut next = 0;
+    let mut now = run.clone();
+    // Following ends once the run has ended (its lorch let go of it: between attempts it
+    // holds on) and its last lines were printed.
+    let mut ended = !request.follow;
+    loop {
+        if !printer.attempt_from(&home, attempt, &mut next)? {
+            return Ok(Exit::Success);
+        }
+        if attempt < request.attempt.unwrap_or(now.attempt) {
+            attempt += 1;
+            next = 0;
+            continue;
+        }
+        if ended {
+            break;
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+        // A run whose lorch was killed would look running for ever.
+        super::report_reaped(history::reap(
+            &store,
+            &home,
+            Some((run.package.clone(), run.job.clone())),
+        )?);
+        now = store.run(&run.run_id)?.unwrap_or(now);
+        ended = now.status != RunStatus::Running && !locks::run_is_held(&home, &run.run_id);
+    }
+    if printer.printed == 0 && !request.json {
+        stderr!(
+            "run {} kept no output: its job wrote nothing to stdout or stderr and logged nothing{}",
+            run.run_id,
+            match run.status {
+                RunStatus::Running => " yet (follow it with --follow)",
+                _ => "",
+            }
+        );
+    }
+    printer.out.finish()?;
+    Ok(Exit::Success)
+}
+
+/// The run `id` names: a job run's id, or `last` for the newest.
+fn find_run(store: &LocalStore, id: &str) -> Result<RunRow> {
+    let path = store.path().display();
+    let run_id = match id {
+        "last" => store
+            .newest_job_run_id()?
+            .ok_or_else(|| Error::Usage(format!("no runs recorded in {path} yet")))?,
+        id => id.to_owned(),
+    };
+    if store.pipeline_run(&run_id)?.is_some() {
+        return Err(Error::Usage(format!(
+            "{run_id} is a pipeline run; its steps have the logs: `lorch runs show {run_id}` lists their run ids"
+        )));
+    }
+    store.run(&run_id)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no run {run_id} in {path}; `lorch runs list` shows the recorded runs"
+        ))
+    })
+}
+
+/// Prints kept lines: `TIME  STREAM  TEXT`, or one JSON object each.
+struct Printer<'a> {
+    out: output::Stream,
+    json: bool,
+    run: &'a RunRow,
+    printed: usize,
+}
+
+impl Printer<'_> {
+    /// Prints the lines of `attempt` numbered `next` or later, and moves `next` past them;
+    /// `false` once stdout is closed.
+    fn attempt_from(
+        &mut self,
+        home: &std::path::Path,
+        attempt: u32,
+        next: &mut u64,
+    ) -> Result<bool> {
+        let kept = runlog::read(home, &self.run.run_id, attempt, *next).map_err(|e| {
+            Error::Environment(anyhow::Error::new(e).context("cannot read the run's log"))
+        })?;
+        if *next == 0
+            && (kept.dropped > 0 || !kept.lines.is_empty())
+            && !self.attempt(attempt, kept.dropped)?
+        {
+            return Ok(false);
+        }
+        *next = kept.lines.last().map_or(*next, |l| l.n + 1);
+        for line in &kept.lines {
+            if !self.line(attempt, line)? {
+                return Ok(false);
+            }
+        }
+        Ok(self.out.flush()?)
+    }
+
+    /// Before an attempt's lines: its number when the run has several, and the lines the cap
+    /// dropped.
+    fn attempt(&mut self, attempt: u32, dropped: u64) -> Result<bool> {
+        let mut text = String::new();
+        if self.json {
+            if dropped > 0 {
+                let marker = serde_json::json!({
+                    "run_id": self.run.run_id, "attempt": attempt, "dropped": dropped,
+                });
+                text = format!("{marker}\n");
+            }
+        } else {
+            if attempt > 1 || self.run.attempt > 1 {
+                text.push_str(&format!("── attempt {attempt} ──\n"));
+            }
+            if dropped > 0 {
+                text.push_str(&format!(
+                    "… {dropped} earlier lines dropped (an attempt keeps its newest {} to {} lines, docs/logs.md)\n",
+                    runlog::BLOCK_LINES,
+                    2 * runlog::BLOCK_LINES
+                ));
+            }
+        }
+        Ok(self.out.write(&text)?)
+    }
+
+    fn line(&mut self, attempt: u32, line: &Line) -> Result<bool> {
+        self.printed += 1;
+        let time = line.time.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let text = if self.json {
+            let value = serde_json::json!({
+                "run_id": self.run.run_id,
+                "attempt": attempt,
+                "n": line.n,
+                "time": time,
+                "stream": line.stream,
+                "level": line.level,
+                "text": line.text,
+            });
+            format!("{value}\n")
+        } else {
+            let stream = match (line.stream, line.level) {
+                (Stream::Log, Some(level)) => level.as_str(),
+                (Stream::Stderr, _) => "stderr",
+                _ => "stdout",
+            };
+            format!("{time}  {stream:6}  {}\n", line.text)
+        };
+        Ok(self.out.write(&text)?)
+    }
+}
+
+/// `runs prune --older-than D [--events]`.
+pub fn prune(older_than: Duration, events: bool) -> Result<Exit> {
+    let (home, store) = super::open_home()?;
+    super::reap_all(&store, &home)?;
+    let now = crate::timearg::now().map_err(Error::Usage)?;
+    let cutoff = chrono::Duration::from_std(older_than)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--older-than {}: too far back",
+                humantime::format_duration(older_than)
+            ))
+        })?;
+    let running: Vec<String> = store.running(None)?.into_iter().map(|r| r.run_id).collect();
+    let pruned = runlog::prune(&home, cutoff, &|id| running.iter().any(|r| r == id))
+        .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot prune run logs")))?;
+    let since = cutoff.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let mut text = format!(
+        "deleted the logs of {} runs started before {since} ({})\n",
+        pruned.runs,
+        bytes(pruned.bytes)
+    );
+    if events {
+        let deleted = store.prune_events(&cutoff)?;
+        text.push_str(&format!(
+            "deleted {} events created before {since}; kept {} of them still pending for BigQuery\n",
+            deleted.deleted, deleted.pending
+        ));
+    }
+    output::print(&text)?;
+    Ok(Exit::Success)
+}
+
+/// `1.2 MiB`.
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
