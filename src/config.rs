@@ -32,6 +32,9 @@ pub struct Problem {
     /// The pipeline whose `[pipeline.NAME]` entry the mistake is in, if it is in one.
     #[serde(skip)]
     pub in_pipeline: Option<String>,
+    /// Whether the mistake is in `[notify]`, which every run reads.
+    #[serde(skip)]
+    pub in_notify: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -189,6 +192,60 @@ pub struct Metrics {
     pub dir: PathBuf,
 }
 
+/// `[notify]` (docs/notifications.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct Notify {
+    pub on_failure: Option<Hook>,
+    pub on_recovery: Option<Hook>,
+    /// Failed runs in a row of a job and account before `on_failure` is called.
+    pub notify_after: u32,
+    /// How long a hook may take.
+    #[serde(serialize_with = "humantime_text")]
+    pub timeout: Duration,
+}
+
+/// The default `[notify] timeout`.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A hook: a shell command, or the URL of a webhook.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Command(String),
+    Url(String),
+}
+
+impl Hook {
+    /// A hook's value: a URL when it starts with `http://` or `https://`, else a command.
+    fn parse(text: &str) -> Result<Hook, String> {
+        if text.trim().is_empty() {
+            return Err(
+                "expected a command or an http:// or https:// URL, found an empty string".into(),
+            );
+        }
+        if !(text.starts_with("http://") || text.starts_with("https://")) {
+            return Ok(Hook::Command(text.to_owned()));
+        }
+        match url::Url::parse(text) {
+            Ok(url) if url.host().is_some() => Ok(Hook::Url(text.to_owned())),
+            Ok(_) => Err(format!("'{text}' is not a URL with a host")),
+            Err(e) => Err(format!("'{text}' is not a URL ({e})")),
+        }
+    }
+
+    /// `command 'notify-send …'`, `webhook https://…` (for messages).
+    pub fn describe(&self) -> String {
+        match self {
+            Hook::Command(command) => format!("command '{command}'"),
+            Hook::Url(url) => format!("webhook {url}"),
+        }
+    }
+}
+
+fn humantime_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
 /// The file, as read: the entries without mistakes (an entry with one is left out, and named
 /// in [`Config::problems`]).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -204,6 +261,9 @@ pub struct Config {
     /// `[metrics] dir`: where every run writes the Prometheus file (docs/metrics.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// `[notify]`: hooks called when a job fails, and recovers (docs/notifications.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
     /// The mistakes, each at its place.
     #[serde(skip)]
     pub problems: Vec<Problem>,
@@ -248,6 +308,7 @@ impl Config {
                 message: format!("cannot read the configuration file: {e}"),
                 in_defaults_of: None,
                 in_pipeline: None,
+                in_notify: false,
             }]),
         }
     }
@@ -278,6 +339,7 @@ impl Config {
                 message: e.message().trim().to_owned(),
                 in_defaults_of: None,
                 in_pipeline: None,
+                in_notify: false,
             }]
         })?;
         let mut config = Config {
@@ -384,9 +446,58 @@ impl Config {
                 _ => config.problems.extend(problems),
             }
         }
+        if let Some(table) = raw.notify {
+            match config.notify(table) {
+                Ok(notify) => config.notify = Some(notify),
+                Err(problems) => config.problems.extend(problems),
+            }
+        }
         // In file order, whichever check found them.
         config.problems.sort_by_key(|p| (p.line, p.column));
         Ok(config)
+    }
+
+    /// The `[notify]` table.
+    fn notify(&self, table: Spanned<RawTable>) -> Result<Notify, Vec<Problem>> {
+        let mut fields = Fields::new(self, "[notify]", table);
+        let mut hook = |name| {
+            let value = fields.string(name)?;
+            match Hook::parse(value.get_ref()) {
+                Ok(hook) => Some(hook),
+                Err(why) => {
+                    fields.problem(value.span(), format!("{name}: {why}"));
+                    None
+                }
+            }
+        };
+        let on_failure = hook("on_failure");
+        let on_recovery = hook("on_recovery");
+        let notify_after = fields.whole("notify_after", 1);
+        let positive = |text: &str| timearg::positive_duration(text).map(drop);
+        let timeout = fields.checked("timeout", positive);
+        let mut problems = fields.problems;
+        for (name, value) in fields.table {
+            let hint = crate::suggest::hint(&name, NOTIFY_KEYS.iter().copied());
+            let message = format!(
+                "[notify]: unknown key `{name}`{hint}; accepted: {}",
+                NOTIFY_KEYS.join(", ")
+            );
+            problems.push(self.problem(value.span(), message));
+        }
+        if !problems.is_empty() {
+            for problem in &mut problems {
+                problem.in_notify = true;
+            }
+            return Err(problems);
+        }
+        Ok(Notify {
+            on_failure,
+            on_recovery,
+            notify_after: notify_after.unwrap_or(1),
+            timeout: timeout
+                .and_then(|t| timearg::positive_duration(t.get_ref()).ok())
+                .unwrap_or(HOOK_TIMEOUT),
+        })
     }
 
     /// A `[pipeline.NAME]` entry, its steps checked one by one and then together: unique names,
@@ -484,6 +595,7 @@ impl Config {
             message,
             in_defaults_of: None,
             in_pipeline: None,
+            in_notify: false,
         }
     }
 
@@ -575,6 +687,7 @@ struct RawFile {
     #[serde(default)]
     pipeline: BTreeMap<Spanned<String>, Spanned<RawPipeline>>,
     metrics: Option<Spanned<RawTable>>,
+    notify: Option<Spanned<RawTable>>,
 }
 
 /// A `[pipeline.NAME]` table: its steps, each typed by [`Fields`].
@@ -609,6 +722,9 @@ const SCHEDULE_KEYS: &[&str] = &[
     "max_catch_up",
     "jitter",
 ];
+
+/// The keys of `[notify]`.
+const NOTIFY_KEYS: &[&str] = &["on_failure", "on_recovery", "notify_after", "timeout"];
 
 /// The keys of a pipeline step besides the run options.
 const STEP_KEYS: &[&str] = &["job", "name", "needs", "continue_on_failure"];
@@ -683,6 +799,22 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A whole number from `min`.
+    fn whole(&mut self, name: &str, min: u32) -> Option<u32> {
+        let value = self.table.remove(name)?;
+        match value.get_ref().as_integer().map(u32::try_from) {
+            Some(Ok(n)) if n >= min => Some(n),
+            _ => {
+                let message = format!(
+                    "{name}: expected a whole number from {min}, found {}",
+                    value.get_ref()
+                );
+                self.problem(value.span(), message);
+                None
+            }
+        }
+    }
+
     /// The run options (`RUN_KEYS`).
     fn run_options(&mut self) -> RunDefaults {
         let time = |text: &str| {
@@ -695,22 +827,7 @@ impl<'a> Fields<'a> {
         };
         let duration = |text: &str| timearg::duration(text).map(drop);
         let positive = |text: &str| timearg::positive_duration(text).map(drop);
-        let retries = self.table.remove("retries").and_then(|value| {
-            let span = value.span();
-            match value.get_ref().as_integer().map(u32::try_from) {
-                Some(Ok(n)) => Some(n),
-                _ => {
-                    self.problem(
-                        span,
-                        format!(
-                            "retries: expected a whole number from 0, found {}",
-                            value.get_ref()
-                        ),
-                    );
-                    None
-                }
-            }
-        });
+        let retries = self.whole("retries", 0);
         let params = match self.table.remove("params") {
             None => BTreeMap::new(),
             Some(value) => {
@@ -1171,6 +1288,22 @@ catch_up = "all"
             (
                 "[metrics]\ndirr = \"x\"\n",
                 "lorch.toml:2:8: [metrics]: unknown key `dirr`; accepted: dir",
+            ),
+            (
+                "[notify]\nnotify_after = 0\n",
+                "lorch.toml:2:16: [notify]: notify_after: expected a whole number from 1, found 0",
+            ),
+            (
+                "[notify]\non_failure = \"https://\"\n",
+                "lorch.toml:2:14: [notify]: on_failure: 'https://' is not a URL",
+            ),
+            (
+                "[notify]\non_recovery = 3\n",
+                "lorch.toml:2:15: [notify]: on_recovery: expected a string, found integer",
+            ),
+            (
+                "[notify]\ntimout = \"5s\"\n",
+                "lorch.toml:2:10: [notify]: unknown key `timout` (did you mean `timeout`?); accepted: on_failure,",
             ),
             (
                 "[shedule]\n",

@@ -18,6 +18,7 @@ mod lifecycle;
 mod locks;
 mod logging;
 mod metrics;
+mod notify;
 mod output;
 mod params;
 mod paths;

@@ -53,13 +53,13 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let job = catalog
                 .find(&package, &job)
                 .map_err(|e| nowhere(&search_path, e))?;
-            let (options, metrics) = configured(cli.config.as_deref(), job, options)?;
-            run::run(job, &options, metrics.as_deref())
+            let (options, after) = configured(cli.config.as_deref(), job, options)?;
+            run::run(job, &options, &after)
         }
         Command::Run { job, options } => {
             let job = find_job(discover(), &search_path, &job)?;
-            let (options, metrics) = configured(cli.config.as_deref(), job, options)?;
-            run::run(job, &options, metrics.as_deref())
+            let (options, after) = configured(cli.config.as_deref(), job, options)?;
+            run::run(job, &options, &after)
         }
         Command::Config(ConfigCommand::Check { json }) => {
             config::check(cli.config.as_deref(), discover(), json)
@@ -204,31 +204,117 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
     }
 }
 
+/// What the configuration file says to do after a run: rewrite the metrics file
+/// (docs/metrics.md), call a hook (docs/notifications.md).
+pub struct After {
+    pub metrics: Option<std::path::PathBuf>,
+    pub notify: Option<crate::config::Notify>,
+}
+
+impl After {
+    fn of(config: &crate::config::Config) -> After {
+        After {
+            metrics: crate::metrics::dir(config.metrics.as_ref().map(|m| m.dir.as_path())),
+            notify: config.notify.clone(),
+        }
+    }
+}
+
 /// A run's options with the job's defaults from the configuration file (docs/configuration.md),
-/// and the directory of the metrics file (docs/metrics.md). A file lorch cannot read, or a
-/// mistake in this job's own `[jobs]` entry, is a usage error naming it; mistakes in other
-/// entries are `config check`'s and `tick`'s to report.
+/// and what to do after the run. A file lorch cannot read, or a mistake in this job's own
+/// `[jobs]` entry (or in `[notify]`), is a usage error naming it; mistakes in other entries are
+/// `config check`'s and `tick`'s to report.
 fn configured(
     file: Option<&std::path::Path>,
     job: &crate::plugins::Job,
     options: RunOptions,
-) -> Result<(RunOptions, Option<std::path::PathBuf>)> {
+) -> Result<(RunOptions, After)> {
     let config = crate::config::Config::read_file(file).map_err(config_problems)?;
     let id = job.id();
     let own: Vec<_> = config
         .problems
         .iter()
-        .filter(|p| p.in_defaults_of.as_deref() == Some(id.as_str()))
+        .filter(|p| p.in_defaults_of.as_deref() == Some(id.as_str()) || p.in_notify)
         .cloned()
         .collect();
     if !own.is_empty() {
         return Err(config_problems(own));
     }
-    let metrics = crate::metrics::dir(config.metrics.as_ref().map(|m| m.dir.as_path()));
     Ok((
         crate::plan::with_defaults(options, config.defaults_of(&id)),
-        metrics,
+        After::of(&config),
     ))
+}
+
+/// `[notify]` around one run (docs/notifications.md): the failures in a row of its job and
+/// account before it, then the hook its outcome calls for.
+struct Notifier<'a> {
+    notify: &'a crate::config::Notify,
+    before: u32,
+}
+
+impl<'a> Notifier<'a> {
+    fn before(
+        notify: Option<&'a crate::config::Notify>,
+        store: &crate::events::LocalStore,
+        job: &crate::plugins::Job,
+        account: Option<&str>,
+    ) -> anyhow::Result<Option<Notifier<'a>>> {
+        let Some(notify) = notify else {
+            return Ok(None);
+        };
+        let before = store.consecutive_failures((job.package(), job.name()), account)?;
+        Ok(Some(Notifier { notify, before }))
+    }
+
+    /// Calls the hook the run's outcome calls for; a hook's failure, or a store that cannot
+    /// say, is a warning: the run's exit code stays.
+    fn after(
+        &self,
+        store: &crate::events::LocalStore,
+        job: &crate::plugins::Job,
+        account: Option<&str>,
+        report: &crate::runner::RunReport,
+    ) {
+        use crate::lifecycle::RunStatus;
+        use crate::runner::Outcome;
+        let (status, failed) = match &report.outcome {
+            Outcome::Completed => (RunStatus::Completed, None),
+            Outcome::Failed(failed) => (RunStatus::Failed, Some(failed)),
+            Outcome::Skipped(_) => return,
+        };
+        let after = match store.consecutive_failures((job.package(), job.name()), account) {
+            Ok(after) => after,
+            Err(e) => {
+                stderr!(
+                    "warning: no notification: cannot read the failures of {}: {e:#}",
+                    job.id()
+                );
+                return;
+            }
+        };
+        let Some(occasion) =
+            crate::notify::Occasion::of(status, self.before, after, self.notify.notify_after)
+        else {
+            return;
+        };
+        let note = crate::notify::Note {
+            occasion,
+            run_id: report.run_id.clone(),
+            package: job.package().to_owned(),
+            job: job.name().to_owned(),
+            account: account.map(str::to_owned),
+            status,
+            reason: failed.map(|f| f.reason),
+            error: failed.map(|f| f.message.clone()),
+            attempts: report.attempts,
+            duration_seconds: report.duration.as_secs_f64(),
+            consecutive_failures: after,
+            log_tail: report.log_tail.clone(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        crate::notify::send(self.notify, &note);
+    }
 }
 
 /// The Prometheus exposition of what the store knows of every job (docs/metrics.md).

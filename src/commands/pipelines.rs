@@ -173,6 +173,7 @@ pub fn run(catalog: &Catalog, request: &Request) -> Result<Exit> {
         steps: steps_with_ids(steps, request.name, &id),
         quiet: request.quiet,
         clock: Instant::now(),
+        notify: config.notify.as_ref(),
     };
     let executed = run.execute(&shared, parallel(request));
     let exit = run.finish(&started, &executed, request.config);
@@ -196,6 +197,8 @@ struct PipelineRun<'a> {
     steps: Vec<Step<'a>>,
     quiet: bool,
     clock: Instant,
+    /// `[notify]`: each step's run is one of its job's (docs/notifications.md).
+    notify: Option<&'a crate::config::Notify>,
 }
 
 /// The payload of `pipeline.started`: what this run will do.
@@ -557,7 +560,13 @@ impl PipelineRun<'_> {
                 .flatten())
         };
         let resumes = step.resumes.then_some(&watermark as &dyn Fn() -> _);
-        runner::run(plan, self.store as &dyn EventSink, self.signals, resumes)
+        let account = plan.account.as_deref();
+        let notifier = super::Notifier::before(self.notify, self.store, job, account)?;
+        let report = runner::run(plan, self.store as &dyn EventSink, self.signals, resumes)?;
+        if let Some(notifier) = notifier {
+            notifier.after(self.store, job, account, &report);
+        }
+        Ok(report)
     }
 
     /// Records the pipeline's terminal event, prints the summary line, and says the exit code.

@@ -15,7 +15,7 @@ use crate::{history, output, plan};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
-pub fn run(job: &Job, options: &RunOptions, metrics: Option<&std::path::Path>) -> Result<Exit> {
+pub fn run(job: &Job, options: &RunOptions, after: &super::After) -> Result<Exit> {
     let now = crate::timearg::now().map_err(Error::Usage)?;
     let mut plan = plan::plan(job, options, super::lorch_home()?, now)?;
     let route = Route::choose(options)?;
@@ -45,6 +45,8 @@ pub fn run(job: &Job, options: &RunOptions, metrics: Option<&std::path::Path>) -
         Ok(mark.and_then(|m| m.until.parse().ok()))
     };
     let resumes = plan::last_success(options).then_some(&watermark as &dyn Fn() -> _);
+    let account = plan.account.as_deref();
+    let notifier = super::Notifier::before(after.notify.as_ref(), &store, job, account)?;
     let report = runner::run(&plan, &store, &signals, resumes)?;
     let exit = match report.record_error {
         Some(_) => Exit::Environment,
@@ -59,7 +61,10 @@ pub fn run(job: &Job, options: &RunOptions, metrics: Option<&std::path::Path>) -
     if let Some(background) = background {
         super::finish_delivery(background, &store);
     }
-    super::write_metrics(metrics, &store);
+    super::write_metrics(after.metrics.as_deref(), &store);
+    if let Some(notifier) = notifier {
+        notifier.after(&store, job, account, &report);
+    }
     if let Route::DryRun(tables) = route {
         print_dry_run(&store, &report.run_id, tables)?;
     }

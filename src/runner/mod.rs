@@ -159,6 +159,8 @@ pub struct RunReport {
     pub objects: ObjectCounts,
     /// Set when a terminal event could not be stored; the outcome above still stands.
     pub record_error: Option<anyhow::Error>,
+    /// The last attempt's last lines, when it failed (docs/logs.md).
+    pub log_tail: Vec<String>,
 }
 
 /// Runs the job's attempts, each between its `job.started` and its one terminal event.
@@ -227,11 +229,16 @@ pub fn run(
         events_not_recorded += tally.not_recorded;
         objects += tally.objects;
 
+        let written = log.finish();
+        let log_tail = match &outcome {
+            Ok(()) => Vec::new(),
+            Err(_) => written.tail.clone(),
+        };
         let ended = Ended {
             outcome: &outcome,
             duration,
             tally,
-            log: log.finish(),
+            log: written,
         };
         let terminal = terminal_event(&run_id, plan, base, ended);
         let record_error = sink
@@ -267,6 +274,7 @@ pub fn run(
             events_not_recorded,
             objects,
             record_error,
+            log_tail,
         });
     }
 }
@@ -311,6 +319,7 @@ fn skipped(
         events_not_recorded: 0,
         objects: ObjectCounts::default(),
         record_error: None,
+        log_tail: Vec::new(),
     })
 }
 

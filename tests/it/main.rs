@@ -13,6 +13,7 @@ mod discovery;
 mod docs_jobs;
 mod faults;
 mod logs;
+mod notify;
 mod objects;
 mod pipelines;
 mod runs;

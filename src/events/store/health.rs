@@ -3,7 +3,7 @@
 //! in its own transaction (one row a job to read, however many runs), and its runs in progress.
 
 use anyhow::{Context as _, Result};
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::Serialize;
 
 use super::LocalStore;
@@ -166,6 +166,23 @@ impl LocalStore {
             }
         }
         Ok(jobs)
+    }
+
+    /// The failed runs in a row of a job and account, since its last success.
+    pub fn consecutive_failures(
+        &self,
+        (package, job): (&str, &str),
+        account: Option<&str>,
+    ) -> Result<u32> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT consecutive_failures FROM job_status
+             WHERE package = ?1 AND job = ?2 AND account = coalesce(?3, '')",
+        )?;
+        Ok(stmt
+            .query_row(params![package, job, account], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
     }
 
     /// How many events wait for BigQuery.
