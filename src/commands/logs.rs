@@ -38,7 +38,7 @@ pub fn logs(request: &Request) -> Result<Exit> {
         )));
     }
     let mut printer = Printer {
-        out: output::Stream::new(false),
+        out: output::Stream::new(request.json),
         json: request.json,
         run: &run,
         printed: 0,

@@ -49,7 +49,7 @@ pub struct Request<'a> {
 }
 
 /// The configuration's pipeline `name`, or a usage error naming the mistakes in its entry (or
-/// in the `[jobs]` entry of one of its steps' jobs), or the pipelines there are.
+/// in the `[jobs]` entry of one of its steps' jobs, or in `[notify]`), or the pipelines there are.
 fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Pipeline> {
     let pipeline = config.pipelines.get(name);
     let jobs: Vec<&str> = pipeline.map_or(Vec::new(), |p| {
@@ -60,6 +60,7 @@ fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Pipeline> {
         .iter()
         .filter(|p| {
             p.in_pipeline.as_deref() == Some(name)
+                || p.in_notify
                 || p.in_defaults_of
                     .as_deref()
                     .is_some_and(|j| jobs.contains(&j))

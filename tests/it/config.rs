@@ -5,15 +5,6 @@ use serde_json::Value;
 
 use crate::common::{self, Env};
 
-/// Writes `text` as the default configuration file of `env` (`~/.config/lorch/lorch.toml`).
-fn write_config(env: &Env, text: &str) -> std::path::PathBuf {
-    let dir = env.home.path().join(".config/lorch");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("lorch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// The `testkit.args` payload of the newest run.
 fn echoed(env: &Env) -> Value {
     env.events("last")[1]["payload"].clone()
@@ -22,8 +13,7 @@ fn echoed(env: &Env) -> Value {
 #[test]
 fn job_defaults_apply_and_flags_override_them() {
     let (_plugins, env) = common::testkit_env();
-    write_config(
-        &env,
+    env.write_config(
         r#"
 [jobs."testkit/echo"]
 account = "from-config"
@@ -105,7 +95,7 @@ fn each_mistake_is_named_with_file_line_and_column_and_runs_nothing() {
         ),
     ];
     for (text, expected) in cases {
-        let path = write_config(&env, text);
+        let path = env.write_config(text);
         let check = env.run(&["config", "check"]);
         check
             .code(2)
@@ -127,9 +117,7 @@ fn check_and_show_a_good_file_and_no_file() {
     env.run(&["config", "check"])
         .code(0)
         .stdout_has("no configuration file at ");
-    let path = write_config(
-        &env,
-        "[jobs.\"testkit/echo\"]\ntimeout = \"30m\"\n\n[[schedule]]\njob = \"testkit/echo\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
+    let path = env.write_config("[jobs.\"testkit/echo\"]\ntimeout = \"30m\"\n\n[[schedule]]\njob = \"testkit/echo\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
     );
     env.run(&["config", "check"]).code(0).stdout_is(&format!(
         "{}: ok (1 job defaults, 1 schedules, 0 pipelines)\n",

@@ -12,13 +12,6 @@ use serde_json::Value;
 
 use crate::common::{self, Env};
 
-/// A `lorch.toml` in the environment's default place.
-fn configure(env: &Env, text: &str) {
-    let dir = env.home.path().join(".config/lorch");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("lorch.toml"), text).unwrap();
-}
-
 /// `testkit/fail_if_exists` with `file` as its switch: exit 1 while it exists, else 0.
 fn run_switched(env: &Env, file: &Path, code: i32) -> common::Run {
     let out = env
@@ -34,9 +27,7 @@ fn run_switched(env: &Env, file: &Path, code: i32) -> common::Run {
 fn a_command_hook_fires_on_the_third_failure_in_a_row_only_and_once_on_recovery() {
     let (_plugins, env) = common::testkit_env();
     let calls = env.home.path().join("calls");
-    configure(
-        &env,
-        &format!(
+    env.write_config(&format!(
             "[notify]\nnotify_after = 3\n\
              on_failure = \"(echo \\\"$LORCH_EVENT $LORCH_JOB $LORCH_CONSECUTIVE_FAILURES $LORCH_RUN_ID\\\"; cat; echo) >> {0}\"\n\
              on_recovery = \"(echo \\\"$LORCH_EVENT $LORCH_JOB $LORCH_STATUS $LORCH_RUN_ID\\\"; cat; echo) >> {0}\"\n",
@@ -117,10 +108,9 @@ fn webhook(answers: &[u16]) -> (String, Arc<Mutex<Vec<Value>>>) {
 fn a_webhook_is_retried_after_a_server_error_and_gets_the_runs_summary() {
     let (_plugins, env) = common::testkit_env();
     let (url, bodies) = webhook(&[503]);
-    configure(
-        &env,
-        &format!("[notify]\non_failure = \"{url}\"\non_recovery = \"{url}\"\n"),
-    );
+    env.write_config(&format!(
+        "[notify]\non_failure = \"{url}\"\non_recovery = \"{url}\"\n"
+    ));
     let run = env
         .lorch()
         .args(["run-job", "testkit", "chatty", "--param", "stdout=3"])
@@ -146,13 +136,10 @@ fn a_webhook_is_retried_after_a_server_error_and_gets_the_runs_summary() {
 fn a_hook_that_hangs_or_fails_is_reported_once_and_the_exit_code_stays() {
     let (_plugins, env) = common::testkit_env();
     let pid = env.home.path().join("hook.pid");
-    configure(
-        &env,
-        &format!(
-            "[notify]\ntimeout = \"1s\"\non_failure = \"echo $$ > {}; exec sleep 600\"\n",
-            pid.display()
-        ),
-    );
+    env.write_config(&format!(
+        "[notify]\ntimeout = \"1s\"\non_failure = \"echo $$ > {}; exec sleep 600\"\n",
+        pid.display()
+    ));
     let run = env.lorch().args(["run-job", "testkit", "fail"]).run();
     run.code(1);
     let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("hook")).collect();
@@ -173,9 +160,7 @@ fn a_hook_that_hangs_or_fails_is_reported_once_and_the_exit_code_stays() {
 
     // A command that fails, and a webhook nobody answers: each reported; the run that
     // recovers still exits 0.
-    configure(
-        &env,
-        "[notify]\ntimeout = \"1s\"\non_failure = \"exit 3\"\non_recovery = \"http://127.0.0.1:9/nobody\"\n",
+    env.write_config("[notify]\ntimeout = \"1s\"\non_failure = \"exit 3\"\non_recovery = \"http://127.0.0.1:9/nobody\"\n",
     );
     let broken = env.home.path().join("broken");
     std::fs::write(&broken, "").unwrap();

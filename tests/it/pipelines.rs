@@ -10,12 +10,6 @@ use serde_json::Value;
 
 use crate::common::{self, Env};
 
-fn write_config(env: &Env, text: &str) {
-    let dir = env.home.path().join(".config/lorch");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("lorch.toml"), text).unwrap();
-}
-
 /// A step of a pipeline in lorch.toml.
 fn step(pipeline: &str, name: &str, job: &str, needs: &[&str], extra: &str) -> String {
     let needs: Vec<String> = needs.iter().map(|n| format!("{n:?}")).collect();
@@ -78,7 +72,7 @@ fn a_failed_branch_skips_what_needs_it_the_other_runs_and_resume_finishes_it() {
     let (_plugins, env) = common::testkit_env();
     let flag = env.home.path().join("c-is-broken");
     std::fs::write(&flag, "").unwrap();
-    write_config(&env, &diamond(&flag));
+    env.write_config(&diamond(&flag));
 
     let out = env.run(&["run-pipeline", "diamond"]);
     out.code(1);
@@ -181,8 +175,7 @@ fn spans(env: &Env, id: &str) -> Vec<(String, String)> {
 fn independent_steps_overlap_with_parallel_2_and_not_with_parallel_1() {
     let (_plugins, env) = common::testkit_env();
     let sleep = "params = { seconds = 0.3 }\n";
-    write_config(
-        &env,
+    env.write_config(
         &[
             step("two", "one", "sleep", &[], sleep),
             step("two", "other", "sleep", &[], sleep),
@@ -250,15 +243,14 @@ fn mistakes_in_a_pipeline_are_refused_before_anything_runs() {
         ),
     ];
     for (text, expected) in cases {
-        write_config(&env, &text);
+        env.write_config(&text);
         let out = env.run(&["run-pipeline", "loop"]);
         out.code(2);
         out.stderr_has(expected);
         assert!(env.all_events().is_empty(), "{expected}: nothing ran");
     }
     // config check names the place too.
-    write_config(
-        &env,
+    env.write_config(
         &[
             step("loop", "a", "echo", &["b"], ""),
             step("loop", "b", "echo", &["a"], ""),
@@ -298,8 +290,7 @@ fn start(env: &Env, args: &[&str], ready_event: &str, count: usize) -> std::proc
 
 fn sleepy(env: &Env) {
     let sleep = "params = { seconds = 30 }\n";
-    write_config(
-        env,
+    env.write_config(
         &[
             step("sleepy", "one", "sleep", &[], sleep),
             step("sleepy", "other", "sleep", &[], sleep),
@@ -381,7 +372,7 @@ fn kill_9_in_the_middle_leaves_nothing_running() {
 fn pipelines_list_and_show_read_at_a_glance() {
     let (_plugins, env) = common::testkit_env();
     let flag = env.home.path().join("absent");
-    write_config(&env, &diamond(&flag));
+    env.write_config(&diamond(&flag));
     let out = env.run(&["pipelines", "list"]);
     out.code(0);
     out.stdout_has("diamond   6      -");
@@ -421,7 +412,7 @@ fn a_schedule_runs_a_pipeline_and_catches_it_up() {
         "[[schedule]]\npipeline = \"daily\"\ncron = \"0 6 * * *\"\ncatch_up = \"all\"\n".to_owned(),
     ]
     .concat();
-    write_config(&env, &config);
+    env.write_config(&config);
     let tick = |now: &str| {
         env.lorch()
             .args(["tick", "--quiet"])
@@ -481,9 +472,7 @@ fn a_schedule_runs_a_pipeline_and_catches_it_up() {
 
     // An entry naming a pipeline that is not there, or both a job and a pipeline, or a run
     // option the steps own, is named at its place.
-    write_config(
-        &env,
-        "[[schedule]]\npipeline = \"dialy\"\ncron = \"@daily\"\n\n[[schedule]]\njob = \"testkit/echo\"\npipeline = \"daily\"\ncron = \"@daily\"\n\n[[schedule]]\npipeline = \"daily\"\ncron = \"@daily\"\nretries = 2\n\n[pipeline.daily]\n[[pipeline.daily.steps]]\njob = \"testkit/echo\"\n",
+    env.write_config("[[schedule]]\npipeline = \"dialy\"\ncron = \"@daily\"\n\n[[schedule]]\njob = \"testkit/echo\"\npipeline = \"daily\"\ncron = \"@daily\"\n\n[[schedule]]\npipeline = \"daily\"\ncron = \"@daily\"\nretries = 2\n\n[pipeline.daily]\n[[pipeline.daily.steps]]\njob = \"testkit/echo\"\n",
     );
     let out = env.run(&["config", "check"]);
     out.code(2);
@@ -496,8 +485,7 @@ fn a_schedule_runs_a_pipeline_and_catches_it_up() {
 fn steps_of_one_job_share_the_window_their_job_had_when_the_pipeline_started() {
     let (_plugins, env) = common::testkit_env();
     let since = "since = \"last-success\"\ninitial_since = \"2026-11-01\"\n";
-    write_config(
-        &env,
+    env.write_config(
         &[
             step("twice", "first", "echo", &[], since),
             step("twice", "second", "echo", &["first"], since),

@@ -6,12 +6,6 @@ use serde_json::Value;
 
 use crate::common::{self, Env};
 
-fn write_config(env: &Env, text: &str) {
-    let dir = env.home.path().join(".config/lorch");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("lorch.toml"), text).unwrap();
-}
-
 fn tick(env: &Env, now: &str) -> common::Run {
     env.lorch()
         .args(["tick", "--quiet"])
@@ -54,7 +48,7 @@ fn three_missed_days_run_all_latest_or_none() {
         ("skip", vec![]),
     ] {
         let (_plugins, env) = common::testkit_env();
-        write_config(&env, &daily(catch_up));
+        env.write_config(&daily(catch_up));
         // The first tick runs the day's fire time; its window is the day before.
         tick(&env, "2026-11-01T06:00:30Z").code(0);
         assert_eq!(
@@ -87,7 +81,7 @@ fn three_missed_days_run_all_latest_or_none() {
 #[test]
 fn two_ticks_at_once_run_each_window_once() {
     let (_plugins, env) = common::testkit_env();
-    write_config(&env, &daily("all"));
+    env.write_config(&daily("all"));
     tick(&env, "2026-11-01T06:00:30Z").code(0);
     let ticks: Vec<_> = (0..2)
         .map(|_| {
@@ -113,9 +107,7 @@ fn two_ticks_at_once_run_each_window_once() {
 fn thirty_days_of_failures_and_sleep_tile_time_without_gap_or_overlap() {
     let (_plugins, env) = common::testkit_env();
     let marker = env.home.path().join("failing");
-    write_config(
-        &env,
-        &format!(
+    env.write_config(&format!(
             "[[schedule]]\njob = \"testkit/fail_if_exists\"\ncron = \"0 6 * * *\"\ncatch_up = \"all\"\nmax_catch_up = \"30d\"\nparams = {{ file = \"{}\" }}\n",
             marker.display()
         ),
@@ -178,9 +170,7 @@ fn thirty_days_of_failures_and_sleep_tile_time_without_gap_or_overlap() {
 #[test]
 fn berlin_2_30_runs_once_on_the_spring_forward_and_fall_back_days() {
     let (_plugins, env) = common::testkit_env();
-    write_config(
-        &env,
-        "[[schedule]]\njob = \"testkit/echo\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
+    env.write_config("[[schedule]]\njob = \"testkit/echo\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
     );
     for (day, previous) in [("2026-03-29", "2026-03-28"), ("2026-10-25", "2026-10-24")] {
         // Every half hour from noon the day before (UTC) to noon that day.
@@ -200,26 +190,20 @@ fn berlin_2_30_runs_once_on_the_spring_forward_and_fall_back_days() {
 #[test]
 fn a_broken_entry_is_reported_and_the_others_still_run() {
     let (_plugins, env) = common::testkit_env();
-    write_config(
-        &env,
-        &format!(
-            "{}\n[[schedule]]\njob = \"testkit/echo\"\ncron = \"0 25 * * *\"\n",
-            daily("all")
-        ),
-    );
+    env.write_config(&format!(
+        "{}\n[[schedule]]\njob = \"testkit/echo\"\ncron = \"0 25 * * *\"\n",
+        daily("all")
+    ));
     let out = tick(&env, "2026-11-01T06:00:30Z");
     out.code(3);
     out.stderr_has(":8:8: schedule 2: cron: '0 25 * * *' is not a cron expression");
     assert_eq!(windows(&env, "testkit/echo", "completed").len(), 1);
 
     // An entry naming a job no plugin has: run-job refuses it, tick says so and exits 3.
-    write_config(
-        &env,
-        &format!(
-            "{}\n[[schedule]]\njob = \"testkit/nope\"\ncron = \"0 6 * * *\"\n",
-            daily("all")
-        ),
-    );
+    env.write_config(&format!(
+        "{}\n[[schedule]]\njob = \"testkit/nope\"\ncron = \"0 6 * * *\"\n",
+        daily("all")
+    ));
     let out = tick(&env, "2026-11-02T06:00:30Z");
     out.code(3);
     out.stderr_has("unknown job `nope` in package `testkit`");
@@ -234,7 +218,7 @@ fn a_broken_entry_is_reported_and_the_others_still_run() {
 #[test]
 fn watch_catches_up_on_start_and_stops_on_sigterm() {
     let (_plugins, env) = common::testkit_env();
-    write_config(&env, &daily("all"));
+    env.write_config(&daily("all"));
     let mut watch = env
         .cmd(&["tick", "--watch", "--quiet"])
         .env("LORCH_NOW", "2026-11-01T06:00:30Z")

@@ -32,13 +32,9 @@ fn verdicts(out: &common::Run) -> Vec<(String, String)> {
 #[test]
 fn three_verdicts_exit_1_until_each_is_fixed() {
     let (_plugins, env) = common::testkit_env();
-    let dir = env.home.path().join(".config/lorch");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("lorch.toml"),
+    env.write_config(
         "[[schedule]]\njob = \"testkit/echo\"\naccount = \"daily\"\ncron = \"0 6 * * *\"\n",
-    )
-    .unwrap();
+    );
     let broken = env.home.path().join("broken");
     std::fs::write(&broken, "").unwrap();
     let flag = format!("file={}", broken.display());

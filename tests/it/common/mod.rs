@@ -130,6 +130,16 @@ impl Env {
         cmd
     }
 
+    /// Writes `text` as the default configuration file (`~/.config/lorch/lorch.toml`), and
+    /// says where.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let dir = self.home.path().join(".config/lorch");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lorch.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.cmd(args).output().unwrap())
     }
