@@ -160,6 +160,36 @@ pub enum Command {
     /// Prometheus metrics of every job and account (the text exposition format), as the file
     /// each run writes to LORCH_METRICS_DIR has them
     Metrics,
+    /// Queue a run for the fleet's workers (NATS JetStream, docs/fleet.md); prints its request id
+    Submit {
+        /// PACKAGE/JOB
+        #[arg(value_name = "PACKAGE/JOB")]
+        job: String,
+        #[command(flatten)]
+        options: SubmitOptions,
+    },
+    /// Take run requests from NATS JetStream and run each as run-job does (docs/fleet.md)
+    #[command(name = "worker")]
+    FleetWorker {
+        /// The NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// Runs at a time
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: u16,
+        /// Deliveries of a request before it goes to the dead letters
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        max_deliver: u16,
+        /// How long a request may go without news from its worker before another takes it
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = timearg::positive_duration)]
+        ack_wait: Duration,
+        /// On SIGTERM, how long runs in progress get to end before they are cancelled
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = timearg::duration)]
+        grace: Duration,
+    },
+    /// The fleet's queue: requests waiting and in progress, dead letters (docs/fleet.md)
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Is everything healthy? One row per job and account that has a schedule or has run, with
     /// a verdict (ok, failing, stale, running long); exit 0 when all are ok, 1 otherwise
     Status {
@@ -307,7 +337,7 @@ pub enum RunsCommand {
     Reap,
     /// What a run's job wrote to stdout and stderr and logged, with timestamps (docs/logs.md)
     Logs {
-        /// The run id, or `last` for the newest run
+        /// The run id, or `last` for the run of a job started last
         run_id: String,
         /// Only this attempt [default: every attempt]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -470,6 +500,102 @@ pub struct RunsQuery {
     /// One JSON document on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Requests waiting per job, in progress, redelivered; the dead letters
+    Status {
+        /// The NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the dead letters, or queue one again, or drop it
+    Dead {
+        /// The NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// Queue the dead request with this request id again
+        #[arg(long, value_name = "REQUEST_ID", conflicts_with = "drop")]
+        retry: Option<String>,
+        /// Delete the dead request with this request id
+        #[arg(long, value_name = "REQUEST_ID")]
+        drop: Option<String>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lorch submit`'s options: the run options a request carries, and where it goes.
+#[derive(Debug, Args)]
+pub struct SubmitOptions {
+    #[command(flatten)]
+    pub run: SubmitRun,
+    /// The request id (default: a new UUIDv7); a request submitted again with the same id
+    /// within 2 minutes is stored once
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+    /// The NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The run options of a request (those of run-job that say what to run, not how lorch runs it
+/// here).
+#[derive(Debug, Default, Args)]
+pub struct SubmitRun {
+    /// The account the job works on
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+    /// Start of the window: a time (resolved now) or last-success (resolved by the worker)
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// With --since last-success: the start when no run has completed yet
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub initial_since: Option<String>,
+    /// End of the window [default: now, when --since is given]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// A declared job parameter (repeatable)
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Trace id recorded with every event [default: the request id]
+    #[arg(long, value_name = "ID")]
+    pub trace_id: Option<String>,
+    /// Stop the job after this long
+    #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
+    pub timeout: Option<Duration>,
+    /// Attempts after the first, on the worker, for failures that may be transient
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// The wait before the first retry; it doubles for each further one
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
+    pub retry_backoff: Option<Duration>,
+}
+
+impl SubmitRun {
+    /// The same as run-job's options, to check them as run-job would.
+    pub fn as_run_options(&self) -> RunOptions {
+        RunOptions {
+            account: self.account.clone(),
+            since: self.since.clone(),
+            initial_since: self.initial_since.clone(),
+            until: self.until.clone(),
+            params: self.params.clone(),
+            trace_id: self.trace_id.clone(),
+            timeout: self.timeout,
+            retries: self.retries,
+            retry_backoff: self.retry_backoff,
+            ..RunOptions::default()
+        }
+    }
 }
 
 /// The arguments common to every job (README, "Options of run-job and run").

@@ -207,9 +207,10 @@ pub struct Notify {
 /// The default `[notify] timeout`.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A hook: a shell command, or the URL of a webhook.
+/// A hook: a shell command, or the URL of a webhook; written back as the string it was read
+/// from (`config show`).
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(untagged)]
 pub enum Hook {
     Command(String),
     Url(String),
@@ -226,8 +227,11 @@ impl Hook {
         if !(text.starts_with("http://") || text.starts_with("https://")) {
             return Ok(Hook::Command(text.to_owned()));
         }
+        let after_scheme = text.split_once("://").map_or("", |(_, rest)| rest);
         match url::Url::parse(text) {
-            Ok(url) if url.host().is_some() => Ok(Hook::Url(text.to_owned())),
+            Ok(url) if url.host().is_some() && !after_scheme.starts_with('/') => {
+                Ok(Hook::Url(text.to_owned()))
+            }
             Ok(_) => Err(format!("'{text}' is not a URL with a host")),
             Err(e) => Err(format!("'{text}' is not a URL ({e})")),
         }
@@ -1296,6 +1300,10 @@ catch_up = "all"
             (
                 "[notify]\non_failure = \"https://\"\n",
                 "lorch.toml:2:14: [notify]: on_failure: 'https://' is not a URL",
+            ),
+            (
+                "[notify]\non_failure = \"https:///hook\"\n",
+                "lorch.toml:2:14: [notify]: on_failure: 'https:///hook' is not a URL with a host",
             ),
             (
                 "[notify]\non_recovery = 3\n",

@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod error;
 pub mod events;
+mod fleet;
 mod health;
 mod history;
 mod host;

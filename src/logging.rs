@@ -46,6 +46,12 @@ pub fn init() {
     let format = std::env::var(FORMAT_VAR).ok().filter(|v| !v.is_empty());
     let json = format.as_deref() == Some("json");
     JSON.store(json, Ordering::Relaxed);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // The NATS client says "connected" at info for every connection: only its warnings show.
+    let quiet = tracing_subscriber::filter::Targets::new()
+        .with_default(max)
+        .with_target("async_nats", LevelFilter::WARN.min(max));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -56,10 +62,12 @@ pub fn init() {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(quiet)
             .init();
     } else {
         let colour = crate::output::colours(std::io::stderr().is_terminal());
-        builder.with_ansi(colour).init();
+        builder.with_ansi(colour).finish().with(quiet).init();
     }
     if let (Some(given), Some(Err(_))) = (given, level) {
         stderr!(

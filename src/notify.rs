@@ -4,7 +4,7 @@
 //! at its timeout and reported on stderr; it never changes the run's outcome.
 
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ pub struct Note {
     pub error: Option<String>,
     pub attempts: u32,
     pub duration_seconds: f64,
-    /// Failed runs in a row, this one included (0 on recovery).
+    /// Failed runs in a row, this one included; on recovery, those of the streak it ended.
     pub consecutive_failures: u32,
     /// The failed attempt's last lines (docs/logs.md).
     pub log_tail: Vec<String>,
@@ -124,7 +124,15 @@ fn run_command(command: &str, note: &Note, body: &[u8], timeout: Duration) -> Re
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("it ended with {status}")),
+            Ok(Some(status)) => {
+                return Err(match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("it exited with code {code}"),
+                    (_, Some(signal)) => {
+                        format!("it was killed by {}", crate::sys::signal_name(signal))
+                    }
+                    _ => format!("it ended with {status}"),
+                });
+            }
             Ok(None) if Instant::now() >= deadline => {
                 let _ = crate::sys::kill_group(child.id(), libc::SIGKILL);
                 let _ = child.wait();
@@ -194,16 +202,31 @@ fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
                 Err(e) if e.is_timeout() => {
                     format!("no answer within {}", humantime::format_duration(timeout))
                 }
-                Err(e) => format!("{e}"),
+                Err(e) => causes(&e),
             };
             let wait = crate::backoff::delay(Duration::from_millis(500), attempt);
             if tokio::time::Instant::now() + wait >= deadline {
-                return Err(format!("{why} (after {attempt} tries)"));
+                let tries = if attempt == 1 { "try" } else { "tries" };
+                return Err(format!("{why} (after {attempt} {tries})"));
             }
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
     })
+}
+
+/// An error and its causes, `: `-joined (reqwest's own message hides "connection refused").
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -73,17 +73,35 @@ pub fn logs(request: &Request) -> Result<Exit> {
         ended = now.status != RunStatus::Running && !locks::run_is_held(&home, &run.run_id);
     }
     if printer.printed == 0 && !request.json {
-        stderr!(
-            "run {} kept no output: its job wrote nothing to stdout or stderr and logged nothing{}",
-            run.run_id,
-            match run.status {
-                RunStatus::Running => " yet (follow it with --follow)",
-                _ => "",
-            }
-        );
+        say_why_nothing(&store, &now, request.follow)?;
     }
     printer.out.finish()?;
     Ok(Exit::Success)
+}
+
+/// Why `runs logs` printed no line: the job wrote none (yet), or its log is gone.
+fn say_why_nothing(store: &LocalStore, run: &RunRow, followed: bool) -> Result<()> {
+    let events = store.list(&crate::events::EventFilter {
+        run_id: Some(run.run_id.clone()),
+        limit: None,
+    })?;
+    let written: u64 = events
+        .iter()
+        .filter_map(|e| e.payload_value()["log_lines"].as_u64())
+        .sum();
+    let id = &run.run_id;
+    match (written, run.status) {
+        (0, RunStatus::Running) if !followed => stderr!(
+            "run {id} kept no output yet: its job has written nothing so far (follow it with --follow)"
+        ),
+        (0, _) => stderr!(
+            "run {id} kept no output: its job wrote nothing to stdout or stderr and logged nothing"
+        ),
+        (n, _) => stderr!(
+            "run {id} wrote {n} lines, but its log is gone: deleted by `lorch runs prune`, or never kept (lorch said why when it ran)"
+        ),
+    }
+    Ok(())
 }
 
 /// The run `id` names: a job run's id, or `last` for the newest.
@@ -127,10 +145,9 @@ impl Printer<'_> {
         let kept = runlog::read(home, &self.run.run_id, attempt, *next).map_err(|e| {
             Error::Environment(anyhow::Error::new(e).context("cannot read the run's log"))
         })?;
-        if *next == 0
-            && (kept.dropped > 0 || !kept.lines.is_empty())
-            && !self.attempt(attempt, kept.dropped)?
-        {
+        // The cap dropped lines before the first read, or while following fell behind.
+        let heading = *next == 0 && !kept.lines.is_empty();
+        if (heading || kept.dropped > 0) && !self.attempt(attempt, heading, kept.dropped)? {
             return Ok(false);
         }
         *next = kept.lines.last().map_or(*next, |l| l.n + 1);
@@ -144,7 +161,7 @@ impl Printer<'_> {
 
     /// Before an attempt's lines: its number when the run has several, and the lines the cap
     /// dropped.
-    fn attempt(&mut self, attempt: u32, dropped: u64) -> Result<bool> {
+    fn attempt(&mut self, attempt: u32, heading: bool, dropped: u64) -> Result<bool> {
         let mut text = String::new();
         if self.json {
             if dropped > 0 {
@@ -154,7 +171,7 @@ impl Printer<'_> {
                 text = format!("{marker}\n");
             }
         } else {
-            if attempt > 1 || self.run.attempt > 1 {
+            if heading && (attempt > 1 || self.run.attempt > 1) {
                 text.push_str(&format!("── attempt {attempt} ──\n"));
             }
             if dropped > 0 {

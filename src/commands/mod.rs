@@ -4,6 +4,7 @@ mod backfill;
 mod completions;
 mod config;
 mod events;
+mod fleet;
 mod jobs;
 mod logs;
 mod objects;
@@ -19,7 +20,7 @@ use std::fmt::Write as _;
 
 use crate::cli::{
     Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PipelinesCommand,
-    PluginsCommand, RunOptions, RunsCommand, ScheduleCommand, StateCommand,
+    PluginsCommand, QueueCommand, RunOptions, RunsCommand, ScheduleCommand, StateCommand,
 };
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
@@ -197,6 +198,47 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             crate::output::print(&metrics_text(&store)?)?;
             Ok(Exit::Success)
         }
+        Command::Submit { job, options } => {
+            let run = options.run.as_run_options();
+            fleet::submit(
+                discover(),
+                &fleet::Submit {
+                    job: &job,
+                    options: &run,
+                    request_id: options.request_id.as_deref(),
+                    nats: options.nats.as_deref(),
+                    json: options.json,
+                },
+            )
+        }
+        Command::FleetWorker {
+            nats,
+            concurrency,
+            max_deliver,
+            ack_wait,
+            grace,
+        } => fleet::worker(
+            &Passed {
+                config: cli.config.as_deref(),
+                plugin_path: &cli.plugin_path,
+                allow_insecure_plugins: cli.allow_insecure_plugins,
+                quiet: false,
+            },
+            fleet::Work {
+                nats,
+                concurrency: usize::from(concurrency),
+                max_deliver: i64::from(max_deliver),
+                ack_wait,
+                grace,
+            },
+        ),
+        Command::Queue(QueueCommand::Status { nats, json }) => fleet::status(nats.as_deref(), json),
+        Command::Queue(QueueCommand::Dead {
+            nats,
+            retry,
+            drop,
+            json,
+        }) => fleet::dead(nats.as_deref(), retry.as_deref(), drop.as_deref(), json),
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),
         Command::CompleteJobs => completions::jobs(discover()),
@@ -309,7 +351,10 @@ impl<'a> Notifier<'a> {
             error: failed.map(|f| f.message.clone()),
             attempts: report.attempts,
             duration_seconds: report.duration.as_secs_f64(),
-            consecutive_failures: after,
+            consecutive_failures: match occasion {
+                crate::notify::Occasion::Failure => after,
+                crate::notify::Occasion::Recovery => self.before,
+            },
             log_tail: report.log_tail.clone(),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
         };

@@ -108,6 +108,7 @@ fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
         "events_not_recorded": report.events_not_recorded,
         "objects": report.objects,
         "exit_code": exit as u8,
+        "retryable": matches!(&report.outcome, Outcome::Failed(f) if f.retryable()),
     });
     // Printing cannot change the exit code, so a closed or full stdout is ignored here.
     let _ = output::print_json(&summary);

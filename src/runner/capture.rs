@@ -158,6 +158,8 @@ impl Pipes {
         for pipe in self.lock().iter_mut() {
             if !pipe.partial.is_empty() {
                 pipe.line(log, Utc::now());
+                // Shown live without its end: ended here, so lorch's next line starts afresh.
+                let _ = std::io::stderr().lock().write_all(b"\n");
             }
         }
         log.flush();

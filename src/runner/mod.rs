@@ -95,7 +95,7 @@ impl Failed {
     }
 
     /// Worth another attempt: not cancelled, and not marked permanent by the job.
-    fn retryable(&self) -> bool {
+    pub fn retryable(&self) -> bool {
         self.reason != Reason::Cancelled && !self.error.as_ref().is_some_and(|e| e.permanent)
     }
 }

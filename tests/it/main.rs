@@ -12,6 +12,7 @@ mod config;
 mod discovery;
 mod docs_jobs;
 mod faults;
+mod fleet;
 mod logs;
 mod notify;
 mod objects;

@@ -64,6 +64,8 @@ fn a_command_hook_fires_on_the_third_failure_in_a_row_only_and_once_on_recovery(
     );
     let note: Value = serde_json::from_str(lines[3]).unwrap();
     assert_eq!(note["occasion"], "recovery");
+    // The streak it ended.
+    assert_eq!(note["consecutive_failures"], 4);
 }
 
 /// An HTTP server on a free local port that answers each POST with the next of `answers`
@@ -165,7 +167,7 @@ fn a_hook_that_hangs_or_fails_is_reported_once_and_the_exit_code_stays() {
     let broken = env.home.path().join("broken");
     std::fs::write(&broken, "").unwrap();
     run_switched(&env, &broken, 1).stderr_has(
-        "on_failure hook (command 'exit 3') of testkit/fail_if_exists failed: it ended with exit status: 3",
+        "on_failure hook (command 'exit 3') of testkit/fail_if_exists failed: it exited with code 3",
     );
     std::fs::remove_file(&broken).unwrap();
     run_switched(&env, &broken, 0).stderr_has(

@@ -82,7 +82,7 @@ fn unavailable<T>(why: &str) -> Option<T> {
     None
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -2,6 +2,7 @@
 //! an isolated home, compiles C plugins.
 
 pub mod bigquery;
+pub mod nats;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,272 @@
+//! Fleet mode (docs/fleet.md): run requests travel through NATS JetStream, from `lorch submit`
+//! to `lorch worker`s on any machine. This module holds what they share: the request, the
+//! names of the streams and the consumer, and a connection that checks those streams are
+//! lorch's.
+//!
+//! The jobs stream has work-queue retention (a request is removed once a worker acks it) and
+//! deduplicates by request id (`Nats-Msg-Id`), so a request published twice within its
+//! duplicate window (2 minutes) is stored once. A request a worker could not complete in
+//! `max_deliver` deliveries goes to the dead-letter stream, with the reason.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use async_nats::jetstream::{self, consumer, stream};
+use serde::{Deserialize, Serialize};
+
+/// `--nats`'s variable, and its default.
+pub const URL_VAR: &str = "LORCH_NATS_URL";
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// The stream of run requests: `lorch.jobs.PACKAGE.JOB`.
+pub const JOBS_STREAM: &str = "LORCH_JOBS";
+const JOBS_SUBJECTS: &str = "lorch.jobs.>";
+/// The stream of requests that will not run: `lorch.dead.PACKAGE.JOB`.
+pub const DEAD_STREAM: &str = "LORCH_DEAD";
+const DEAD_SUBJECTS: &str = "lorch.dead.>";
+/// The durable consumer every worker pulls from.
+pub const WORKERS: &str = "lorch-workers";
+
+/// The headers of a dead letter.
+pub const REASON_HEADER: &str = "Lorch-Reason";
+pub const DELIVERIES_HEADER: &str = "Lorch-Deliveries";
+pub const REQUEST_HEADER: &str = "Lorch-Request-Id";
+
+/// How long connecting may take before lorch says the server is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One run request: what `run-job` would be given, its window already resolved (or
+/// `last-success`, which the worker resolves from its own store).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    pub request_id: String,
+    pub package: String,
+    pub job: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_since: Option<String>,
+    /// `KEY=VALUE`, as `--param` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    pub submitted_at: String,
+    pub submitted_from: String,
+}
+
+impl Request {
+    /// `lorch.jobs.PACKAGE.JOB`.
+    pub fn subject(&self) -> String {
+        format!("lorch.jobs.{}.{}", self.package, self.job)
+    }
+
+    /// `lorch.dead.PACKAGE.JOB`.
+    pub fn dead_subject(&self) -> String {
+        format!("lorch.dead.{}.{}", self.package, self.job)
+    }
+
+    /// The arguments of the `lorch run-job` that runs it, after `run-job PACKAGE JOB`.
+    pub fn run_job_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut add = |flag: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                args.push(format!("--{flag}={value}"));
+            }
+        };
+        add("account", &self.account);
+        add("since", &self.since);
+        add("until", &self.until);
+        add("initial-since", &self.initial_since);
+        add("timeout", &self.timeout);
+        add("retries", &self.retries.map(|n| n.to_string()));
+        add("retry-backoff", &self.retry_backoff);
+        add(
+            "trace-id",
+            &self.trace_id.clone().or(Some(self.request_id.clone())),
+        );
+        for param in &self.params {
+            args.push(format!("--param={param}"));
+        }
+        args
+    }
+}
+
+/// A connection to the server, and its JetStream context.
+pub struct Connection {
+    pub runtime: tokio::runtime::Runtime,
+    pub jetstream: jetstream::Context,
+    pub url: String,
+}
+
+/// Connects to `url` (default `LORCH_NATS_URL`, else [`DEFAULT_URL`]).
+pub fn connect(url: Option<&str>) -> Result<Connection> {
+    let url = url
+        .map(str::to_owned)
+        .or_else(|| std::env::var(URL_VAR).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the NATS client")?;
+    let client = runtime.block_on(async {
+        async_nats::ConnectOptions::new()
+            .connection_timeout(CONNECT_TIMEOUT)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(url.as_str())
+            .await
+    });
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => bail!("cannot connect to NATS at {url}: {e}"),
+    };
+    // The first connection: with retry_on_initial_connect the client returns at once, so wait
+    // for it here, up to the timeout.
+    let connected = runtime.block_on(async {
+        let start = tokio::time::Instant::now();
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if start.elapsed() > CONNECT_TIMEOUT {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    });
+    if !connected {
+        bail!(
+            "cannot connect to NATS at {url}: no answer within {}s (is nats-server running, with JetStream on: nats-server -js?)",
+            CONNECT_TIMEOUT.as_secs()
+        );
+    }
+    // The context spawns its acknowledgement task on the runtime.
+    let jetstream = {
+        let _inside = runtime.enter();
+        jetstream::new(client)
+    };
+    Ok(Connection {
+        runtime,
+        jetstream,
+        url,
+    })
+}
+
+impl Connection {
+    /// The jobs stream, created when missing; an existing stream of that name with other
+    /// settings is refused rather than used.
+    pub async fn jobs_stream(&self) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: JOBS_STREAM.to_owned(),
+            subjects: vec![JOBS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        self.stream(config).await
+    }
+
+    /// The dead-letter stream, created when missing.
+    pub async fn dead_stream(&self) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: DEAD_STREAM.to_owned(),
+            subjects: vec![DEAD_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        self.stream(config).await
+    }
+
+    async fn stream(&self, config: stream::Config) -> Result<stream::Stream> {
+        let name = config.name.clone();
+        let mut stream = self
+            .jetstream
+            .get_or_create_stream(config.clone())
+            .await
+            .with_context(|| format!("cannot open the stream {name} on {}", self.url))?;
+        let found = &stream.info().await?.config;
+        if found.subjects != config.subjects || found.retention != config.retention {
+            bail!(
+                "the stream {name} on {} has other settings than lorch's (subjects {:?}, retention {:?}; lorch's: {:?}, {:?}); remove it (nats stream rm {name}) or use another server",
+                self.url,
+                found.subjects,
+                found.retention,
+                config.subjects,
+                config.retention
+            );
+        }
+        Ok(stream)
+    }
+
+    /// The workers' durable consumer, created when missing with these settings.
+    pub async fn workers(
+        &self,
+        stream: &stream::Stream,
+        max_deliver: i64,
+        ack_wait: Duration,
+    ) -> Result<consumer::PullConsumer> {
+        stream
+            .get_or_create_consumer(
+                WORKERS,
+                consumer::pull::Config {
+                    durable_name: Some(WORKERS.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot open the consumer {WORKERS} on {}", self.url))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_the_run_job_it_asks_for() {
+        let request = Request {
+            request_id: "r1".into(),
+            package: "ingester".into(),
+            job: "extract_gmail".into(),
+            account: Some("acct1".into()),
+            since: Some("2026-11-25T06:00:00Z".into()),
+            until: None,
+            initial_since: None,
+            params: vec!["limit=5".into()],
+            timeout: Some("30m".into()),
+            retries: Some(2),
+            retry_backoff: None,
+            trace_id: None,
+            submitted_at: "2026-11-26T06:00:00Z".into(),
+            submitted_from: "host".into(),
+        };
+        assert_eq!(request.subject(), "lorch.jobs.ingester.extract_gmail");
+        assert_eq!(
+            request.run_job_args(),
+            [
+                "--account=acct1",
+                "--since=2026-11-25T06:00:00Z",
+                "--timeout=30m",
+                "--retries=2",
+                "--trace-id=r1",
+                "--param=limit=5"
+            ]
+        );
+        let json = serde_json::to_string(&request).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);
+    }
+}

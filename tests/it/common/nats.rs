@@ -1,0 +1,62 @@
+//! A NATS server with JetStream for the fleet tests (docs/fleet.md): started per test on a free
+//! port with a store of its own, killed when dropped. Without `nats-server` the tests are skipped
+//! with a loud message; in CI (`CI=true`, where `.ci/run` installs it) that is a failure.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct Nats {
+    child: Child,
+    /// `nats://127.0.0.1:PORT`, what `--nats` takes.
+    pub url: String,
+    _store: TempDir,
+}
+
+impl Nats {
+    /// A server, or `None` (said loudly) when `nats-server` is not installed here.
+    pub fn start() -> Option<Nats> {
+        let installed = Command::new("nats-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("nats-server is required in CI (.ci/run installs it) and is missing");
+            }
+            eprintln!(
+                "\n!!! SKIPPING fleet tests: nats-server is not installed (apt-get install nats-server) !!!\n"
+            );
+            return None;
+        }
+        let store = TempDir::new().unwrap();
+        let port = super::bigquery::free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

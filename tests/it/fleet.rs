@@ -1,0 +1,161 @@
+//! Fleet mode (docs/fleet.md): `lorch submit` queues run requests on NATS JetStream, `lorch
+//! worker` runs each once as `run-job` would, and `lorch queue` shows what waits and what died.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{self, Env, nats::Nats};
+
+/// `lorch queue status --json`.
+fn queue(env: &Env, nats: &Nats) -> Value {
+    let out = env
+        .lorch()
+        .args(["queue", "status", "--nats", &nats.url, "--json"])
+        .run();
+    out.code(0);
+    out.json()
+}
+
+/// Polls `queue status` until `done` says so (a minute at most).
+#[track_caller]
+fn wait_for(env: &Env, nats: &Nats, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = queue(env, nats);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited a minute for {what}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn submit(env: &Env, nats: &Nats, args: &[&str]) -> common::Run {
+    env.lorch()
+        .args(["submit", "--nats", &nats.url])
+        .args(args)
+        .run()
+}
+
+#[test]
+fn each_request_runs_once_and_one_that_keeps_failing_ends_in_the_dead_letters() {
+    let Some(nats) = Nats::start() else { return };
+    let (_plugins, env) = common::testkit_env();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let out = submit(&env, &nats, &["testkit/echo", "--param", &format!("n={n}")]);
+        out.code(0);
+        ids.push(out.stdout.trim().to_owned());
+    }
+    // The same request id twice: stored once.
+    submit(&env, &nats, &["testkit/echo", "--request-id", "twice"]).code(0);
+    submit(&env, &nats, &["testkit/echo", "--request-id", "twice"])
+        .code(0)
+        .stderr_has("request twice was already submitted: stored once");
+    let failing = submit(&env, &nats, &["testkit/fail", "--request-id", "doomed"]);
+    failing.code(0).stdout_is("doomed\n");
+    let waiting = queue(&env, &nats);
+    assert_eq!(waiting["waiting"]["testkit/echo"], 4, "{waiting}");
+
+    let worker = env
+        .cmd(&[
+            "worker",
+            "--nats",
+            &nats.url,
+            "--concurrency",
+            "2",
+            "--max-deliver",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&env, &nats, "the queue to empty", |s| {
+        s["waiting"]
+            .as_object()
+            .is_some_and(|w| w.values().all(|n| n == 0))
+            && s["in_progress"] == 0
+            && s["dead"].as_array().is_some_and(|d| d.len() == 1)
+    });
+    common::signal(&worker, "TERM");
+    let out = worker.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let dead = &status["dead"][0];
+    assert_eq!(dead["request_id"], "doomed");
+    assert_eq!(dead["job"], "testkit/fail");
+    assert_eq!(dead["deliveries"], "2");
+    assert!(
+        dead["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed 2 times: "),
+        "{dead}"
+    );
+    // Every request ran once (its id is the run's trace id), the failing one twice.
+    let events = env.all_events();
+    let runs_of = |trace: &str| {
+        events
+            .iter()
+            .filter(|e| e["event_type"] == "job.started" && e["trace_id"] == trace)
+            .count()
+    };
+    for id in ids.iter().map(String::as_str).chain(["twice"]) {
+        assert_eq!(runs_of(id), 1, "request {id}");
+    }
+    assert_eq!(runs_of("doomed"), 2);
+
+    // Queued again from the dead letters, then gone from them.
+    env.lorch()
+        .args(["queue", "dead", "--nats", &nats.url, "--retry", "doomed"])
+        .run()
+        .code(0)
+        .stdout_is("doomed (testkit/fail): queued again\n");
+    let again = queue(&env, &nats);
+    assert_eq!(again["waiting"]["testkit/fail"], 1, "{again}");
+    assert_eq!(again["dead"], serde_json::json!([]));
+    env.lorch()
+        .args(["queue", "dead", "--nats", &nats.url, "--drop", "doomed"])
+        .run()
+        .code(2)
+        .stderr_has("no dead letter doomed");
+}
+
+#[test]
+fn an_unreachable_server_is_an_environment_error_and_run_job_is_unaffected() {
+    let (_plugins, env) = common::testkit_env();
+    let port = common::bigquery::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    env.lorch()
+        .args(["submit", "testkit/echo", "--nats", &url])
+        .run()
+        .code(3)
+        .stderr_has(&format!("cannot connect to NATS at {url}"));
+    env.lorch()
+        .args(["queue", "status"])
+        .env("LORCH_NATS_URL", &url)
+        .run()
+        .code(3)
+        .stderr_has("is nats-server running");
+    env.lorch()
+        .args([
+            "submit",
+            "testkit/echo",
+            "--since",
+            "yesterday-ish",
+            "--nats",
+            &url,
+        ])
+        .run()
+        .code(2)
+        .stderr_has("yesterday-ish");
+    env.lorch()
+        .args(["run-job", "testkit", "echo"])
+        .run()
+        .code(0);
+}
