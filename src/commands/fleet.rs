@@ -297,7 +297,7 @@ async fn handle(shared: &Shared, message: Message) {
     let request_id = &request.request_id;
     match verdict {
         Verdict::Ack => {
-            let _ = message.double_ack().await;
+            settle(&message, AckKind::Ack).await;
             let status = summary["status"].as_str().unwrap_or("completed");
             output::print(&format!(
                 "{} {id} request {request_id}: {status} (run {run})\n",
@@ -380,6 +380,33 @@ async fn run(
     Ok((output.status.code().unwrap_or(3), summary))
 }
 
+/// How long a worker keeps trying to tell the server a request is done, through a server
+/// restart: a request whose ack is lost runs again once its ack wait is over.
+const SETTLE_FOR: Duration = Duration::from_secs(60);
+
+/// Acks (or terminates) the message and waits for the server to confirm it, trying again while
+/// the server is unreachable; said on stderr when it cannot.
+async fn settle(message: &Message, kind: AckKind) {
+    let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+    let mut attempt = 1;
+    loop {
+        match message.double_ack_with(kind).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                stderr!(
+                    "warning: the server did not confirm that request {} is done ({e}); it may run again",
+                    message.subject
+                );
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(crate::backoff::delay(Duration::from_millis(200), attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// Terminates the message and publishes it to the dead letters with the reason.
 async fn dead_letter(
     shared: &Shared,
@@ -412,9 +439,7 @@ async fn dead_letter(
     };
     match published.await {
         // Only once it is a dead letter does the request leave the queue.
-        Ok(()) => {
-            let _ = message.ack_with(AckKind::Term).await;
-        }
+        Ok(()) => settle(message, AckKind::Term).await,
         Err(e) => {
             stderr!("warning: cannot publish a dead letter ({e:#}); the request stays queued");
             let _ = message

@@ -159,3 +159,57 @@ fn an_unreachable_server_is_an_environment_error_and_run_job_is_unaffected() {
         .run()
         .code(0);
 }
+
+#[test]
+fn a_request_whose_worker_is_killed_runs_again_on_another_and_the_first_run_is_abandoned() {
+    let Some(nats) = Nats::start() else { return };
+    let (_plugins, env) = common::testkit_env();
+    let out = submit(&env, &nats, &["testkit/sleep", "--param", "seconds=2"]);
+    out.code(0);
+    let id = out.stdout.trim().to_owned();
+    let worker = |quiet: bool| {
+        let mut cmd = env.cmd(&["worker", "--nats", &nats.url, "--ack-wait", "2s"]);
+        if quiet {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        cmd.spawn().unwrap()
+    };
+    let mut first = worker(true);
+    // Killed once its run has started (the request id is the run's trace id).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env
+        .all_events()
+        .iter()
+        .any(|e| e["event_type"] == "testkit.sleeping" && e["trace_id"] == id.as_str())
+    {
+        assert!(Instant::now() < deadline, "the first worker never started the run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = worker(true);
+    wait_for(&env, &nats, "the request to be done", |s| {
+        s["in_progress"] == 0 && s["waiting"].as_object().is_some_and(|w| w.values().all(|n| n == 0))
+    });
+    common::signal(&second, "TERM");
+    assert_eq!(second.wait_with_output().unwrap().status.code(), Some(0));
+    let events = env.all_events();
+    let ends: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["trace_id"] == id.as_str())
+        .filter(|e| e["event_type"] == "job.completed" || e["event_type"] == "job.failed")
+        .map(|e| {
+            let reason = e["payload"]["reason"].as_str().unwrap_or("-").to_owned();
+            (e["event_type"].as_str().unwrap().to_owned(), reason)
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("job.failed".to_owned(), "abandoned".to_owned()),
+            ("job.completed".to_owned(), "-".to_owned())
+        ],
+        "{events:#?}"
+    );
+}
