@@ -27,6 +27,17 @@ const DEAD_SUBJECTS: &str = "lorch.dead.>";
 /// The durable consumer every worker pulls from.
 pub const WORKERS: &str = "lorch-workers";
 
+/// The stream of the fleet-wide job locks: `lorch.locks.KEY`, one message a subject, which is
+/// the lock's holder. Taken by publishing when the subject has no message (expected last
+/// subject sequence 0), renewed by publishing after its own message, let go by deleting it; a
+/// message lives [`LOCK_TTL`], so the lock of a worker that died frees itself. (What a
+/// JetStream key-value bucket does, without the bucket API, which Debian's server 2.9 and
+/// this client do not agree on.)
+pub const LOCKS_STREAM: &str = "LORCH_LOCKS";
+const LOCKS_SUBJECTS: &str = "lorch.locks.>";
+/// How long a lock outlives its last renewal: the time a dead worker's lock takes to free.
+pub const LOCK_TTL: Duration = Duration::from_secs(30);
+
 /// The headers of a dead letter.
 pub const REASON_HEADER: &str = "Lorch-Reason";
 pub const DELIVERIES_HEADER: &str = "Lorch-Deliveries";
@@ -209,6 +220,20 @@ impl Connection {
         Ok(stream)
     }
 
+    /// The stream of fleet-wide job locks ([`LOCKS_STREAM`]), created when missing.
+    pub async fn locks(&self) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: LOCKS_STREAM.to_owned(),
+            subjects: vec![LOCKS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_messages_per_subject: 1,
+            max_age: LOCK_TTL,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        self.stream(config).await
+    }
+
     /// The workers' durable consumer, created when missing with these settings.
     pub async fn workers(
         &self,
@@ -230,6 +255,27 @@ impl Connection {
             .await
             .with_context(|| format!("cannot open the consumer {WORKERS} on {}", self.url))
     }
+}
+
+/// The lock subject of a job and account: `lorch.locks.PACKAGE.JOB.ACCOUNT` (`_` for none),
+/// with every byte a subject token should not hold written `=XX`.
+pub fn lock_key(package: &str, job: &str, account: Option<&str>) -> String {
+    let part = |text: &str| {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            match byte {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(byte as char),
+                _ => out.push_str(&format!("={byte:02X}")),
+            }
+        }
+        out
+    };
+    format!(
+        "lorch.locks.{}.{}.{}",
+        part(package),
+        part(job),
+        account.map_or_else(|| "_".to_owned(), |a| format!("a{}", part(a)))
+    )
 }
 
 #[cfg(test)]
@@ -265,6 +311,14 @@ mod tests {
                 "--trace-id=r1",
                 "--param=limit=5"
             ]
+        );
+        assert_eq!(
+            lock_key("ingester", "extract_gmail", None),
+            "lorch.locks.ingester.extract_gmail._"
+        );
+        assert_eq!(
+            lock_key("ingester", "extract_gmail", Some("me@x.org")),
+            "lorch.locks.ingester.extract_gmail.ame=40x=2Eorg"
         );
         let json = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);

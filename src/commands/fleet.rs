@@ -5,11 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{AckKind, Message};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{AckKind, Message, stream};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -150,6 +153,8 @@ struct Shared {
     /// The process ids of the runs in progress, to pass a stop on to.
     running: Mutex<BTreeMap<String, u32>>,
     jetstream: async_nats::jetstream::Context,
+    /// The fleet-wide job locks; `None` when the server would not give the stream (said once).
+    locks: Option<stream::Stream>,
 }
 
 impl Shared {
@@ -169,6 +174,12 @@ pub fn worker(passed: &Passed, work: Work) -> Result<Exit> {
     let connection = fleet::connect(work.nats.as_deref()).map_err(unreachable)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
+    let locks = connection.runtime.block_on(connection.locks());
+    let locks = locks
+        .map_err(|e| {
+            stderr!("warning: {e:#}; each run takes only its machine's job lock");
+        })
+        .ok();
     let shared = Arc::new(Shared {
         work,
         config: passed.config.map(std::path::Path::to_path_buf),
@@ -176,6 +187,7 @@ pub fn worker(passed: &Passed, work: Work) -> Result<Exit> {
         allow_insecure_plugins: passed.allow_insecure_plugins,
         running: Mutex::default(),
         jetstream: connection.jetstream.clone(),
+        locks,
     });
     let result = connection.runtime.block_on(async {
         let stream = connection.jobs_stream().await?;
@@ -284,13 +296,36 @@ async fn handle(shared: &Shared, message: Message) {
         }
     };
     let id = format!("{}/{}", request.package, request.job);
-    let (code, summary) = match run(shared, &message, &request).await {
+    let lock = match FleetLock::take(shared, &message, &request).await {
+        Taken::Held(lock) => lock,
+        Taken::Busy(holder) => {
+            let why = format!("{id} is running elsewhere ({holder})");
+            requeue(shared, &message, &request, &why).await;
+            return;
+        }
+    };
+    let ran = run(shared, &message, &request).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let (code, summary) = match ran {
         Ok(ended) => ended,
         Err(e) => {
             stderr!("✗ {id} request {}: {e:#}", request.request_id);
             (3, Value::Null)
         }
     };
+    // This machine's lock of the job is held by a run not from this queue: later.
+    if code == 75 {
+        requeue(
+            shared,
+            &message,
+            &request,
+            "its job lock is held on this machine",
+        )
+        .await;
+        return;
+    }
     let last = delivered >= shared.work.max_deliver;
     let verdict = verdict(code, &summary, delivered, last);
     let run = summary["run_id"].as_str().unwrap_or("-");
@@ -332,8 +367,6 @@ fn verdict(code: i32, summary: &Value, delivered: i64, last: bool) -> Verdict {
     match code {
         0 => Verdict::Ack,
         1 if summary["retryable"] == Value::Bool(false) => Verdict::Ack,
-        // The job and account's lock is held by another run: wait for it to end.
-        75 => Verdict::Again(Duration::from_secs(5)),
         // The worker was stopped: another worker takes it now.
         130 | 143 => Verdict::Again(Duration::ZERO),
         _ if last => Verdict::Dead(format!("failed {delivered} times: {}", reason())),
@@ -380,6 +413,159 @@ async fn run(
     Ok((output.status.code().unwrap_or(3), summary))
 }
 
+/// How long a worker waits for a job lock another worker holds before it puts the request back
+/// at the end of the queue, for any worker to take again.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// A job and account's fleet-wide lock, renewed while held (docs/fleet.md).
+struct FleetLock {
+    locks: stream::Stream,
+    /// The sequence of the lock's message: the newest renewal's.
+    sequence: Arc<AtomicU64>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+enum Taken {
+    /// Held; `None` when the fleet has no lock stream.
+    Held(Option<FleetLock>),
+    /// Held by another worker, said as its holder.
+    Busy(String),
+}
+
+impl FleetLock {
+    /// Takes the request's job lock, waiting up to [`LOCK_WAIT`] for another worker's run.
+    async fn take(shared: &Shared, message: &Message, request: &Request) -> Taken {
+        let Some(locks) = &shared.locks else {
+            return Taken::Held(None);
+        };
+        let subject = fleet::lock_key(&request.package, &request.job, request.account.as_deref());
+        let holder = serde_json::to_vec(&json!({
+            "request_id": request.request_id,
+            "host": gethostname::gethostname().to_string_lossy(),
+            "pid": std::process::id(),
+        }))
+        .expect("JSON");
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match publish_after(&shared.jetstream, &subject, &holder, 0).await {
+                Ok(sequence) => {
+                    return Taken::Held(Some(FleetLock::renewed(
+                        shared, locks, subject, holder, sequence,
+                    )));
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot take the fleet-wide lock {subject} ({e}); running with this machine's lock only"
+                    );
+                    return Taken::Held(None);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let held = locks.get_last_raw_message_by_subject(&subject).await;
+                let holder = held.map_or_else(
+                    |_| "?".to_owned(),
+                    |m| String::from_utf8_lossy(&m.payload).into_owned(),
+                );
+                return Taken::Busy(holder);
+            }
+            let _ = message.ack_with(AckKind::Progress).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Renews the lock every third of its lifetime while the run goes on.
+    fn renewed(
+        shared: &Shared,
+        locks: &stream::Stream,
+        subject: String,
+        holder: Vec<u8>,
+        sequence: u64,
+    ) -> FleetLock {
+        let sequence = Arc::new(AtomicU64::new(sequence));
+        let renewing = {
+            let (jetstream, sequence) = (shared.jetstream.clone(), Arc::clone(&sequence));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(fleet::LOCK_TTL / 3).await;
+                    let last = sequence.load(Ordering::SeqCst);
+                    match publish_after(&jetstream, &subject, &holder, last).await {
+                        Ok(next) => sequence.store(next, Ordering::SeqCst),
+                        Err(e) => tracing::warn!("cannot renew the fleet-wide lock {subject}: {e}"),
+                    }
+                }
+            })
+        };
+        FleetLock {
+            locks: locks.clone(),
+            sequence,
+            renewing,
+        }
+    }
+
+    /// Lets go: deletes its message (gone already when it expired and another worker took it).
+    async fn release(self) {
+        self.renewing.abort();
+        let _ = self
+            .locks
+            .delete_message(self.sequence.load(Ordering::SeqCst))
+            .await;
+    }
+}
+
+/// Publishes `holder` on `subject` if its last message is `after` (0: it has none); the new
+/// message's sequence.
+async fn publish_after(
+    jetstream: &async_nats::jetstream::Context,
+    subject: &str,
+    holder: &[u8],
+    after: u64,
+) -> std::result::Result<u64, PublishError> {
+    let message = PublishMessage::build()
+        .payload(holder.to_vec().into())
+        .expected_last_subject_sequence(after);
+    let ack = jetstream
+        .send_publish(subject.to_owned(), message)
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
+/// Puts the request back at the end of the queue (a new message: the wait does not count as a
+/// delivery), then acks this one.
+async fn requeue(shared: &Shared, message: &Message, request: &Request, why: &str) {
+    let sequence = message.info().map_or(0, |i| i.stream_sequence);
+    let mut headers = HeaderMap::new();
+    let id = format!("{}.requeued.{sequence}", request.request_id);
+    headers.insert("Nats-Msg-Id", id.as_str());
+    let published = async {
+        shared
+            .jetstream
+            .publish_with_headers(request.subject(), headers, message.payload.clone())
+            .await?
+            .await?;
+        anyhow::Ok(())
+    };
+    match published.await {
+        Ok(()) => {
+            stderr!(
+                "- {}/{} request {}: {why}; queued again",
+                request.package,
+                request.job,
+                request.request_id
+            );
+            settle(message, AckKind::Ack).await;
+        }
+        Err(e) => {
+            stderr!(
+                "warning: cannot queue request {} again ({e:#}); it is delivered again later",
+                request.request_id
+            );
+            let _ = message.ack_with(AckKind::Nak(Some(LOCK_WAIT))).await;
+        }
+    }
+}
+
 /// How long a worker keeps trying to tell the server a request is done, through a server
 /// restart: a request whose ack is lost runs again once its ack wait is over.
 const SETTLE_FOR: Duration = Duration::from_secs(60);
@@ -400,7 +586,8 @@ async fn settle(message: &Message, kind: AckKind) {
                 return;
             }
             Err(_) => {
-                tokio::time::sleep(crate::backoff::delay(Duration::from_millis(200), attempt)).await;
+                tokio::time::sleep(crate::backoff::delay(Duration::from_millis(200), attempt))
+                    .await;
                 attempt += 1;
             }
         }

@@ -183,14 +183,20 @@ fn a_request_whose_worker_is_killed_runs_again_on_another_and_the_first_run_is_a
         .iter()
         .any(|e| e["event_type"] == "testkit.sleeping" && e["trace_id"] == id.as_str())
     {
-        assert!(Instant::now() < deadline, "the first worker never started the run");
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never started the run"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     first.kill().unwrap();
     first.wait().unwrap();
     let second = worker(true);
     wait_for(&env, &nats, "the request to be done", |s| {
-        s["in_progress"] == 0 && s["waiting"].as_object().is_some_and(|w| w.values().all(|n| n == 0))
+        s["in_progress"] == 0
+            && s["waiting"]
+                .as_object()
+                .is_some_and(|w| w.values().all(|n| n == 0))
     });
     common::signal(&second, "TERM");
     assert_eq!(second.wait_with_output().unwrap().status.code(), Some(0));
@@ -212,4 +218,71 @@ fn a_request_whose_worker_is_killed_runs_again_on_another_and_the_first_run_is_a
         ],
         "{events:#?}"
     );
+}
+
+/// `[start, end]` of each completed run in `env`'s store.
+fn completed_spans(env: &Env) -> Vec<(String, String)> {
+    let events = env.all_events();
+    let started: std::collections::HashMap<&str, &str> = events
+        .iter()
+        .filter(|e| e["event_type"] == "job.started")
+        .map(|e| {
+            (
+                e["correlation_id"].as_str().unwrap(),
+                e["created_at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    events
+        .iter()
+        .filter(|e| e["event_type"] == "job.completed")
+        .map(|e| {
+            let run = e["correlation_id"].as_str().unwrap();
+            (
+                started[run].to_owned(),
+                e["created_at"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn runs_of_one_job_and_account_on_two_machines_never_overlap() {
+    let Some(nats) = Nats::start() else { return };
+    // Two machines: two homes, so no lock on disk is shared; only the fleet's.
+    let (plugins, first) = common::testkit_env();
+    let second = Env::new(&[plugins.path()]);
+    for _ in 0..2 {
+        let args = [
+            "testkit/sleep",
+            "--param",
+            "seconds=1",
+            "--account",
+            "shared",
+        ];
+        submit(&first, &nats, &args).code(0);
+    }
+    let start = |env: &Env| {
+        env.cmd(&["worker", "--nats", &nats.url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let workers = [start(&first), start(&second)];
+    wait_for(&first, &nats, "both requests to be done", |s| {
+        s["in_progress"] == 0
+            && s["waiting"]
+                .as_object()
+                .is_some_and(|w| w.values().all(|n| n == 0))
+    });
+    for worker in workers {
+        common::signal(&worker, "TERM");
+        assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+    }
+    let mut spans = completed_spans(&first);
+    spans.extend(completed_spans(&second));
+    spans.sort();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(spans[0].1 <= spans[1].0, "the runs overlap: {spans:?}");
 }
