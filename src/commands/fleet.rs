@@ -427,7 +427,7 @@ struct FleetLock {
 
 enum Taken {
     /// Held; `None` when the fleet has no lock stream.
-    Held(Option<FleetLock>),
+    Held(Option<Box<FleetLock>>),
     /// Held by another worker, said as its holder.
     Busy(String),
 }
@@ -449,9 +449,9 @@ impl FleetLock {
         loop {
             match publish_after(&shared.jetstream, &subject, &holder, 0).await {
                 Ok(sequence) => {
-                    return Taken::Held(Some(FleetLock::renewed(
+                    return Taken::Held(Some(Box::new(FleetLock::renewed(
                         shared, locks, subject, holder, sequence,
-                    )));
+                    ))));
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
                 Err(e) => {
