@@ -286,3 +286,51 @@ fn runs_of_one_job_and_account_on_two_machines_never_overlap() {
     assert_eq!(spans.len(), 2, "{spans:?}");
     assert!(spans[0].1 <= spans[1].0, "the runs overlap: {spans:?}");
 }
+
+#[test]
+fn every_request_completes_once_through_a_server_restart() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let (_plugins, env) = common::testkit_env();
+    let ids: Vec<String> = (0..6)
+        .map(|n| {
+            let account = format!("acct{n}");
+            let args = [
+                "testkit/sleep",
+                "--param",
+                "seconds=1",
+                "--account",
+                &account,
+            ];
+            let out = submit(&env, &nats, &args);
+            out.code(0);
+            out.stdout.trim().to_owned()
+        })
+        .collect();
+    let worker = env
+        .cmd(&["worker", "--nats", &nats.url, "--concurrency", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Down while runs are in progress: they end with no server to tell.
+    wait_for(&env, &nats, "runs in progress", |s| s["in_progress"] == 2);
+    nats.restart_after(Duration::from_secs(3));
+    wait_for(&env, &nats, "every request to be done", |s| {
+        s["in_progress"] == 0
+            && s["waiting"]
+                .as_object()
+                .is_some_and(|w| w.values().all(|n| n == 0))
+    });
+    common::signal(&worker, "TERM");
+    assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+    let events = env.all_events();
+    for id in &ids {
+        let completed = events
+            .iter()
+            .filter(|e| e["event_type"] == "job.completed" && e["trace_id"] == id.as_str())
+            .count();
+        assert_eq!(completed, 1, "request {id}");
+    }
+}

@@ -10,9 +10,10 @@ use tempfile::TempDir;
 
 pub struct Nats {
     child: Child,
+    port: u16,
     /// `nats://127.0.0.1:PORT`, what `--nats` takes.
     pub url: String,
-    _store: TempDir,
+    store: TempDir,
 }
 
 impl Nats {
@@ -34,24 +35,38 @@ impl Nats {
         }
         let store = TempDir::new().unwrap();
         let port = super::bigquery::free_port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Some(Nats {
-            child,
+            child: serve(port, &store),
+            port,
             url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
+            store,
         })
     }
+
+    /// Stops the server, and starts it again on the same port and store after `down`.
+    pub fn restart_after(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = serve(self.port, &self.store);
+    }
+}
+
+/// `nats-server` with JetStream on `port`, its store in `store`, once it takes connections.
+fn serve(port: u16, store: &TempDir) -> Child {
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Nats {
