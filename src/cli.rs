@@ -123,6 +123,13 @@ pub enum Command {
         /// Pass --quiet to the runs: print nothing when they complete
         #[arg(long, short)]
         quiet: bool,
+        /// Queue the due runs of jobs for the fleet's workers instead of running them here
+        /// (`lorch submit`, docs/fleet.md); pipelines still run here
+        #[arg(long)]
+        submit: bool,
+        /// With --submit: the NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
+        #[arg(long, value_name = "URL", requires = "submit")]
+        nats: Option<String>,
     },
     /// Run a pipeline of the configuration file: each step once the steps it needs completed,
     /// independent ones in parallel (docs/pipelines.md)
@@ -543,8 +550,11 @@ pub struct SubmitOptions {
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
     /// One JSON document on stdout
-    #[arg(long)]
+    #[arg(long, conflicts_with = "quiet")]
     pub json: bool,
+    /// Print nothing when the request is queued
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// The run options of a request (those of run-job that say what to run, not how lorch runs it
@@ -572,6 +582,9 @@ pub struct SubmitRun {
     /// Stop the job after this long
     #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
     pub timeout: Option<Duration>,
+    /// How long a stopped job gets between SIGTERM and SIGKILL
+    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
+    pub kill_after: Option<Duration>,
     /// Attempts after the first, on the worker, for failures that may be transient
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
@@ -591,6 +604,7 @@ impl SubmitRun {
             params: self.params.clone(),
             trace_id: self.trace_id.clone(),
             timeout: self.timeout,
+            kill_after: self.kill_after,
             retries: self.retries,
             retry_backoff: self.retry_backoff,
             ..RunOptions::default()

@@ -67,6 +67,8 @@ pub struct Request {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<String>,
@@ -100,6 +102,7 @@ impl Request {
         add("until", &self.until);
         add("initial-since", &self.initial_since);
         add("timeout", &self.timeout);
+        add("kill-after", &self.kill_after);
         add("retries", &self.retries.map(|n| n.to_string()));
         add("retry-backoff", &self.retry_backoff);
         add(
@@ -294,6 +297,7 @@ mod tests {
             initial_since: None,
             params: vec!["limit=5".into()],
             timeout: Some("30m".into()),
+            kill_after: None,
             retries: Some(2),
             retry_backoff: None,
             trace_id: None,

@@ -35,6 +35,7 @@ pub struct Submit<'a> {
     pub request_id: Option<&'a str>,
     pub nats: Option<&'a str>,
     pub json: bool,
+    pub quiet: bool,
 }
 
 pub fn submit(catalog: &Catalog, submit: &Submit) -> Result<Exit> {
@@ -62,7 +63,7 @@ pub fn submit(catalog: &Catalog, submit: &Submit) -> Result<Exit> {
             "stream_sequence": ack.sequence,
             "duplicate": ack.duplicate,
         }))?;
-    } else {
+    } else if !submit.quiet {
         output::print(&format!("{}\n", request.request_id))?;
         if ack.duplicate {
             stderr!(
@@ -126,6 +127,7 @@ fn request(catalog: &Catalog, submit: &Submit) -> Result<Request> {
         initial_since: options.initial_since.clone(),
         params: options.params.clone(),
         timeout: duration(options.timeout),
+        kill_after: duration(options.kill_after),
         retries: options.retries,
         retry_backoff: duration(options.retry_backoff),
         trace_id: options.trace_id.clone(),

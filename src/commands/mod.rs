@@ -110,14 +110,22 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             };
             backfill::run(&passed, job, &range, &options)
         }
-        Command::Tick { watch, quiet } => schedule::tick(
+        Command::Tick {
+            watch,
+            quiet,
+            submit,
+            nats,
+        } => schedule::tick(
             &Passed {
                 config: cli.config.as_deref(),
                 plugin_path: &cli.plugin_path,
                 allow_insecure_plugins: cli.allow_insecure_plugins,
                 quiet,
             },
-            watch,
+            &schedule::Ticking {
+                watch,
+                submit: submit.then_some(nats),
+            },
         ),
         Command::Plugins(PluginsCommand::List { json }) => {
             plugins::list(&search_path, discover(), json)
@@ -208,6 +216,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                     request_id: options.request_id.as_deref(),
                     nats: options.nats.as_deref(),
                     json: options.json,
+                    quiet: options.quiet,
                 },
             )
         }
@@ -421,6 +430,15 @@ impl Passed<'_> {
     /// `lorch [the parent's global flags] run-pipeline NAME [--quiet]`.
     fn run_pipeline(&self, name: &str) -> Result<std::process::Command> {
         self.lorch(&["run-pipeline", name])
+    }
+
+    /// `lorch [the parent's global flags] submit PACKAGE/JOB [--quiet] [--nats URL]`.
+    fn submit(&self, id: &str, nats: Option<&str>) -> Result<std::process::Command> {
+        let mut command = self.lorch(&["submit", id])?;
+        if let Some(url) = nats {
+            command.args(["--nats", url]);
+        }
+        Ok(command)
     }
 
     /// `lorch [the parent's global flags] ARGS [--quiet]`.

@@ -147,11 +147,21 @@ fn describe(
 
 /// `lorch tick [--watch]`: runs what every entry is owed now; with `--watch`, again at every
 /// next fire time until a signal.
-pub fn tick(passed: &Passed, watch: bool) -> Result<Exit> {
+/// How `tick` goes about it.
+pub struct Ticking {
+    /// `--watch`.
+    pub watch: bool,
+    /// `--submit [--nats URL]`: queue the runs of jobs for the fleet (docs/fleet.md) on this
+    /// server (`None`: the default one) instead of running them.
+    pub submit: Option<Option<String>>,
+}
+
+pub fn tick(passed: &Passed, ticking: &Ticking) -> Result<Exit> {
+    let watch = ticking.watch;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
     loop {
-        let (exit, next) = match tick_once(passed, &signals) {
+        let (exit, next) = match tick_once(passed, ticking, &signals) {
             Ok(ticked) => ticked,
             // Watching, a file being edited or a busy store is no reason to stop: say so, and
             // look again in a minute.
@@ -181,7 +191,11 @@ pub fn tick(passed: &Passed, watch: bool) -> Result<Exit> {
 }
 
 /// One pass over the entries; its exit code and the next fire time of any entry.
-fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTime<Utc>>)> {
+fn tick_once(
+    passed: &Passed,
+    ticking: &Ticking,
+    signals: &Signals,
+) -> Result<(Exit, Option<DateTime<Utc>>)> {
     let (config, mut broken) = read_config(passed.config)?;
     let now = timearg::now().map_err(Error::Usage)?;
     let (home, store) = super::open_home()?;
@@ -197,12 +211,13 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
         let last = fires.get(&entry.key()).copied();
         let owed = !entry.due(last, now).missed.is_empty();
         let fired = match owed {
-            true => owe(&entry, passed, &home, &store, now, signals)?,
+            true => owe(&entry, (passed, ticking), &home, &store, now, signals)?,
             false => Fired::Done,
         };
         match fired {
             Fired::Done | Fired::NotRun => {}
             Fired::Failed => failed = true,
+            Fired::NotQueued => broken = true,
             Fired::Refused => {
                 let file = config.path.as_deref().unwrap_or(Path::new("lorch.toml"));
                 stderr!(
@@ -229,7 +244,7 @@ fn tick_once(passed: &Passed, signals: &Signals) -> Result<(Exit, Option<DateTim
 /// reading what it is owed again once the lock is held; the worst of how its runs ended.
 fn owe(
     entry: &Entry,
-    passed: &Passed,
+    how: (&Passed, &Ticking),
     home: &Path,
     store: &LocalStore,
     now: DateTime<Utc>,
@@ -257,7 +272,7 @@ fn owe(
             return Ok(worst);
         }
         if !covered(entry.schedule, store, fire)? {
-            match run_fire(entry, passed, fire, signals)? {
+            match run_fire(entry, how, fire, signals)? {
                 // A broken entry stays owed from this fire time on: it runs once it is fixed.
                 Fired::Refused => {
                     if let Some(before) = entry.previous(fire) {
@@ -266,6 +281,7 @@ fn owe(
                     return Ok(Fired::Refused);
                 }
                 Fired::NotRun => return Ok(worst),
+                Fired::NotQueued => return Ok(Fired::NotQueued),
                 Fired::Failed => worst = Fired::Failed,
                 Fired::Done => {}
             }
@@ -315,6 +331,9 @@ enum Fired {
     Refused,
     /// Not started: tick was asked to stop first. The fire time stays owed.
     NotRun,
+    /// `tick --submit` could not queue it (the server is unreachable): it stays owed, and tick
+    /// exits 3.
+    NotQueued,
 }
 
 /// `lorch run-job` (or `run-pipeline`) for the window ending at `fire`, after the entry's
@@ -322,7 +341,7 @@ enum Fired {
 /// reaches the run (it is in tick's process group) and is waited out.
 fn run_fire(
     entry: &Entry,
-    passed: &Passed,
+    (passed, ticking): (&Passed, &Ticking),
     fire: DateTime<Utc>,
     signals: &Signals,
 ) -> Result<Fired> {
@@ -333,9 +352,22 @@ fn run_fire(
             return Ok(Fired::NotRun);
         }
     }
-    let mut command = match &s.target {
-        Target::Job(id) => passed.run_job(id.get_ref())?,
-        Target::Pipeline(name) => passed.run_pipeline(name.get_ref())?,
+    let submit = match &s.target {
+        Target::Job(_) => ticking.submit.as_ref(),
+        Target::Pipeline(_) => None,
+    };
+    let mut command = match (&s.target, submit) {
+        (Target::Job(id), Some(nats)) => {
+            let mut command = passed.submit(id.get_ref(), nats.as_deref())?;
+            // The same fire time submitted again (a tick that died before recording it) is
+            // stored once.
+            let key = crate::paths::fnv1a(entry.key().as_bytes());
+            let request_id = format!("schedule-{key:016x}-{}", fire.timestamp());
+            command.args(["--request-id", &request_id]);
+            command
+        }
+        (Target::Job(id), None) => passed.run_job(id.get_ref())?,
+        (Target::Pipeline(name), _) => passed.run_pipeline(name.get_ref())?,
     };
     command.args(["--since", since(s)]);
     command.args([
@@ -377,9 +409,10 @@ fn run_fire(
         command.args(["--param", &param]);
     }
     let status = super::run_child(command, signals)?;
-    Ok(match status.code() {
-        Some(0 | 75) => Fired::Done,
-        Some(2) => Fired::Refused,
+    Ok(match (status.code(), submit) {
+        (Some(0 | 75), _) => Fired::Done,
+        (Some(2), _) => Fired::Refused,
+        (_, Some(_)) => Fired::NotQueued,
         _ => Fired::Failed,
     })
 }

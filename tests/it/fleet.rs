@@ -334,3 +334,65 @@ fn every_request_completes_once_through_a_server_restart() {
         assert_eq!(completed, 1, "request {id}");
     }
 }
+
+#[test]
+fn tick_submit_queues_each_fire_time_once_for_the_workers() {
+    let Some(nats) = Nats::start() else { return };
+    let (_plugins, env) = common::testkit_env();
+    env.write_config(
+        "[[schedule]]\njob = \"testkit/echo\"\ncron = \"0 6 * * *\"\ncatch_up = \"all\"\n",
+    );
+    let tick = |now: &str, url: &str| {
+        env.lorch()
+            .args(["tick", "--quiet", "--submit", "--nats", url])
+            .env("LORCH_NOW", now)
+            .run()
+    };
+    // The server cannot be reached: the fire time stays owed, and tick says so.
+    let nowhere = format!("nats://127.0.0.1:{}", common::bigquery::free_port());
+    tick("2026-11-01T06:00:30Z", &nowhere)
+        .code(3)
+        .stderr_has("cannot connect to NATS");
+    tick("2026-11-01T06:00:30Z", &nats.url).code(0);
+    tick("2026-11-01T06:00:40Z", &nats.url).code(0);
+    tick("2026-11-03T07:00:00Z", &nats.url).code(0);
+    let queued = queue(&env, &nats);
+    assert_eq!(queued["waiting"]["testkit/echo"], 3, "{queued}");
+
+    let worker = env
+        .cmd(&["worker", "--nats", &nats.url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env, &nats, "the runs", |s| {
+        s["in_progress"] == 0
+            && s["waiting"]
+                .as_object()
+                .is_some_and(|w| w.values().all(|n| n == 0))
+    });
+    common::signal(&worker, "TERM");
+    assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+    // Each window once, tiling time from the first fire time's day before.
+    let out = env.run(&["runs", "list", "--json"]);
+    let mut windows: Vec<(String, String)> = out.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "completed")
+        .map(|r| {
+            let at = |k: &str| r[k].as_str().unwrap_or("-")[..10].to_owned();
+            (at("window_since"), at("window_until"))
+        })
+        .collect();
+    windows.sort();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        windows,
+        [
+            pair("2026-10-31", "2026-11-01"),
+            pair("2026-11-01", "2026-11-02"),
+            pair("2026-11-02", "2026-11-03")
+        ]
+    );
+}
