@@ -305,6 +305,18 @@ pub enum EventsCommand {
         #[arg(long, value_name = "TABLE")]
         events_table: Option<String>,
     },
+    /// Print the fleet's events as its workers record them, until Ctrl-C (docs/fleet.md)
+    Follow {
+        /// The NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// From the oldest event the server keeps, not only new ones
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

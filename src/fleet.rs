@@ -24,6 +24,11 @@ const JOBS_SUBJECTS: &str = "lorch.jobs.>";
 /// The stream of requests that will not run: `lorch.dead.PACKAGE.JOB`.
 pub const DEAD_STREAM: &str = "LORCH_DEAD";
 const DEAD_SUBJECTS: &str = "lorch.dead.>";
+/// The stream of the events workers record: `lorch.events.EVENT_TYPE`, each once (its
+/// `event_id` is its `Nats-Msg-Id`), kept 7 days.
+pub const EVENTS_STREAM: &str = "LORCH_EVENTS";
+const EVENTS_SUBJECTS: &str = "lorch.events.>";
+const EVENTS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The durable consumer every worker pulls from.
 pub const WORKERS: &str = "lorch-workers";
 
@@ -223,6 +228,20 @@ impl Connection {
         Ok(stream)
     }
 
+    /// The stream of the fleet's events ([`EVENTS_STREAM`]), created when missing.
+    pub async fn events_stream(&self) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: EVENTS_STREAM.to_owned(),
+            subjects: vec![EVENTS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: EVENTS_KEPT,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        self.stream(config).await
+    }
+
     /// The stream of fleet-wide job locks ([`LOCKS_STREAM`]), created when missing.
     pub async fn locks(&self) -> Result<stream::Stream> {
         let config = stream::Config {
@@ -258,6 +277,28 @@ impl Connection {
             .await
             .with_context(|| format!("cannot open the consumer {WORKERS} on {}", self.url))
     }
+}
+
+/// `lorch.events.EVENT_TYPE`, each token of the type kept to letters, digits, `_` and `-`.
+pub fn event_subject(event_type: &str) -> String {
+    let tokens: Vec<String> = event_type
+        .split('.')
+        .map(|token| {
+            let token: String = token
+                .chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+                    _ => '_',
+                })
+                .collect();
+            if token.is_empty() {
+                "_".to_owned()
+            } else {
+                token
+            }
+        })
+        .collect();
+    format!("lorch.events.{}", tokens.join("."))
 }
 
 /// The lock subject of a job and account: `lorch.locks.PACKAGE.JOB.ACCOUNT` (`_` for none),
@@ -324,6 +365,8 @@ mod tests {
             lock_key("ingester", "extract_gmail", Some("me@x.org")),
             "lorch.locks.ingester.extract_gmail.ame=40x=2Eorg"
         );
+        assert_eq!(event_subject("job.started"), "lorch.events.job.started");
+        assert_eq!(event_subject("a..b c*"), "lorch.events.a._.b_c_");
         let json = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);
     }

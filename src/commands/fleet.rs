@@ -194,6 +194,7 @@ pub fn worker(passed: &Passed, work: Work) -> Result<Exit> {
     let result = connection.runtime.block_on(async {
         let stream = connection.jobs_stream().await?;
         connection.dead_stream().await?;
+        connection.events_stream().await?;
         let consumer = connection
             .workers(&stream, shared.work.max_deliver, shared.work.ack_wait)
             .await?;
@@ -317,6 +318,9 @@ async fn handle(shared: &Shared, message: Message) {
             (3, Value::Null)
         }
     };
+    if let Some(run_id) = summary["run_id"].as_str() {
+        publish_events(shared, run_id).await;
+    }
     // This machine's lock of the job is held by a run not from this queue: later.
     if code == 75 {
         requeue(
@@ -354,6 +358,39 @@ async fn handle(shared: &Shared, message: Message) {
             stderr!("✗ {id} request {request_id}: {reason}; sent to the dead letters");
             dead_letter(shared, &message, Some(&request), delivered, &reason).await;
         }
+    }
+}
+
+/// Publishes the events of the run `run_id`, as this machine's store has them, to the fleet's
+/// events stream (`lorch events follow`); each once, by its event id. A failure is a warning:
+/// the events stay in the store.
+async fn publish_events(shared: &Shared, run_id: &str) {
+    let published = async {
+        let store = crate::events::LocalStore::open_in(&super::lorch_home()?)?;
+        let events = store.list(&crate::events::EventFilter {
+            run_id: Some(run_id.to_owned()),
+            limit: None,
+        })?;
+        let mut acks = Vec::new();
+        for event in &events {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.event_id.as_str());
+            let payload = serde_json::to_vec(event)?;
+            let subject = fleet::event_subject(&event.event_type);
+            acks.push(
+                shared
+                    .jetstream
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = published.await {
+        stderr!("warning: the events of run {run_id} are not in the fleet's event stream: {e:#}");
     }
 }
 
@@ -814,4 +851,40 @@ pub fn dead(
             Ok(Exit::Success)
         }
     }
+}
+
+/// `lorch events follow [--all] [--json]`: the fleet's events as workers publish them, one a
+/// line, until Ctrl-C.
+pub fn follow(nats: Option<&str>, all: bool, json: bool) -> Result<Exit> {
+    let connection = fleet::connect(nats).map_err(unreachable)?;
+    let followed = connection.runtime.block_on(async {
+        let stream = connection.events_stream().await?;
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: match all {
+                    true => async_nats::jetstream::consumer::DeliverPolicy::All,
+                    false => async_nats::jetstream::consumer::DeliverPolicy::New,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut out = output::Stream::new(json);
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            let Ok(event) = serde_json::from_slice::<crate::events::Event>(&message.payload) else {
+                continue;
+            };
+            let line = match json {
+                true => format!("{}\n", serde_json::to_string(&event)?),
+                false => super::format_event(&event, 14),
+            };
+            if !out.write(&line)? || !out.flush()? {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    followed.map_err(unreachable)?;
+    Ok(Exit::Success)
 }

@@ -133,6 +133,9 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Plugins(PluginsCommand::Install { files, to }) => plugins::install(&files, to),
         Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
         Command::Events(EventsCommand::Status { json }) => events::status(json),
+        Command::Events(EventsCommand::Follow { nats, all, json }) => {
+            fleet::follow(nats.as_deref(), all, json)
+        }
         Command::Events(EventsCommand::Flush {
             timeout,
             retry_dead,

@@ -34,6 +34,43 @@ fn wait_for(env: &Env, nats: &Nats, what: &str, done: impl Fn(&Value) -> bool) -
     }
 }
 
+/// `lorch events follow --all --json` until it printed `n` events (a minute at most), then one
+/// second more, to see that no more come.
+fn follow_all(env: &Env, nats: &Nats, n: usize) -> Vec<Value> {
+    use std::io::BufRead as _;
+    let mut follow = env
+        .cmd(&["events", "follow", "--all", "--json", "--nats", &nats.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx
+                .send(serde_json::from_str::<Value>(&line).unwrap())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut events = Vec::new();
+    while events.len() < n {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(event) => events.push(event),
+            Err(_) => break,
+        }
+    }
+    while let Ok(event) = rx.recv_timeout(Duration::from_secs(1)) {
+        events.push(event);
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    events
+}
+
 fn submit(env: &Env, nats: &Nats, args: &[&str]) -> common::Run {
     env.lorch()
         .args(["submit", "--nats", &nats.url])
@@ -109,6 +146,20 @@ fn each_request_runs_once_and_one_that_keeps_failing_ends_in_the_dead_letters() 
         assert_eq!(runs_of(id), 1, "request {id}");
     }
     assert_eq!(runs_of("doomed"), 2);
+
+    // The events stream has every event the worker recorded, each once.
+    let mut recorded: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let streamed = follow_all(&env, &nats, recorded.len());
+    let mut streamed: Vec<&str> = streamed
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    recorded.sort();
+    streamed.sort();
+    assert_eq!(streamed, recorded);
 
     // Queued again from the dead letters, then gone from them.
     env.lorch()
