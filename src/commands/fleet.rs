@@ -59,6 +59,7 @@ pub fn submit(catalog: &Catalog, submit: &Submit) -> Result<Exit> {
     if submit.json {
         output::print_json(&json!({
             "request_id": request.request_id,
+            "submitted_at": request.submitted_at,
             "subject": request.subject(),
             "stream_sequence": ack.sequence,
             "duplicate": ack.duplicate,

@@ -447,3 +447,93 @@ fn tick_submit_queues_each_fire_time_once_for_the_workers() {
         ]
     );
 }
+
+#[test]
+fn three_workers_run_300_mixed_requests_each_to_its_one_end() {
+    let Some(nats) = Nats::start() else { return };
+    let (plugins, first) = common::testkit_env();
+    let machines = [
+        first,
+        Env::new(&[plugins.path()]),
+        Env::new(&[plugins.path()]),
+    ];
+    let counters = tempfile::TempDir::new().unwrap();
+    // (request id, job, what it ends as)
+    let mut requests = Vec::new();
+    for n in 0..300 {
+        let account = format!("a{n}");
+        let counter = format!("counter={}", counters.path().join(n.to_string()).display());
+        let (job, extra, end): (&str, Vec<&str>, &str) = match n % 6 {
+            0..=2 => ("testkit/echo", vec![], "completed"),
+            3 => (
+                "testkit/flaky",
+                vec!["--param", &counter, "--param", "succeed_on=2"],
+                "completed",
+            ),
+            4 => ("testkit/fail_permanently", vec![], "failed"),
+            _ => ("testkit/sleep", vec!["--param", "seconds=0.2"], "completed"),
+        };
+        let mut args = vec![job, "--account", &account, "--quiet"];
+        args.extend(extra);
+        let id = format!("r{n}");
+        args.extend(["--request-id", &id]);
+        submit(&machines[0], &nats, &args).code(0);
+        requests.push((id, job, end));
+    }
+    let workers: Vec<_> = machines
+        .iter()
+        .map(|env| {
+            env.cmd(&["worker", "--nats", &nats.url, "--concurrency", "2"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let status = wait_for(&machines[0], &nats, "300 requests to be done", |s| {
+        s["in_progress"] == 0
+            && s["waiting"]
+                .as_object()
+                .is_some_and(|w| w.values().all(|n| n == 0))
+    });
+    assert_eq!(status["dead"], serde_json::json!([]), "{status}");
+    for worker in workers {
+        common::signal(&worker, "TERM");
+        assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+    }
+
+    let events: Vec<Value> = machines.iter().flat_map(|env| env.all_events()).collect();
+    let of = |id: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["trace_id"] == id && e["event_type"] == kind)
+            .count()
+    };
+    for (id, job, end) in &requests {
+        let (completed, failed) = (of(id, "job.completed"), of(id, "job.failed"));
+        let expected = match (*job, *end) {
+            ("testkit/flaky", _) => (1, 1),
+            (_, "completed") => (1, 0),
+            _ => (0, 1),
+        };
+        assert_eq!((completed, failed), expected, "request {id} ({job})");
+        assert_eq!(of(id, "job.started"), completed + failed, "request {id}");
+    }
+    // The workers' stores and the events stream agree.
+    let mut recorded: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let streamed = follow_all(&machines[0], &nats, recorded.len());
+    let mut streamed: Vec<&str> = streamed
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    recorded.sort();
+    streamed.sort();
+    assert_eq!(streamed.len(), recorded.len());
+    assert!(
+        streamed == recorded,
+        "the events stream and the stores differ"
+    );
+}
