@@ -112,7 +112,7 @@ account of its own so no lock is shared; each worker a machine of its own (its o
 
 From \`lorch submit\` to the run's \`job.started\` with one idle worker (50 requests, one at a
 time): p50 $p50 ms, p99 $p99 ms. A worker runs each request as a \`lorch run-job\` process of its
-own (about the local loop's cost), plus fetching, acknowledging and publishing the run's events;
-on 2 cores, more than two workers add no throughput.
+own (about the local loop's cost), plus fetching, acknowledging and publishing the run's events,
+so one worker does 0.7 of the loop; two workers use both cores, and more add little here.
 MD
 echo "== wrote docs/performance.md (fleet)"
