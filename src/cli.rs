@@ -193,6 +193,10 @@ pub enum Command {
         /// On SIGTERM, how long runs in progress get to end before they are cancelled
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = timearg::duration)]
         grace: Duration,
+        /// Take only these jobs: PACKAGE/JOB, PACKAGE/* or * (give every worker of a server
+        /// --jobs with patterns that do not overlap, or none)
+        #[arg(long, value_name = "PATTERN", default_value = "*", value_parser = crate::fleet::Jobs::parse)]
+        jobs: crate::fleet::Jobs,
     },
     /// The fleet's queue: requests waiting and in progress, dead letters (docs/fleet.md)
     #[command(subcommand)]

@@ -29,6 +29,10 @@ const DEAD_SUBJECTS: &str = "lorch.dead.>";
 pub const EVENTS_STREAM: &str = "LORCH_EVENTS";
 const EVENTS_SUBJECTS: &str = "lorch.events.>";
 const EVENTS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The stream of the workers' heartbeats: `lorch.workers.HOST.PID`, the last of each kept a
+/// minute, so a worker that died leaves `queue status` within a minute.
+pub const WORKERS_STREAM: &str = "LORCH_WORKERS";
+const WORKERS_SUBJECTS: &str = "lorch.workers.>";
 /// The durable consumer every worker pulls from.
 pub const WORKERS: &str = "lorch-workers";
 
@@ -128,46 +132,46 @@ pub struct Connection {
     pub url: String,
 }
 
-/// Connects to `url` (default `LORCH_NATS_URL`, else [`DEFAULT_URL`]).
+/// `url` as lorch prints it: with its password, if it has one, left out.
+pub fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Connects to `url` (default `LORCH_NATS_URL`, else [`DEFAULT_URL`]). Once connected, the
+/// client reconnects by itself when the server restarts.
 pub fn connect(url: Option<&str>) -> Result<Connection> {
-    let url = url
+    let real = url
         .map(str::to_owned)
         .or_else(|| std::env::var(URL_VAR).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let url = shown(&real);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the NATS client")?;
     let client = runtime.block_on(async {
-        async_nats::ConnectOptions::new()
+        let connecting = async_nats::ConnectOptions::new()
             .connection_timeout(CONNECT_TIMEOUT)
-            .retry_on_initial_connect()
             .max_reconnects(None)
-            .connect(url.as_str())
-            .await
+            .connect(real.as_str());
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting).await
     });
     let client = match client {
-        Ok(client) => client,
-        Err(e) => bail!("cannot connect to NATS at {url}: {e}"),
-    };
-    // The first connection: with retry_on_initial_connect the client returns at once, so wait
-    // for it here, up to the timeout.
-    let connected = runtime.block_on(async {
-        let start = tokio::time::Instant::now();
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if start.elapsed() > CONNECT_TIMEOUT {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            bail!("cannot connect to NATS at {url}: {e} (is nats-server running there?)")
         }
-        true
-    });
-    if !connected {
-        bail!(
-            "cannot connect to NATS at {url}: no answer within {}s (is nats-server running, with JetStream on: nats-server -js?)",
+        Err(_) => bail!(
+            "cannot connect to NATS at {url}: no answer within {}s",
             CONNECT_TIMEOUT.as_secs()
-        );
-    }
+        ),
+    };
     // The context spawns its acknowledgement task on the runtime.
     let jetstream = {
         let _inside = runtime.enter();
@@ -209,20 +213,26 @@ impl Connection {
 
     async fn stream(&self, config: stream::Config) -> Result<stream::Stream> {
         let name = config.name.clone();
-        let mut stream = self
+        let stream = self
             .jetstream
             .get_or_create_stream(config.clone())
             .await
             .with_context(|| format!("cannot open the stream {name} on {}", self.url))?;
-        let found = &stream.info().await?.config;
-        if found.subjects != config.subjects || found.retention != config.retention {
+        let settings = |c: &stream::Config| {
+            format!(
+                "subjects {:?}, retention {:?}, {} messages a subject, kept {}",
+                c.subjects,
+                c.retention,
+                // The server says -1 for the default the client sends as 0: no limit.
+                c.max_messages_per_subject.max(0),
+                humantime::format_duration(c.max_age)
+            )
+        };
+        let (found, wanted) = (settings(&stream.cached_info().config), settings(&config));
+        if found != wanted {
             bail!(
-                "the stream {name} on {} has other settings than lorch's (subjects {:?}, retention {:?}; lorch's: {:?}, {:?}); remove it (nats stream rm {name}) or use another server",
-                self.url,
-                found.subjects,
-                found.retention,
-                config.subjects,
-                config.retention
+                "the stream {name} on {} has other settings than lorch's ({found}; lorch's: {wanted}); remove it (nats stream rm {name}) or use another server",
+                self.url
             );
         }
         Ok(stream)
@@ -242,6 +252,20 @@ impl Connection {
         self.stream(config).await
     }
 
+    /// The stream of the workers' heartbeats ([`WORKERS_STREAM`]), created when missing.
+    pub async fn workers_stream(&self) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: WORKERS_STREAM.to_owned(),
+            subjects: vec![WORKERS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(60),
+            storage: stream::StorageType::Memory,
+            ..Default::default()
+        };
+        self.stream(config).await
+    }
+
     /// The stream of fleet-wide job locks ([`LOCKS_STREAM`]), created when missing.
     pub async fn locks(&self) -> Result<stream::Stream> {
         let config = stream::Config {
@@ -256,26 +280,102 @@ impl Connection {
         self.stream(config).await
     }
 
-    /// The workers' durable consumer, created when missing with these settings.
+    /// The durable consumer of the workers that take `jobs` (every job: [`WORKERS`]), created
+    /// when missing with these settings. On a work queue each request belongs to one consumer,
+    /// so the server refuses groups whose jobs overlap: said with what to do.
+    ///
+    /// The server delivers a request again and again (`max_deliver` unlimited): the workers
+    /// count deliveries and send the request to the dead letters, so a request never stays
+    /// stuck after its last delivery.
     pub async fn workers(
         &self,
         stream: &stream::Stream,
-        max_deliver: i64,
+        jobs: &Jobs,
         ack_wait: Duration,
     ) -> Result<consumer::PullConsumer> {
-        stream
+        let name = jobs.consumer();
+        let created = stream
             .get_or_create_consumer(
-                WORKERS,
+                &name,
                 consumer::pull::Config {
-                    durable_name: Some(WORKERS.to_owned()),
+                    durable_name: Some(name.clone()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait,
-                    max_deliver,
+                    max_deliver: -1,
+                    filter_subject: jobs.filter(),
                     ..Default::default()
                 },
             )
-            .await
-            .with_context(|| format!("cannot open the consumer {WORKERS} on {}", self.url))
+            .await;
+        match created {
+            Ok(consumer) => Ok(consumer),
+            Err(e) if e.to_string().contains("workqueue stream") => bail!(
+                "the workers already on {} take jobs that overlap {} ({e}): each request goes to one group of workers, so give every worker --jobs with patterns that do not overlap, or none",
+                self.url,
+                jobs.pattern()
+            ),
+            Err(e) => Err(anyhow::Error::new(e))
+                .with_context(|| format!("cannot open the consumer {name} on {}", self.url)),
+        }
+    }
+}
+
+/// Whether `name` can be a package's or a job's in a subject: letters, digits, `_` and `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The jobs a worker takes (`--jobs`): every job, a package's, or one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Jobs {
+    All,
+    Package(String),
+    Job(String, String),
+}
+
+impl Jobs {
+    /// `*`, `PACKAGE/*` or `PACKAGE/JOB`.
+    pub fn parse(text: &str) -> Result<Jobs, String> {
+        let name = valid_name;
+        match text.split_once('/') {
+            None if text == "*" => Ok(Jobs::All),
+            Some((package, "*")) if name(package) => Ok(Jobs::Package(package.to_owned())),
+            Some((package, job)) if name(package) && name(job) => {
+                Ok(Jobs::Job(package.to_owned(), job.to_owned()))
+            }
+            _ => Err(format!(
+                "'{text}' is not a job pattern; accepted: PACKAGE/JOB, PACKAGE/* or *"
+            )),
+        }
+    }
+
+    fn pattern(&self) -> String {
+        match self {
+            Jobs::All => "*".to_owned(),
+            Jobs::Package(package) => format!("{package}/*"),
+            Jobs::Job(package, job) => format!("{package}/{job}"),
+        }
+    }
+
+    /// The subjects of its requests; empty for every job.
+    fn filter(&self) -> String {
+        match self {
+            Jobs::All => String::new(),
+            Jobs::Package(package) => format!("lorch.jobs.{package}.*"),
+            Jobs::Job(package, job) => format!("lorch.jobs.{package}.{job}"),
+        }
+    }
+
+    /// The consumer its workers share.
+    fn consumer(&self) -> String {
+        match self {
+            Jobs::All => WORKERS.to_owned(),
+            Jobs::Package(package) => format!("{WORKERS}-{package}"),
+            Jobs::Job(package, job) => format!("{WORKERS}-{package}-{job}"),
+        }
     }
 }
 
@@ -301,24 +401,26 @@ pub fn event_subject(event_type: &str) -> String {
     format!("lorch.events.{}", tokens.join("."))
 }
 
-/// The lock subject of a job and account: `lorch.locks.PACKAGE.JOB.ACCOUNT` (`_` for none),
-/// with every byte a subject token should not hold written `=XX`.
-pub fn lock_key(package: &str, job: &str, account: Option<&str>) -> String {
-    let part = |text: &str| {
-        let mut out = String::new();
-        for byte in text.bytes() {
-            match byte {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(byte as char),
-                _ => out.push_str(&format!("={byte:02X}")),
-            }
+/// `text` as one subject token: every byte but letters, digits, `-` and `_` written `=XX`.
+pub fn token(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(byte as char),
+            _ => out.push_str(&format!("={byte:02X}")),
         }
-        out
-    };
+    }
+    out
+}
+
+/// The lock subject of a job and account: `lorch.locks.PACKAGE.JOB.ACCOUNT` (`_` for none),
+/// each a [`token`].
+pub fn lock_key(package: &str, job: &str, account: Option<&str>) -> String {
     format!(
         "lorch.locks.{}.{}.{}",
-        part(package),
-        part(job),
-        account.map_or_else(|| "_".to_owned(), |a| format!("a{}", part(a)))
+        token(package),
+        token(job),
+        account.map_or_else(|| "_".to_owned(), |a| format!("a{}", token(a)))
     )
 }
 
@@ -365,6 +467,16 @@ mod tests {
             lock_key("ingester", "extract_gmail", Some("me@x.org")),
             "lorch.locks.ingester.extract_gmail.ame=40x=2Eorg"
         );
+        assert_eq!(Jobs::parse("*"), Ok(Jobs::All));
+        assert_eq!(
+            Jobs::parse("ingester/*").unwrap().filter(),
+            "lorch.jobs.ingester.*"
+        );
+        assert_eq!(
+            Jobs::parse("ingester/extract_gmail").unwrap().consumer(),
+            "lorch-workers-ingester-extract_gmail"
+        );
+        assert!(Jobs::parse("ingester").is_err() && Jobs::parse("a.b/*").is_err());
         assert_eq!(event_subject("job.started"), "lorch.events.job.started");
         assert_eq!(event_subject("a..b c*"), "lorch.events.a._.b_c_");
         let json = serde_json::to_string(&request).unwrap();

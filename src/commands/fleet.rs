@@ -4,8 +4,9 @@
 //! worker's local store, delivered to BigQuery when configured.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,15 +44,16 @@ pub fn submit(catalog: &Catalog, submit: &Submit) -> Result<Exit> {
     let connection = fleet::connect(submit.nats).map_err(unreachable)?;
     let ack = connection.runtime.block_on(async {
         connection.jobs_stream().await?;
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", request.request_id.as_str());
         let payload = serde_json::to_vec(&request)?;
-        let ack = connection
-            .jetstream
-            .publish_with_headers(request.subject(), headers, payload.into())
-            .await?
-            .await?;
-        anyhow::Ok(ack)
+        let (subject, id) = (request.subject(), &request.request_id);
+        publish_once(
+            &connection.jetstream,
+            subject,
+            id,
+            HeaderMap::new(),
+            payload,
+        )
+        .await
     });
     let ack = ack
         .map_err(|e| e.context(format!("cannot submit to {}", connection.url)))
@@ -82,10 +84,10 @@ fn request(catalog: &Catalog, submit: &Submit) -> Result<Request> {
     let Some((package, job)) = submit
         .job
         .split_once('/')
-        .filter(|(p, j)| !p.is_empty() && !j.is_empty())
+        .filter(|(p, j)| fleet::valid_name(p) && fleet::valid_name(j))
     else {
         return Err(Error::Usage(format!(
-            "invalid job '{}': expected PACKAGE/JOB",
+            "invalid job '{}': expected PACKAGE/JOB, each of letters, digits, _ and -",
             submit.job
         )));
     };
@@ -144,23 +146,91 @@ pub struct Work {
     pub max_deliver: i64,
     pub ack_wait: Duration,
     pub grace: Duration,
+    pub jobs: fleet::Jobs,
 }
 
 /// What the worker's tasks share.
 struct Shared {
     work: Work,
+    /// The consumer's ack wait: progress is sent every third of it.
+    ack_wait: Duration,
+    /// Set once a stop was asked for: a request that got a slot then goes back untouched.
+    stopping: AtomicBool,
     /// The worker's global flags, passed on to each `run-job`.
     config: Option<std::path::PathBuf>,
     plugin_path: Vec<std::path::PathBuf>,
     allow_insecure_plugins: bool,
-    /// The process ids of the runs in progress, to pass a stop on to.
-    running: Mutex<BTreeMap<String, u32>>,
+    /// What the worker is doing: its heartbeat, and the runs to pass a stop on to.
+    activity: Mutex<Activity>,
     jetstream: async_nats::jetstream::Context,
     /// The fleet-wide job locks; `None` when the server would not give the stream (said once).
     locks: Option<stream::Stream>,
 }
 
+/// A worker's heartbeat (`queue status`): who it is, what it runs, what it did.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Activity {
+    /// `HOST:PID`.
+    worker: String,
+    started_at: String,
+    /// Requests in progress, by request id.
+    running: BTreeMap<String, Running>,
+    completed: u64,
+    failed: u64,
+    #[serde(default)]
+    seen_at: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Running {
+    job: String,
+    since: String,
+    /// The `run-job` process, to pass a stop on to.
+    pid: u32,
+}
+
+/// How often a worker says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Publishes the worker's activity every [`HEARTBEAT`], until aborted.
+async fn heartbeat(shared: Arc<Shared>) {
+    loop {
+        beat(&shared).await;
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Publishes the worker's activity now (also when a run starts or ends).
+async fn beat(shared: &Shared) {
+    let beat = {
+        let mut activity = shared.activity();
+        activity.seen_at = crate::timearg::micros(&chrono::Utc::now());
+        serde_json::to_vec(&*activity).expect("JSON")
+    };
+    if let Ok(ack) = shared
+        .jetstream
+        .publish(shared.heartbeat_subject(), beat.into())
+        .await
+    {
+        let _ = ack.await;
+    }
+}
+
 impl Shared {
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `lorch.workers.HOST.PID`.
+    fn heartbeat_subject(&self) -> String {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        format!(
+            "lorch.workers.{}.{}",
+            fleet::token(&host),
+            std::process::id()
+        )
+    }
+
     /// `lorch [the worker's global flags] run-job PACKAGE JOB`.
     fn run_job(&self, id: &str) -> Result<std::process::Command> {
         Passed {
@@ -177,34 +247,63 @@ pub fn worker(passed: &Passed, work: Work) -> Result<Exit> {
     let connection = fleet::connect(work.nats.as_deref()).map_err(unreachable)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
+    let opened = connection.runtime.block_on(async {
+        let stream = connection.jobs_stream().await?;
+        connection.dead_stream().await?;
+        connection.events_stream().await?;
+        let consumer = connection
+            .workers(&stream, &work.jobs, work.ack_wait)
+            .await?;
+        let heartbeats = connection.workers_stream().await?;
+        anyhow::Ok((consumer, heartbeats))
+    });
+    let (consumer, heartbeats) = opened.map_err(unreachable)?;
     let locks = connection.runtime.block_on(connection.locks());
     let locks = locks
         .map_err(|e| {
             stderr!("warning: {e:#}; each run takes only its machine's job lock");
         })
         .ok();
+    // The consumer's, which the first worker set: what the server goes by.
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    if ack_wait != work.ack_wait {
+        stderr!(
+            "warning: the workers' consumer on {} waits {} for news of a request, not --ack-wait {}: the first worker set it",
+            connection.url,
+            humantime::format_duration(ack_wait),
+            humantime::format_duration(work.ack_wait)
+        );
+    }
     let shared = Arc::new(Shared {
         work,
+        ack_wait,
         config: passed.config.map(std::path::Path::to_path_buf),
         plugin_path: passed.plugin_path.to_vec(),
         allow_insecure_plugins: passed.allow_insecure_plugins,
-        running: Mutex::default(),
+        activity: Mutex::new(Activity {
+            worker: format!(
+                "{}:{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            ),
+            started_at: crate::timearg::micros(&chrono::Utc::now()),
+            ..Activity::default()
+        }),
+        stopping: AtomicBool::new(false),
         jetstream: connection.jetstream.clone(),
         locks,
     });
     let result = connection.runtime.block_on(async {
-        let stream = connection.jobs_stream().await?;
-        connection.dead_stream().await?;
-        connection.events_stream().await?;
-        let consumer = connection
-            .workers(&stream, shared.work.max_deliver, shared.work.ack_wait)
-            .await?;
         stderr!(
             "lorch worker: taking requests from {} ({} at a time); stop it with Ctrl-C or SIGTERM",
             connection.url,
             shared.work.concurrency
         );
+        let beating = tokio::spawn(heartbeat(Arc::clone(&shared)));
         pull(&consumer, &shared, &signals).await;
+        beating.abort();
+        // Gone from `queue status` at once, not a minute later.
+        let _ = heartbeats.purge().filter(shared.heartbeat_subject()).await;
         anyhow::Ok(())
     });
     result.map_err(unreachable)?;
@@ -222,11 +321,23 @@ async fn pull(
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.work.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    while signals.received().is_none() {
+    let stopped = async {
+        while signals.received().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::pin!(stopped);
+    loop {
         while tasks.try_join_next().is_some() {}
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
+        // Every slot busy: wait for one, or for a stop (which starts the grace period now).
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit,
+            () = &mut stopped => break,
         };
+        let Ok(permit) = permit else { break };
+        if signals.received().is_some() {
+            break;
+        }
         let batch = consumer
             .batch()
             .max_messages(1)
@@ -254,6 +365,7 @@ async fn pull(
             }
         }
     }
+    shared.stopping.store(true, Ordering::SeqCst);
     stderr!(
         "lorch worker: stopping; {} runs in progress get {} to end",
         tasks.len(),
@@ -264,24 +376,22 @@ async fn pull(
     })
     .await;
     if ended.is_err() {
-        for pid in shared
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            let _ = crate::sys::kill(*pid, libc::SIGTERM);
+        for running in shared.activity().running.values() {
+            let _ = crate::sys::kill(running.pid, libc::SIGTERM);
         }
         while tasks.join_next().await.is_some() {}
     }
 }
 
 /// What became of one request.
+#[derive(Debug, PartialEq)]
 enum Verdict {
     /// Done: completed, or failed for good (a permanent failure).
     Ack,
-    /// Again later, after this long (a retryable failure, a held lock).
+    /// Again later, after this long (a failure that may not happen again).
     Again(Duration),
+    /// Its worker was stopped: for another worker, now.
+    Stopped,
     /// Never: to the dead letters, with this reason.
     Dead(String),
 }
@@ -302,12 +412,26 @@ async fn handle(shared: &Shared, message: Message) {
     let id = format!("{}/{}", request.package, request.job);
     let lock = match FleetLock::take(shared, &message, &request).await {
         Taken::Held(lock) => lock,
+        // An earlier delivery of this very request still runs (its progress reached the server
+        // late): that run acks it; meanwhile it is not run again.
+        Taken::Ours => {
+            let _ = message.ack_with(AckKind::Nak(Some(shared.ack_wait))).await;
+            return;
+        }
         Taken::Busy(holder) => {
             let why = format!("{id} is running elsewhere ({holder})");
             requeue(shared, &message, &request, &why).await;
             return;
         }
     };
+    // A stop came while it waited for its slot or its lock: back, untouched.
+    if shared.stopping.load(Ordering::SeqCst) {
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    }
     let ran = run(shared, &message, &request).await;
     if let Some(lock) = lock {
         lock.release().await;
@@ -322,30 +446,50 @@ async fn handle(shared: &Shared, message: Message) {
     if let Some(run_id) = summary["run_id"].as_str() {
         publish_events(shared, run_id).await;
     }
-    // This machine's lock of the job is held by a run not from this queue: later.
+    // This machine's lock of the job is held by a run not from this queue (cron's): later.
     if code == 75 {
-        requeue(
-            shared,
-            &message,
-            &request,
-            "its job lock is held on this machine",
-        )
-        .await;
+        wait_in_progress(&message, LOCK_WAIT, shared.ack_wait).await;
+        let why = "its job lock is held by another run on this machine";
+        requeue(shared, &message, &request, why).await;
         return;
     }
     let last = delivered >= shared.work.max_deliver;
     let verdict = verdict(code, &summary, delivered, last);
+    settle_request(
+        shared,
+        &message,
+        &request,
+        delivered,
+        (code, &summary),
+        verdict,
+    )
+    .await;
+}
+
+/// Tells the server what became of the request, and says so.
+async fn settle_request(
+    shared: &Shared,
+    message: &Message,
+    request: &Request,
+    delivered: i64,
+    (code, summary): (i32, &Value),
+    verdict: Verdict,
+) {
+    let id = format!("{}/{}", request.package, request.job);
     let run = summary["run_id"].as_str().unwrap_or("-");
     let request_id = &request.request_id;
+    let completed = summary["status"] == "completed";
+    match completed {
+        true => shared.activity().completed += 1,
+        false => shared.activity().failed += 1,
+    }
     match verdict {
         Verdict::Ack => {
-            settle(&message, AckKind::Ack).await;
+            settle(message, AckKind::Ack, request_id).await;
             let status = summary["status"].as_str().unwrap_or("completed");
-            output::print(&format!(
-                "{} {id} request {request_id}: {status} (run {run})\n",
-                if code == 0 { "✓" } else { "✗" }
-            ))
-            .ok();
+            let mark = if completed { "✓" } else { "✗" };
+            let line = format!("{mark} {id} request {request_id}: {status} (run {run})\n");
+            output::print(&line).ok();
         }
         Verdict::Again(delay) => {
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
@@ -355,10 +499,26 @@ async fn handle(shared: &Shared, message: Message) {
                 output::round_duration(delay)
             );
         }
+        // On its last delivery, a fresh message: the stop is not the request's failure.
+        Verdict::Stopped if delivered >= shared.work.max_deliver => {
+            requeue(shared, message, request, "its worker was stopped").await;
+        }
+        Verdict::Stopped => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
         Verdict::Dead(reason) => {
             stderr!("✗ {id} request {request_id}: {reason}; sent to the dead letters");
-            dead_letter(shared, &message, Some(&request), delivered, &reason).await;
+            dead_letter(shared, message, Some(request), delivered, &reason).await;
         }
+    }
+}
+
+/// Holds the request for `wait`, telling the server it is in progress.
+async fn wait_in_progress(message: &Message, wait: Duration, ack_wait: Duration) {
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until {
+        let _ = message.ack_with(AckKind::Progress).await;
+        tokio::time::sleep((ack_wait / 3).min(until - tokio::time::Instant::now())).await;
     }
 }
 
@@ -367,26 +527,28 @@ async fn handle(shared: &Shared, message: Message) {
 /// the events stay in the store.
 async fn publish_events(shared: &Shared, run_id: &str) {
     let published = async {
-        let store = crate::events::LocalStore::open_in(&super::lorch_home()?)?;
-        let events = store.list(&crate::events::EventFilter {
-            run_id: Some(run_id.to_owned()),
-            limit: None,
-        })?;
-        let mut acks = Vec::new();
+        // The store may wait for another process's transaction: not on the runtime's thread,
+        // which sends every run's progress.
+        let run = run_id.to_owned();
+        let events = tokio::task::spawn_blocking(move || {
+            let store = crate::events::LocalStore::open_in(&super::lorch_home()?)?;
+            store.list(&crate::events::EventFilter {
+                run_id: Some(run),
+                limit: None,
+            })
+        })
+        .await??;
         for event in &events {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.event_id.as_str());
-            let payload = serde_json::to_vec(event)?;
             let subject = fleet::event_subject(&event.event_type);
-            acks.push(
-                shared
-                    .jetstream
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await?,
-            );
-        }
-        for ack in acks {
-            ack.await?;
+            let payload = serde_json::to_vec(event)?;
+            publish_once(
+                &shared.jetstream,
+                subject,
+                &event.event_id,
+                HeaderMap::new(),
+                payload,
+            )
+            .await?;
         }
         anyhow::Ok(())
     };
@@ -396,7 +558,8 @@ async fn publish_events(shared: &Shared, run_id: &str) {
 }
 
 /// The verdict of a `run-job` that exited `code` with this `--json` summary, on delivery
-/// `delivered`; `last`: no delivery is left.
+/// `delivered`; `last`: no delivery is left. What the summary says wins over the exit code: a
+/// run that completed but could not record everything (exit 3) is not run again.
 fn verdict(code: i32, summary: &Value, delivered: i64, last: bool) -> Verdict {
     let backoff = crate::backoff::delay(Duration::from_secs(1), delivered.max(1) as u32);
     let reason = || {
@@ -404,11 +567,11 @@ fn verdict(code: i32, summary: &Value, delivered: i64, last: bool) -> Verdict {
             .as_str()
             .map_or_else(|| format!("run-job exited {code}"), str::to_owned)
     };
-    match code {
-        0 => Verdict::Ack,
-        1 if summary["retryable"] == Value::Bool(false) => Verdict::Ack,
-        // The worker was stopped: another worker takes it now.
-        130 | 143 => Verdict::Again(Duration::ZERO),
+    match (code, summary["status"].as_str()) {
+        (_, Some("completed")) => Verdict::Ack,
+        (1, Some("failed")) if summary["retryable"] == false => Verdict::Ack,
+        // The worker was stopped (its SIGTERM, or Ctrl-C).
+        (130 | 143, _) => Verdict::Stopped,
         _ if last => Verdict::Dead(format!("failed {delivered} times: {}", reason())),
         _ => Verdict::Again(backoff),
     }
@@ -422,19 +585,27 @@ async fn run(
 ) -> anyhow::Result<(i32, Value)> {
     let id = format!("{}/{}", request.package, request.job);
     let mut command = shared.run_job(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A process group of its own: a Ctrl-C at the worker's terminal (or a stop of its whole
+    // control group) reaches the worker, which gives the run its grace period.
     command
         .args(request.run_job_args())
         .arg("--json")
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .process_group(0);
     crate::sys::die_with_parent(&mut command);
     let child = command.spawn()?;
+    let running = Running {
+        job: id,
+        since: crate::timearg::micros(&chrono::Utc::now()),
+        pid: child.id(),
+    };
     shared
+        .activity()
         .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(request.request_id.clone(), child.id());
+        .insert(request.request_id.clone(), running);
+    beat(shared).await;
     let mut waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let every = shared.work.ack_wait / 3;
+    let every = shared.ack_wait / 3;
     let output = loop {
         tokio::select! {
             output = &mut waiting => break output,
@@ -443,11 +614,8 @@ async fn run(
             }
         }
     };
-    shared
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&request.request_id);
+    shared.activity().running.remove(&request.request_id);
+    beat(shared).await;
     let output = output??;
     let summary = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     Ok((output.status.code().unwrap_or(3), summary))
@@ -462,14 +630,25 @@ struct FleetLock {
     locks: stream::Stream,
     /// The sequence of the lock's message: the newest renewal's.
     sequence: Arc<AtomicU64>,
+    stop: tokio::sync::oneshot::Sender<()>,
     renewing: tokio::task::JoinHandle<()>,
 }
 
 enum Taken {
     /// Held; `None` when the fleet has no lock stream.
     Held(Option<Box<FleetLock>>),
+    /// Held by an earlier delivery of this same request, still running.
+    Ours,
     /// Held by another worker, said as its holder.
     Busy(String),
+}
+
+/// Who holds a lock: the lock message's payload.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Holder {
+    request_id: String,
+    host: String,
+    pid: u32,
 }
 
 impl FleetLock {
@@ -479,33 +658,42 @@ impl FleetLock {
             return Taken::Held(None);
         };
         let subject = fleet::lock_key(&request.package, &request.job, request.account.as_deref());
-        let holder = serde_json::to_vec(&json!({
-            "request_id": request.request_id,
-            "host": gethostname::gethostname().to_string_lossy(),
-            "pid": std::process::id(),
-        }))
+        let holder = serde_json::to_vec(&Holder {
+            request_id: request.request_id.clone(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id(),
+        })
         .expect("JSON");
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
             match publish_after(&shared.jetstream, &subject, &holder, 0).await {
                 Ok(sequence) => {
-                    return Taken::Held(Some(Box::new(FleetLock::renewed(
-                        shared, locks, subject, holder, sequence,
-                    ))));
+                    let lock = FleetLock::renewed(shared, locks, subject, holder, sequence);
+                    return Taken::Held(Some(Box::new(lock)));
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
                 Err(e) => {
-                    tracing::warn!(
-                        "cannot take the fleet-wide lock {subject} ({e}); running with this machine's lock only"
+                    stderr!(
+                        "warning: cannot take the fleet-wide lock {subject} ({e}); request {} runs with this machine's lock only",
+                        request.request_id
                     );
                     return Taken::Held(None);
                 }
             }
+            let held = locks.get_last_raw_message_by_subject(&subject).await;
+            let held = held
+                .ok()
+                .and_then(|m| serde_json::from_slice::<Holder>(&m.payload).ok());
+            if held
+                .as_ref()
+                .is_some_and(|h| h.request_id == request.request_id)
+            {
+                return Taken::Ours;
+            }
             if tokio::time::Instant::now() >= deadline {
-                let held = locks.get_last_raw_message_by_subject(&subject).await;
                 let holder = held.map_or_else(
-                    |_| "?".to_owned(),
-                    |m| String::from_utf8_lossy(&m.payload).into_owned(),
+                    || "?".to_owned(),
+                    |h| format!("request {} on {}, pid {}", h.request_id, h.host, h.pid),
                 );
                 return Taken::Busy(holder);
             }
@@ -514,7 +702,9 @@ impl FleetLock {
         }
     }
 
-    /// Renews the lock every third of its lifetime while the run goes on.
+    /// Renews the lock every third of its lifetime while the run goes on. A renewal that finds
+    /// the lock gone (the server was away longer than its lifetime) takes it again if it is
+    /// free, and says so loudly if another worker took it.
     fn renewed(
         shared: &Shared,
         locks: &stream::Stream,
@@ -523,15 +713,27 @@ impl FleetLock {
         sequence: u64,
     ) -> FleetLock {
         let sequence = Arc::new(AtomicU64::new(sequence));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let renewing = {
             let (jetstream, sequence) = (shared.jetstream.clone(), Arc::clone(&sequence));
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(fleet::LOCK_TTL / 3).await;
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        () = tokio::time::sleep(fleet::LOCK_TTL / 3) => {}
+                    }
                     let last = sequence.load(Ordering::SeqCst);
-                    match publish_after(&jetstream, &subject, &holder, last).await {
+                    let renewed = match publish_after(&jetstream, &subject, &holder, last).await {
+                        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                            publish_after(&jetstream, &subject, &holder, 0).await
+                        }
+                        renewed => renewed,
+                    };
+                    match renewed {
                         Ok(next) => sequence.store(next, Ordering::SeqCst),
-                        Err(e) => tracing::warn!("cannot renew the fleet-wide lock {subject}: {e}"),
+                        Err(e) => stderr!(
+                            "warning: cannot renew the fleet-wide lock {subject} ({e}): another worker may run the same job and account meanwhile"
+                        ),
                     }
                 }
             })
@@ -539,13 +741,16 @@ impl FleetLock {
         FleetLock {
             locks: locks.clone(),
             sequence,
+            stop,
             renewing,
         }
     }
 
-    /// Lets go: deletes its message (gone already when it expired and another worker took it).
+    /// Lets go, once no renewal is under way: deletes its message (gone already when it
+    /// expired and another worker took it).
     async fn release(self) {
-        self.renewing.abort();
+        let _ = self.stop.send(());
+        let _ = self.renewing.await;
         let _ = self
             .locks
             .delete_message(self.sequence.load(Ordering::SeqCst))
@@ -571,30 +776,44 @@ async fn publish_after(
     Ok(ack.sequence)
 }
 
+/// Publishes `payload` on `subject` with these headers and `id` as its `Nats-Msg-Id`, and
+/// waits for the server to store it (once: a repeated id within two minutes is stored once).
+async fn publish_once(
+    jetstream: &async_nats::jetstream::Context,
+    subject: String,
+    id: &str,
+    mut headers: HeaderMap,
+    payload: Vec<u8>,
+) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
+    headers.insert("Nats-Msg-Id", id);
+    Ok(jetstream
+        .publish_with_headers(subject, headers, payload.into())
+        .await?
+        .await?)
+}
+
 /// Puts the request back at the end of the queue (a new message: the wait does not count as a
 /// delivery), then acks this one.
 async fn requeue(shared: &Shared, message: &Message, request: &Request, why: &str) {
     let sequence = message.info().map_or(0, |i| i.stream_sequence);
-    let mut headers = HeaderMap::new();
     let id = format!("{}.requeued.{sequence}", request.request_id);
-    headers.insert("Nats-Msg-Id", id.as_str());
-    let published = async {
-        shared
-            .jetstream
-            .publish_with_headers(request.subject(), headers, message.payload.clone())
-            .await?
-            .await?;
-        anyhow::Ok(())
-    };
+    let payload = message.payload.to_vec();
+    let published = publish_once(
+        &shared.jetstream,
+        request.subject(),
+        &id,
+        HeaderMap::new(),
+        payload,
+    );
     match published.await {
-        Ok(()) => {
+        Ok(_) => {
             stderr!(
                 "- {}/{} request {}: {why}; queued again",
                 request.package,
                 request.job,
                 request.request_id
             );
-            settle(message, AckKind::Ack).await;
+            settle(message, AckKind::Ack, &request.request_id).await;
         }
         Err(e) => {
             stderr!(
@@ -612,7 +831,7 @@ const SETTLE_FOR: Duration = Duration::from_secs(60);
 
 /// Acks (or terminates) the message and waits for the server to confirm it, trying again while
 /// the server is unreachable; said on stderr when it cannot.
-async fn settle(message: &Message, kind: AckKind) {
+async fn settle(message: &Message, kind: AckKind, request_id: &str) {
     let deadline = tokio::time::Instant::now() + SETTLE_FOR;
     let mut attempt = 1;
     loop {
@@ -620,8 +839,7 @@ async fn settle(message: &Message, kind: AckKind) {
             Ok(()) => return,
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 stderr!(
-                    "warning: the server did not confirm that request {} is done ({e}); it may run again",
-                    message.subject
+                    "warning: the server did not confirm that request {request_id} is done ({e}); it may run again"
                 );
                 return;
             }
@@ -649,24 +867,18 @@ async fn dead_letter(
     let mut headers = HeaderMap::new();
     headers.insert(fleet::REASON_HEADER, reason);
     headers.insert(fleet::DELIVERIES_HEADER, delivered.to_string().as_str());
-    if let Some(request) = request {
-        headers.insert(fleet::REQUEST_HEADER, request.request_id.as_str());
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("{}.dead.{delivered}", request.request_id).as_str(),
-        );
+    // Its message's sequence: the same request dead again (after `queue dead --retry`) is a new
+    // dead letter, not a duplicate.
+    let sequence = message.info().map_or(0, |i| i.stream_sequence);
+    let request_id = request.map_or("", |r| r.request_id.as_str());
+    if request.is_some() {
+        headers.insert(fleet::REQUEST_HEADER, request_id);
     }
-    let published = async {
-        shared
-            .jetstream
-            .publish_with_headers(subject, headers, message.payload.clone())
-            .await?
-            .await?;
-        anyhow::Ok(())
-    };
-    match published.await {
+    let id = format!("{request_id}.dead.{sequence}");
+    let payload = message.payload.to_vec();
+    match publish_once(&shared.jetstream, subject, &id, headers, payload).await {
         // Only once it is a dead letter does the request leave the queue.
-        Ok(()) => settle(message, AckKind::Term).await,
+        Ok(_) => settle(message, AckKind::Term, request_id).await,
         Err(e) => {
             stderr!("warning: cannot publish a dead letter ({e:#}); the request stays queued");
             let _ = message
@@ -720,14 +932,33 @@ async fn dead_letters(connection: &Connection) -> anyhow::Result<Vec<Dead>> {
     Ok(dead)
 }
 
-/// `lorch queue status [--json]`: requests waiting per job, in progress, redelivered, and the
-/// dead letters.
+/// Every live worker's last heartbeat.
+async fn workers(connection: &Connection) -> anyhow::Result<Vec<Activity>> {
+    let stream = connection.workers_stream().await?;
+    let subjects = stream.info_with_subjects("lorch.workers.>").await?;
+    futures_util::pin_mut!(subjects);
+    let mut workers = Vec::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, _) = entry?;
+        if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await
+            && let Ok(activity) = serde_json::from_slice::<Activity>(&message.payload)
+        {
+            workers.push(activity);
+        }
+    }
+    workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+    Ok(workers)
+}
+
+/// `lorch queue status [--json]`: requests queued per job, in progress, redelivered, the
+/// workers and what they run, and the dead letters.
 pub fn status(nats: Option<&str>, json: bool) -> Result<Exit> {
     let connection = fleet::connect(nats).map_err(unreachable)?;
     let found = connection.runtime.block_on(async {
         let stream = connection.jobs_stream().await?;
         let subjects = stream.info_with_subjects("lorch.jobs.>").await?;
-        let mut waiting = BTreeMap::new();
+        // A request stays in the stream until it is acknowledged: waiting or in progress.
+        let mut queued = BTreeMap::new();
         futures_util::pin_mut!(subjects);
         while let Some(entry) = subjects.next().await {
             let (subject, count) = entry?;
@@ -735,37 +966,75 @@ pub fn status(nats: Option<&str>, json: bool) -> Result<Exit> {
                 .strip_prefix("lorch.jobs.")
                 .unwrap_or(&subject)
                 .replacen('.', "/", 1);
-            waiting.insert(job, count);
+            queued.insert(job, count);
         }
-        let consumer = stream.consumer_info(fleet::WORKERS).await.ok();
+        // Every group of workers' consumer (`worker --jobs`).
+        let (mut in_progress, mut redelivered) = (0, 0);
+        let consumers = stream.consumers();
+        futures_util::pin_mut!(consumers);
+        while let Some(info) = consumers.next().await {
+            let info = info?;
+            in_progress += info.num_ack_pending;
+            redelivered += info.num_redelivered;
+        }
         let dead = dead_letters(&connection).await?;
-        anyhow::Ok((waiting, consumer, dead))
+        let workers = workers(&connection).await?;
+        anyhow::Ok((queued, in_progress, redelivered, dead, workers))
     });
-    let (waiting, consumer, dead) = found.map_err(unreachable)?;
-    let in_progress = consumer.as_ref().map_or(0, |c| c.num_ack_pending);
-    let redelivered = consumer.as_ref().map_or(0, |c| c.num_redelivered);
+    let (queued, in_progress, redelivered, dead, workers) = found.map_err(unreachable)?;
     if json {
         output::print_json(&json!({
             "server": connection.url,
-            "waiting": waiting,
+            "queued": queued,
             "in_progress": in_progress,
             "redelivered": redelivered,
+            "workers": workers,
             "dead": dead,
         }))?;
         return Ok(Exit::Success);
     }
     let mut text = format!(
-        "{}: {} requests waiting, {in_progress} in progress ({redelivered} redelivered), {} dead letters\n",
+        "{}: {} requests queued, {in_progress} of them in progress ({redelivered} redelivered); {} workers; {} dead letters\n",
         connection.url,
-        waiting.values().sum::<usize>(),
+        queued.values().sum::<usize>(),
+        workers.len(),
         dead.len()
     );
-    if !waiting.is_empty() {
-        let rows: Vec<Vec<String>> = waiting
+    if !workers.is_empty() {
+        let rows: Vec<Vec<String>> = workers
+            .iter()
+            .map(|w| {
+                let running: Vec<String> = w
+                    .running
+                    .iter()
+                    .map(|(id, r)| format!("{} ({id})", r.job))
+                    .collect();
+                vec![
+                    w.worker.clone(),
+                    if running.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        running.join(", ")
+                    },
+                    w.completed.to_string(),
+                    w.failed.to_string(),
+                    w.seen_at
+                        .get(..19)
+                        .map_or_else(String::new, |t| format!("{t}Z")),
+                ]
+            })
+            .collect();
+        text.push_str(&output::table(
+            &["WORKER", "RUNNING", "COMPLETED", "FAILED", "SEEN"],
+            &rows,
+        ));
+    }
+    if !queued.is_empty() {
+        let rows: Vec<Vec<String>> = queued
             .iter()
             .map(|(job, n)| vec![job.clone(), n.to_string()])
             .collect();
-        text.push_str(&output::table(&["JOB", "WAITING"], &rows));
+        text.push_str(&output::table(&["JOB", "QUEUED"], &rows));
     }
     text.push_str(&dead_table(&dead));
     output::print(&text)?;
@@ -825,14 +1094,16 @@ pub fn dead(
             let message = stream.get_raw_message(letter.sequence).await?;
             let request: Request = serde_json::from_slice(&message.payload)?;
             connection.jobs_stream().await?;
-            let mut headers = HeaderMap::new();
             let retry_id = format!("{}.retry.{}", request.request_id, letter.sequence);
-            headers.insert("Nats-Msg-Id", retry_id.as_str());
-            connection
-                .jetstream
-                .publish_with_headers(request.subject(), headers, message.payload.clone())
-                .await?
-                .await?;
+            let payload = message.payload.to_vec();
+            publish_once(
+                &connection.jetstream,
+                request.subject(),
+                &retry_id,
+                HeaderMap::new(),
+                payload,
+            )
+            .await?;
         }
         stream.delete_message(letter.sequence).await?;
         anyhow::Ok(Some(letter.job.clone()))

@@ -229,6 +229,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             max_deliver,
             ack_wait,
             grace,
+            jobs,
         } => fleet::worker(
             &Passed {
                 config: cli.config.as_deref(),
@@ -242,6 +243,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 max_deliver: i64::from(max_deliver),
                 ack_wait,
                 grace,
+                jobs,
             },
         ),
         Command::Queue(QueueCommand::Status { nats, json }) => fleet::status(nats.as_deref(), json),
@@ -438,8 +440,9 @@ impl Passed<'_> {
     /// `lorch [the parent's global flags] submit PACKAGE/JOB [--quiet] [--nats URL]`.
     fn submit(&self, id: &str, nats: Option<&str>) -> Result<std::process::Command> {
         let mut command = self.lorch(&["submit", id])?;
+        // In its environment, not its arguments, where `ps` would show a password.
         if let Some(url) = nats {
-            command.args(["--nats", url]);
+            command.env(crate::fleet::URL_VAR, url);
         }
         Ok(command)
     }

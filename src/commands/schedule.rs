@@ -369,7 +369,16 @@ fn run_fire(
         (Target::Job(id), None) => passed.run_job(id.get_ref())?,
         (Target::Pipeline(name), _) => passed.run_pipeline(name.get_ref())?,
     };
-    command.args(["--since", since(s)]);
+    // Submitted, a window of its own, from the fire time before: the workers that run the
+    // requests do not share one watermark (docs/fleet.md).
+    let previous = entry
+        .previous(fire)
+        .map(|p| p.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    let from = match (submit, since(s), &previous) {
+        (Some(_), LAST_SUCCESS, Some(previous)) => previous.as_str(),
+        (_, since, _) => since,
+    };
+    command.args(["--since", from]);
     command.args([
         "--until",
         &fire.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -385,7 +394,7 @@ fn run_fire(
                 .previous(fire)
                 .map(|p| p.to_rfc3339_opts(SecondsFormat::AutoSi, true))
         });
-    if since(s) == LAST_SUCCESS
+    if from == LAST_SUCCESS
         && let Some(initial) = initial
     {
         command.args(["--initial-since", &initial]);

@@ -96,7 +96,7 @@ fn each_request_runs_once_and_one_that_keeps_failing_ends_in_the_dead_letters() 
     let failing = submit(&env, &nats, &["testkit/fail", "--request-id", "doomed"]);
     failing.code(0).stdout_is("doomed\n");
     let waiting = queue(&env, &nats);
-    assert_eq!(waiting["waiting"]["testkit/echo"], 4, "{waiting}");
+    assert_eq!(waiting["queued"]["testkit/echo"], 4, "{waiting}");
 
     let worker = env
         .cmd(&[
@@ -113,7 +113,7 @@ fn each_request_runs_once_and_one_that_keeps_failing_ends_in_the_dead_letters() 
         .spawn()
         .unwrap();
     let status = wait_for(&env, &nats, "the queue to empty", |s| {
-        s["waiting"]
+        s["queued"]
             .as_object()
             .is_some_and(|w| w.values().all(|n| n == 0))
             && s["in_progress"] == 0
@@ -168,7 +168,7 @@ fn each_request_runs_once_and_one_that_keeps_failing_ends_in_the_dead_letters() 
         .code(0)
         .stdout_is("doomed (testkit/fail): queued again\n");
     let again = queue(&env, &nats);
-    assert_eq!(again["waiting"]["testkit/fail"], 1, "{again}");
+    assert_eq!(again["queued"]["testkit/fail"], 1, "{again}");
     assert_eq!(again["dead"], serde_json::json!([]));
     env.lorch()
         .args(["queue", "dead", "--nats", &nats.url, "--drop", "doomed"])
@@ -206,9 +206,56 @@ fn an_unreachable_server_is_an_environment_error_and_run_job_is_unaffected() {
         .code(2)
         .stderr_has("yesterday-ish");
     env.lorch()
+        .args([
+            "queue",
+            "status",
+            "--nats",
+            "nats://user:secret@127.0.0.1:1",
+        ])
+        .run()
+        .code(3)
+        .stderr_has("nats://user:***@127.0.0.1:1");
+    env.lorch()
+        .args(["submit", "testkit/echo", "--nats", "not a url"])
+        .run()
+        .code(3)
+        .stderr_has("cannot connect to NATS at not a url");
+    env.lorch()
         .args(["run-job", "testkit", "echo"])
         .run()
         .code(0);
+}
+
+#[test]
+fn workers_with_jobs_take_only_those_and_overlapping_groups_are_refused() {
+    let Some(nats) = Nats::start() else { return };
+    let (_plugins, env) = common::testkit_env();
+    submit(&env, &nats, &["testkit/echo", "--request-id", "e"]).code(0);
+    submit(&env, &nats, &["testkit/fail", "--request-id", "f"]).code(0);
+    let echoes = env
+        .cmd(&["worker", "--nats", &nats.url, "--jobs", "testkit/echo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A job with nothing queued is not listed.
+    let status = wait_for(&env, &nats, "the echo request", |s| {
+        s["queued"]["testkit/echo"].is_null() && s["workers"][0]["completed"] == 1
+    });
+    assert_eq!(status["queued"]["testkit/fail"], 1, "{status}");
+    // Every job would overlap the echo workers' group.
+    env.lorch()
+        .args(["worker", "--nats", &nats.url])
+        .run()
+        .code(3)
+        .stderr_has("take jobs that overlap *");
+    env.lorch()
+        .args(["worker", "--nats", &nats.url, "--jobs", "testkit"])
+        .run()
+        .code(2)
+        .stderr_has("'testkit' is not a job pattern; accepted: PACKAGE/JOB, PACKAGE/* or *");
+    common::signal(&echoes, "TERM");
+    assert_eq!(echoes.wait_with_output().unwrap().status.code(), Some(0));
 }
 
 #[test]
@@ -240,12 +287,21 @@ fn a_request_whose_worker_is_killed_runs_again_on_another_and_the_first_run_is_a
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // queue status names the worker and what it runs.
+    let status = queue(&env, &nats);
+    let running: Vec<String> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["running"].as_object().unwrap().keys().cloned())
+        .collect();
+    assert_eq!(running, std::slice::from_ref(&id), "{status}");
     first.kill().unwrap();
     first.wait().unwrap();
     let second = worker(true);
     wait_for(&env, &nats, "the request to be done", |s| {
         s["in_progress"] == 0
-            && s["waiting"]
+            && s["queued"]
                 .as_object()
                 .is_some_and(|w| w.values().all(|n| n == 0))
     });
@@ -323,7 +379,7 @@ fn runs_of_one_job_and_account_on_two_machines_never_overlap() {
     let workers = [start(&first), start(&second)];
     wait_for(&first, &nats, "both requests to be done", |s| {
         s["in_progress"] == 0
-            && s["waiting"]
+            && s["queued"]
                 .as_object()
                 .is_some_and(|w| w.values().all(|n| n == 0))
     });
@@ -370,7 +426,7 @@ fn every_request_completes_once_through_a_server_restart() {
     nats.restart_after(Duration::from_secs(3));
     wait_for(&env, &nats, "every request to be done", |s| {
         s["in_progress"] == 0
-            && s["waiting"]
+            && s["queued"]
                 .as_object()
                 .is_some_and(|w| w.values().all(|n| n == 0))
     });
@@ -408,7 +464,7 @@ fn tick_submit_queues_each_fire_time_once_for_the_workers() {
     tick("2026-11-01T06:00:40Z", &nats.url).code(0);
     tick("2026-11-03T07:00:00Z", &nats.url).code(0);
     let queued = queue(&env, &nats);
-    assert_eq!(queued["waiting"]["testkit/echo"], 3, "{queued}");
+    assert_eq!(queued["queued"]["testkit/echo"], 3, "{queued}");
 
     let worker = env
         .cmd(&["worker", "--nats", &nats.url])
@@ -418,7 +474,7 @@ fn tick_submit_queues_each_fire_time_once_for_the_workers() {
         .unwrap();
     wait_for(&env, &nats, "the runs", |s| {
         s["in_progress"] == 0
-            && s["waiting"]
+            && s["queued"]
                 .as_object()
                 .is_some_and(|w| w.values().all(|n| n == 0))
     });
@@ -492,7 +548,7 @@ fn three_workers_run_300_mixed_requests_each_to_its_one_end() {
         .collect();
     let status = wait_for(&machines[0], &nats, "300 requests to be done", |s| {
         s["in_progress"] == 0
-            && s["waiting"]
+            && s["queued"]
                 .as_object()
                 .is_some_and(|w| w.values().all(|n| n == 0))
     });
