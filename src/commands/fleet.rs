@@ -127,7 +127,12 @@ fn request(catalog: &Catalog, submit: &Submit) -> Result<Request> {
         account: options.account.clone(),
         since,
         until,
-        initial_since: options.initial_since.clone(),
+        initial_since: match options.initial_since.as_deref() {
+            Some(t) => Some(crate::timearg::micros(
+                &crate::timearg::resolve(t, now).map_err(Error::Usage)?,
+            )),
+            None => None,
+        },
         params: options.params.clone(),
         timeout: duration(options.timeout),
         kill_after: duration(options.kill_after),
@@ -1159,4 +1164,40 @@ pub fn follow(nats: Option<&str>, all: bool, json: bool) -> Result<Exit> {
     });
     followed.map_err(unreachable)?;
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_decides_before_the_exit_code() {
+        let summary = |status: &str, retryable: bool| json!({ "status": status, "retryable": retryable, "message": "boom" });
+        // Completed, though not all its events were recorded: never run again.
+        assert_eq!(
+            verdict(3, &summary("completed", false), 1, false),
+            Verdict::Ack
+        );
+        assert_eq!(
+            verdict(1, &summary("failed", false), 1, false),
+            Verdict::Ack
+        );
+        assert!(matches!(
+            verdict(1, &summary("failed", true), 2, false),
+            Verdict::Again(_)
+        ));
+        assert_eq!(
+            verdict(1, &summary("failed", true), 5, true),
+            Verdict::Dead("failed 5 times: boom".into())
+        );
+        assert_eq!(
+            verdict(143, &summary("failed", true), 5, true),
+            Verdict::Stopped
+        );
+        // No summary at all (run-job could not start): its exit code.
+        assert_eq!(
+            verdict(2, &Value::Null, 3, true),
+            Verdict::Dead("failed 3 times: run-job exited 2".into())
+        );
+    }
 }

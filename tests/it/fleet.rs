@@ -71,6 +71,31 @@ fn follow_all(env: &Env, nats: &Nats, n: usize) -> Vec<Value> {
     events
 }
 
+/// `lorch worker --nats URL ARGS` in `env`, its output discarded.
+fn start_worker(env: &Env, nats: &Nats, args: &[&str]) -> std::process::Child {
+    env.cmd(&["worker", "--nats", &nats.url])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM; the worker lets its runs end and exits 0.
+#[track_caller]
+fn stop(worker: std::process::Child) {
+    common::signal(&worker, "TERM");
+    assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+/// Nothing queued, nothing in progress.
+fn drained(s: &Value) -> bool {
+    s["in_progress"] == 0
+        && s["queued"]
+            .as_object()
+            .is_some_and(|q| q.values().all(|n| n == 0))
+}
+
 fn submit(env: &Env, nats: &Nats, args: &[&str]) -> common::Run {
     env.lorch()
         .args(["submit", "--nats", &nats.url])
@@ -232,12 +257,7 @@ fn workers_with_jobs_take_only_those_and_overlapping_groups_are_refused() {
     let (_plugins, env) = common::testkit_env();
     submit(&env, &nats, &["testkit/echo", "--request-id", "e"]).code(0);
     submit(&env, &nats, &["testkit/fail", "--request-id", "f"]).code(0);
-    let echoes = env
-        .cmd(&["worker", "--nats", &nats.url, "--jobs", "testkit/echo"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let echoes = start_worker(&env, &nats, &["--jobs", "testkit/echo"]);
     // A job with nothing queued is not listed.
     let status = wait_for(&env, &nats, "the echo request", |s| {
         s["queued"]["testkit/echo"].is_null() && s["workers"][0]["completed"] == 1
@@ -254,8 +274,7 @@ fn workers_with_jobs_take_only_those_and_overlapping_groups_are_refused() {
         .run()
         .code(2)
         .stderr_has("'testkit' is not a job pattern; accepted: PACKAGE/JOB, PACKAGE/* or *");
-    common::signal(&echoes, "TERM");
-    assert_eq!(echoes.wait_with_output().unwrap().status.code(), Some(0));
+    stop(echoes);
 }
 
 #[test]
@@ -265,15 +284,7 @@ fn a_request_whose_worker_is_killed_runs_again_on_another_and_the_first_run_is_a
     let out = submit(&env, &nats, &["testkit/sleep", "--param", "seconds=2"]);
     out.code(0);
     let id = out.stdout.trim().to_owned();
-    let worker = |quiet: bool| {
-        let mut cmd = env.cmd(&["worker", "--nats", &nats.url, "--ack-wait", "2s"]);
-        if quiet {
-            cmd.stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }
-        cmd.spawn().unwrap()
-    };
-    let mut first = worker(true);
+    let mut first = start_worker(&env, &nats, &["--ack-wait", "2s"]);
     // Killed once its run has started (the request id is the run's trace id).
     let deadline = Instant::now() + Duration::from_secs(60);
     while !env
@@ -298,15 +309,9 @@ fn a_request_whose_worker_is_killed_runs_again_on_another_and_the_first_run_is_a
     assert_eq!(running, std::slice::from_ref(&id), "{status}");
     first.kill().unwrap();
     first.wait().unwrap();
-    let second = worker(true);
-    wait_for(&env, &nats, "the request to be done", |s| {
-        s["in_progress"] == 0
-            && s["queued"]
-                .as_object()
-                .is_some_and(|w| w.values().all(|n| n == 0))
-    });
-    common::signal(&second, "TERM");
-    assert_eq!(second.wait_with_output().unwrap().status.code(), Some(0));
+    let second = start_worker(&env, &nats, &["--ack-wait", "2s"]);
+    wait_for(&env, &nats, "the request to be done", drained);
+    stop(second);
     let events = env.all_events();
     let ends: Vec<(String, String)> = events
         .iter()
@@ -369,23 +374,13 @@ fn runs_of_one_job_and_account_on_two_machines_never_overlap() {
         ];
         submit(&first, &nats, &args).code(0);
     }
-    let start = |env: &Env| {
-        env.cmd(&["worker", "--nats", &nats.url])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let workers = [start(&first), start(&second)];
-    wait_for(&first, &nats, "both requests to be done", |s| {
-        s["in_progress"] == 0
-            && s["queued"]
-                .as_object()
-                .is_some_and(|w| w.values().all(|n| n == 0))
-    });
+    let workers = [
+        start_worker(&first, &nats, &[]),
+        start_worker(&second, &nats, &[]),
+    ];
+    wait_for(&first, &nats, "both requests to be done", drained);
     for worker in workers {
-        common::signal(&worker, "TERM");
-        assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+        stop(worker);
     }
     let mut spans = completed_spans(&first);
     spans.extend(completed_spans(&second));
@@ -415,23 +410,12 @@ fn every_request_completes_once_through_a_server_restart() {
             out.stdout.trim().to_owned()
         })
         .collect();
-    let worker = env
-        .cmd(&["worker", "--nats", &nats.url, "--concurrency", "2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&env, &nats, &["--concurrency", "2"]);
     // Down while runs are in progress: they end with no server to tell.
     wait_for(&env, &nats, "runs in progress", |s| s["in_progress"] == 2);
-    nats.restart_after(Duration::from_secs(3));
-    wait_for(&env, &nats, "every request to be done", |s| {
-        s["in_progress"] == 0
-            && s["queued"]
-                .as_object()
-                .is_some_and(|w| w.values().all(|n| n == 0))
-    });
-    common::signal(&worker, "TERM");
-    assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+    nats.restart_after(Duration::from_secs(10));
+    wait_for(&env, &nats, "every request to be done", drained);
+    stop(worker);
     let events = env.all_events();
     for id in &ids {
         let completed = events
@@ -466,20 +450,9 @@ fn tick_submit_queues_each_fire_time_once_for_the_workers() {
     let queued = queue(&env, &nats);
     assert_eq!(queued["queued"]["testkit/echo"], 3, "{queued}");
 
-    let worker = env
-        .cmd(&["worker", "--nats", &nats.url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&env, &nats, "the runs", |s| {
-        s["in_progress"] == 0
-            && s["queued"]
-                .as_object()
-                .is_some_and(|w| w.values().all(|n| n == 0))
-    });
-    common::signal(&worker, "TERM");
-    assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+    let worker = start_worker(&env, &nats, &[]);
+    wait_for(&env, &nats, "the runs", drained);
+    stop(worker);
     // Each window once, tiling time from the first fire time's day before.
     let out = env.run(&["runs", "list", "--json"]);
     let mut windows: Vec<(String, String)> = out.json()["runs"]
@@ -538,24 +511,12 @@ fn three_workers_run_300_mixed_requests_each_to_its_one_end() {
     }
     let workers: Vec<_> = machines
         .iter()
-        .map(|env| {
-            env.cmd(&["worker", "--nats", &nats.url, "--concurrency", "2"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
+        .map(|env| start_worker(env, &nats, &["--concurrency", "2"]))
         .collect();
-    let status = wait_for(&machines[0], &nats, "300 requests to be done", |s| {
-        s["in_progress"] == 0
-            && s["queued"]
-                .as_object()
-                .is_some_and(|w| w.values().all(|n| n == 0))
-    });
+    let status = wait_for(&machines[0], &nats, "300 requests to be done", drained);
     assert_eq!(status["dead"], serde_json::json!([]), "{status}");
     for worker in workers {
-        common::signal(&worker, "TERM");
-        assert_eq!(worker.wait_with_output().unwrap().status.code(), Some(0));
+        stop(worker);
     }
 
     let events: Vec<Value> = machines.iter().flat_map(|env| env.all_events()).collect();
@@ -592,4 +553,24 @@ fn three_workers_run_300_mixed_requests_each_to_its_one_end() {
         streamed == recorded,
         "the events stream and the stores differ"
     );
+}
+
+#[test]
+fn a_stream_of_lorchs_name_with_other_settings_is_refused_not_used() {
+    let Some(nats) = Nats::start() else { return };
+    let (_plugins, env) = common::testkit_env();
+    nats.create_stream(
+        r#"{"name":"LORCH_JOBS","subjects":["lorch.jobs.>"],"retention":"limits","storage":"file"}"#,
+    );
+    submit(&env, &nats, &["testkit/echo"])
+        .code(3)
+        .stderr_has("the stream LORCH_JOBS on")
+        .stderr_has(
+            "has other settings than lorch's (subjects [\"lorch.jobs.>\"], retention Limits",
+        );
+    env.lorch()
+        .args(["worker", "--nats", &nats.url])
+        .run()
+        .code(3)
+        .stderr_has("remove it (nats stream rm LORCH_JOBS) or use another server");
 }

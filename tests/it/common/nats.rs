@@ -43,6 +43,36 @@ impl Nats {
         })
     }
 
+    /// Creates a stream with this JetStream configuration (JSON) through the server's API, in
+    /// NATS's own text protocol: what another program sharing the server could do.
+    pub fn create_stream(&self, config: &str) {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let name = serde_json::from_str::<serde_json::Value>(config).unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap(); // INFO
+        write!(
+            stream,
+            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB $JS.API.STREAM.CREATE.{name} _INBOX.test {}\r\n{config}\r\n",
+            config.len()
+        )
+        .unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.starts_with("MSG ") {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                assert!(line.contains("\"config\""), "stream not created: {line}");
+                return;
+            }
+        }
+    }
+
     /// Stops the server, and starts it again on the same port and store after `down`.
     pub fn restart_after(&mut self, down: Duration) {
         let _ = self.child.kill();
