@@ -188,8 +188,9 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
         max_deliver: u16,
         /// How long a request may go without news from its worker before another takes it
-        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = timearg::positive_duration)]
-        ack_wait: Duration,
+        /// [default: 30s; the first worker on a server sets it]
+        #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
+        ack_wait: Option<Duration>,
         /// On SIGTERM, how long runs in progress get to end before they are cancelled
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = timearg::duration)]
         grace: Duration,
@@ -541,10 +542,10 @@ pub enum QueueCommand {
         /// The NATS server [default: LORCH_NATS_URL, else nats://127.0.0.1:4222]
         #[arg(long, value_name = "URL")]
         nats: Option<String>,
-        /// Queue the dead request with this request id again
+        /// Queue the dead request with this request id (or #N: the dead letter's number) again
         #[arg(long, value_name = "REQUEST_ID", conflicts_with = "drop")]
         retry: Option<String>,
-        /// Delete the dead request with this request id
+        /// Delete the dead request with this request id (or #N)
         #[arg(long, value_name = "REQUEST_ID")]
         drop: Option<String>,
         /// One JSON document on stdout

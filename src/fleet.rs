@@ -132,14 +132,64 @@ pub struct Connection {
     pub url: String,
 }
 
-/// `url` as lorch prints it: with its password, if it has one, left out.
+/// `url` as lorch prints it: a password, or a token (`nats://TOKEN@host`), written `***`; each
+/// of a comma-separated list, with or without its scheme.
 pub fn shown(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
+    url.split(',')
+        .map(|one| match credentials(one) {
+            (Some(_), Some(_)) | (Some(_), None) => {
+                let (scheme, rest) = one.split_once("://").unwrap_or(("", one));
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let user = match credentials(one) {
+                    (Some(user), Some(_)) => format!("{user}:***"),
+                    _ => "***".to_owned(),
+                };
+                match scheme {
+                    "" => format!("{user}@{host}"),
+                    scheme => format!("{scheme}://{user}@{host}"),
+                }
+            }
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `text` with its `%XX` escapes decoded (a URL's user and password).
+fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
         }
-        _ => url.to_owned(),
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The user and password (or the token, as a user alone) in a server URL.
+fn credentials(url: &str) -> (Option<String>, Option<String>) {
+    let with_scheme = match url.contains("://") {
+        true => url.to_owned(),
+        false => format!("nats://{url}"),
+    };
+    match url::Url::parse(&with_scheme) {
+        Ok(parsed) if !parsed.username().is_empty() => (
+            Some(unescape(parsed.username())),
+            parsed.password().map(unescape),
+        ),
+        _ => (None, None),
     }
 }
 
@@ -155,8 +205,19 @@ pub fn connect(url: Option<&str>) -> Result<Connection> {
         .enable_all()
         .build()
         .context("cannot start the NATS client")?;
+    if real.trim().is_empty() {
+        bail!("the NATS server's URL is empty: give one, e.g. nats://127.0.0.1:4222");
+    }
+    // The client does not read credentials from the URL: they go in its options.
+    let options = match credentials(real.split(',').next().unwrap_or_default()) {
+        (Some(user), Some(password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        (Some(token), None) => async_nats::ConnectOptions::with_token(token),
+        _ => async_nats::ConnectOptions::new(),
+    };
     let client = runtime.block_on(async {
-        let connecting = async_nats::ConnectOptions::new()
+        let connecting = options
             .connection_timeout(CONNECT_TIMEOUT)
             .max_reconnects(None)
             .connect(real.as_str());
@@ -164,9 +225,7 @@ pub fn connect(url: Option<&str>) -> Result<Connection> {
     });
     let client = match client {
         Ok(Ok(client)) => client,
-        Ok(Err(e)) => {
-            bail!("cannot connect to NATS at {url}: {e} (is nats-server running there?)")
-        }
+        Ok(Err(e)) => bail!("cannot connect to NATS at {url}: {e}"),
         Err(_) => bail!(
             "cannot connect to NATS at {url}: no answer within {}s",
             CONNECT_TIMEOUT.as_secs()
@@ -369,12 +428,14 @@ impl Jobs {
         }
     }
 
-    /// The consumer its workers share.
+    /// The consumer its workers share: named after the pattern, and its hash, so that `x-y/z`
+    /// and `x/y-z` are two.
     fn consumer(&self) -> String {
+        let hash = crate::paths::fnv1a(self.pattern().as_bytes()) as u32;
         match self {
             Jobs::All => WORKERS.to_owned(),
-            Jobs::Package(package) => format!("{WORKERS}-{package}"),
-            Jobs::Job(package, job) => format!("{WORKERS}-{package}-{job}"),
+            Jobs::Package(package) => format!("{WORKERS}-{package}-{hash:08x}"),
+            Jobs::Job(package, job) => format!("{WORKERS}-{package}-{job}-{hash:08x}"),
         }
     }
 }
@@ -472,9 +533,25 @@ mod tests {
             Jobs::parse("ingester/*").unwrap().filter(),
             "lorch.jobs.ingester.*"
         );
+        assert!(
+            Jobs::parse("ingester/extract_gmail")
+                .unwrap()
+                .consumer()
+                .starts_with("lorch-workers-ingester-extract_gmail-")
+        );
+        assert_ne!(
+            Jobs::parse("x-y/z").unwrap().consumer(),
+            Jobs::parse("x/y-z").unwrap().consumer()
+        );
+        assert_eq!(shown("nats://u:secret@h:4222"), "nats://u:***@h:4222");
         assert_eq!(
-            Jobs::parse("ingester/extract_gmail").unwrap().consumer(),
-            "lorch-workers-ingester-extract_gmail"
+            shown("u:secret@h:4222,nats://tok@g"),
+            "u:***@h:4222,nats://***@g"
+        );
+        assert_eq!(shown("nats://h:4222"), "nats://h:4222");
+        assert_eq!(
+            credentials("nats://alice:a%2Fb+c@h"),
+            (Some("alice".into()), Some("a/b+c".into()))
         );
         assert!(Jobs::parse("ingester").is_err() && Jobs::parse("a.b/*").is_err());
         assert_eq!(event_subject("job.started"), "lorch.events.job.started");

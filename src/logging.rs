@@ -48,10 +48,15 @@ pub fn init() {
     JSON.store(json, Ordering::Relaxed);
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    // The NATS client says "connected" at info for every connection: only its warnings show.
+    // The NATS client says "connected" for every connection, and logs what lorch reports
+    // itself (a refused password): shown only when debugging.
+    let nats = match max >= LevelFilter::DEBUG {
+        true => max,
+        false => LevelFilter::OFF,
+    };
     let quiet = tracing_subscriber::filter::Targets::new()
         .with_default(max)
-        .with_target("async_nats", LevelFilter::WARN.min(max));
+        .with_target("async_nats", nats);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -40,6 +40,13 @@ pub struct Submit<'a> {
 }
 
 pub fn submit(catalog: &Catalog, submit: &Submit) -> Result<Exit> {
+    if let Some(id) = submit.request_id
+        && (id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
+    {
+        return Err(Error::Usage(format!(
+            "invalid --request-id {id:?}: expected 1 to 256 characters, no control characters"
+        )));
+    }
     let request = request(catalog, submit)?;
     let connection = fleet::connect(submit.nats).map_err(unreachable)?;
     let ack = connection.runtime.block_on(async {
@@ -150,6 +157,8 @@ pub struct Work {
     pub concurrency: usize,
     pub max_deliver: i64,
     pub ack_wait: Duration,
+    /// Whether `--ack-wait` was given (else: the default, and no warning).
+    pub ack_wait_given: bool,
     pub grace: Duration,
     pub jobs: fleet::Jobs,
 }
@@ -271,7 +280,7 @@ pub fn worker(passed: &Passed, work: Work) -> Result<Exit> {
         .ok();
     // The consumer's, which the first worker set: what the server goes by.
     let ack_wait = consumer.cached_info().config.ack_wait;
-    if ack_wait != work.ack_wait {
+    if work.ack_wait_given && ack_wait != work.ack_wait {
         stderr!(
             "warning: the workers' consumer on {} waits {} for news of a request, not --ack-wait {}: the first worker set it",
             connection.url,
@@ -1097,7 +1106,11 @@ pub fn dead(
         let stream = connection.dead_stream().await?;
         if retry.is_some() {
             let message = stream.get_raw_message(letter.sequence).await?;
-            let request: Request = serde_json::from_slice(&message.payload)?;
+            let request: Request = serde_json::from_slice(&message.payload).map_err(|_| {
+                anyhow::anyhow!(
+                    "dead letter {id} is not a lorch run request: it can only be dropped (--drop)"
+                )
+            })?;
             connection.jobs_stream().await?;
             let retry_id = format!("{}.retry.{}", request.request_id, letter.sequence);
             let payload = message.payload.to_vec();
@@ -1134,33 +1147,48 @@ pub fn dead(
 /// line, until Ctrl-C.
 pub fn follow(nats: Option<&str>, all: bool, json: bool) -> Result<Exit> {
     let connection = fleet::connect(nats).map_err(unreachable)?;
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let followed = connection.runtime.block_on(async {
         let stream = connection.events_stream().await?;
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: match all {
-                    true => async_nats::jetstream::consumer::DeliverPolicy::All,
-                    false => async_nats::jetstream::consumer::DeliverPolicy::New,
-                },
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
         let mut out = output::Stream::new(json);
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            let Ok(event) = serde_json::from_slice::<crate::events::Event>(&message.payload) else {
+        let mut from = match all {
+            true => DeliverPolicy::All,
+            false => DeliverPolicy::New,
+        };
+        // A server restart ends the consumer: a new one goes on after the last event printed.
+        loop {
+            let consumer = stream.create_consumer(OrderedConfig {
+                deliver_policy: from,
+                ..Default::default()
+            });
+            let messages = match consumer.await {
+                Ok(consumer) => consumer.messages().await.map_err(anyhow::Error::new),
+                Err(e) => Err(anyhow::Error::new(e)),
+            };
+            let Ok(mut messages) = messages else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            let line = match json {
-                true => format!("{}\n", serde_json::to_string(&event)?),
-                false => super::format_event(&event, 14),
-            };
-            if !out.write(&line)? || !out.flush()? {
-                break;
+            while let Some(Ok(message)) = messages.next().await {
+                if let Ok(info) = message.info() {
+                    from = DeliverPolicy::ByStartSequence {
+                        start_sequence: info.stream_sequence + 1,
+                    };
+                }
+                let Ok(event) = serde_json::from_slice::<crate::events::Event>(&message.payload)
+                else {
+                    continue;
+                };
+                let line = match json {
+                    true => format!("{}\n", serde_json::to_string(&event)?),
+                    false => super::format_event(&event, 14),
+                };
+                if !out.write(&line)? || !out.flush()? {
+                    return anyhow::Ok(());
+                }
             }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        anyhow::Ok(())
     });
     followed.map_err(unreachable)?;
     Ok(Exit::Success)

@@ -217,7 +217,7 @@ fn an_unreachable_server_is_an_environment_error_and_run_job_is_unaffected() {
         .env("LORCH_NATS_URL", &url)
         .run()
         .code(3)
-        .stderr_has("is nats-server running");
+        .stderr_has("Connection refused");
     env.lorch()
         .args([
             "submit",
@@ -573,4 +573,26 @@ fn a_stream_of_lorchs_name_with_other_settings_is_refused_not_used() {
         .run()
         .code(3)
         .stderr_has("remove it (nats stream rm LORCH_JOBS) or use another server");
+}
+
+#[test]
+fn a_server_with_users_takes_the_user_and_password_from_the_url_and_lorch_never_prints_it() {
+    let Some(nats) = Nats::start_with(&["--user", "alice", "--pass", "s3cr+t/pw"]) else {
+        return;
+    };
+    let (_plugins, env) = common::testkit_env();
+    let port = nats.url.rsplit(':').next().unwrap();
+    let with = |password: &str| format!("nats://alice:{password}@127.0.0.1:{port}");
+    let out = env
+        .lorch()
+        .args(["queue", "status"])
+        .env("LORCH_NATS_URL", with("s3cr+t%2Fpw"))
+        .run();
+    out.code(0).stdout_has("nats://alice:***@127.0.0.1:");
+    let wrong = env
+        .lorch()
+        .args(["submit", "testkit/echo", "--nats", &with("guess")])
+        .run();
+    wrong.code(3).stderr_has("authorization violation");
+    assert!(!wrong.stderr.contains("guess"), "{wrong:?}");
 }

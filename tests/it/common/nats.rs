@@ -11,6 +11,8 @@ use tempfile::TempDir;
 pub struct Nats {
     child: Child,
     port: u16,
+    /// What `nats-server` was started with besides JetStream, its port and store.
+    extra: Vec<String>,
     /// `nats://127.0.0.1:PORT`, what `--nats` takes.
     pub url: String,
     store: TempDir,
@@ -19,6 +21,11 @@ pub struct Nats {
 impl Nats {
     /// A server, or `None` (said loudly) when `nats-server` is not installed here.
     pub fn start() -> Option<Nats> {
+        Nats::start_with(&[])
+    }
+
+    /// A server started with these options too (`--user`, `--pass`), or `None` as [`start`].
+    pub fn start_with(extra: &[&str]) -> Option<Nats> {
         let installed = Command::new("nats-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -35,9 +42,11 @@ impl Nats {
         }
         let store = TempDir::new().unwrap();
         let port = super::bigquery::free_port();
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         Some(Nats {
-            child: serve(port, &store),
+            child: serve(port, &store, &extra),
             port,
+            extra,
             url: format!("nats://127.0.0.1:{port}"),
             store,
         })
@@ -78,15 +87,16 @@ impl Nats {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down);
-        self.child = serve(self.port, &self.store);
+        self.child = serve(self.port, &self.store, &self.extra);
     }
 }
 
 /// `nats-server` with JetStream on `port`, its store in `store`, once it takes connections.
-fn serve(port: u16, store: &TempDir) -> Child {
+fn serve(port: u16, store: &TempDir, extra: &[String]) -> Child {
     let child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(store.path())
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
