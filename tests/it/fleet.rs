@@ -96,6 +96,26 @@ fn drained(s: &Value) -> bool {
             .is_some_and(|q| q.values().all(|n| n == 0))
 }
 
+/// The events stream holds exactly `recorded` (the workers' stores), each once.
+#[track_caller]
+fn assert_streamed(env: &Env, nats: &Nats, recorded: &[Value]) {
+    let ids = |events: &[Value]| {
+        let mut ids: Vec<String> = events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let streamed = follow_all(env, nats, recorded.len());
+    let (streamed, recorded) = (ids(&streamed), ids(recorded));
+    assert_eq!(streamed.len(), recorded.len());
+    assert!(
+        streamed == recorded,
+        "the events stream and the stores differ"
+    );
+}
+
 fn submit(env: &Env, nats: &Nats, args: &[&str]) -> common::Run {
     env.lorch()
         .args(["submit", "--nats", &nats.url])
@@ -173,18 +193,7 @@ fn each_request_runs_once_and_one_that_keeps_failing_ends_in_the_dead_letters() 
     assert_eq!(runs_of("doomed"), 2);
 
     // The events stream has every event the worker recorded, each once.
-    let mut recorded: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    let streamed = follow_all(&env, &nats, recorded.len());
-    let mut streamed: Vec<&str> = streamed
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    recorded.sort();
-    streamed.sort();
-    assert_eq!(streamed, recorded);
+    assert_streamed(&env, &nats, &events);
 
     // Queued again from the dead letters, then gone from them.
     env.lorch()
@@ -537,22 +546,7 @@ fn three_workers_run_300_mixed_requests_each_to_its_one_end() {
         assert_eq!(of(id, "job.started"), completed + failed, "request {id}");
     }
     // The workers' stores and the events stream agree.
-    let mut recorded: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    let streamed = follow_all(&machines[0], &nats, recorded.len());
-    let mut streamed: Vec<&str> = streamed
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    recorded.sort();
-    streamed.sort();
-    assert_eq!(streamed.len(), recorded.len());
-    assert!(
-        streamed == recorded,
-        "the events stream and the stores differ"
-    );
+    assert_streamed(&machines[0], &nats, &events);
 }
 
 #[test]
