@@ -202,7 +202,7 @@ fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
                 Err(e) if e.is_timeout() => {
                     format!("no answer within {}", humantime::format_duration(timeout))
                 }
-                Err(e) => causes(&e),
+                Err(e) => crate::error::describe(&e),
             };
             let wait = crate::backoff::delay(Duration::from_millis(500), attempt);
             if tokio::time::Instant::now() + wait >= deadline {
@@ -213,20 +213,6 @@ fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
             attempt += 1;
         }
     })
-}
-
-/// An error and its causes, `: `-joined (reqwest's own message hides "connection refused").
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text = format!("{text}: {line}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

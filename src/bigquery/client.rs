@@ -114,7 +114,7 @@ impl Client {
         let (auth, api) = built.map_err(|e| {
             Failure::Fatal(format!(
                 "cannot set up BigQuery credentials: {}",
-                describe(&e)
+                crate::error::describe(&e)
             ))
         })?;
         Ok(Client {
@@ -503,28 +503,17 @@ fn classify(error: &BQError, table: &Table, endpoint: &str) -> Failure {
             _ => Failure::Transient(format!("cannot reach {endpoint}: {}", root_cause(e))),
         },
         BQError::YupAuthError(yup_oauth2::Error::HttpError(_))
-        | BQError::YupAuthError(yup_oauth2::Error::LowLevelError(_)) => Failure::Transient(
-            format!("cannot reach the token endpoint: {}", describe(error)),
+        | BQError::YupAuthError(yup_oauth2::Error::LowLevelError(_)) => {
+            Failure::Transient(format!(
+                "cannot reach the token endpoint: {}",
+                crate::error::describe(error)
+            ))
+        }
+        BQError::YupAuthError(_) | BQError::AuthError(_) | BQError::NoToken => Failure::Fatal(
+            format!("cannot get a token: {}", crate::error::describe(error)),
         ),
-        BQError::YupAuthError(_) | BQError::AuthError(_) | BQError::NoToken => {
-            Failure::Fatal(format!("cannot get a token: {}", describe(error)))
-        }
-        _ => Failure::Fatal(describe(error)),
+        _ => Failure::Fatal(crate::error::describe(error)),
     }
-}
-
-/// The error and its causes on one line.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The innermost cause: "Connection refused (os error 111)" rather than every layer above it.
