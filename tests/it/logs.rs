@@ -104,6 +104,48 @@ fn a_job_that_crashes_mid_line_keeps_what_it_wrote_in_order() {
     );
 }
 
+/// Lines at and around the 16 KiB cut, unended, and 20 MB of 20,000-byte lines under a
+/// timeout: each run ends with its own outcome, its lines kept in pieces (docs/faults.md).
+#[test]
+fn long_lines_at_the_cut_end_with_the_runs_own_outcome() {
+    let (_plugins, env) = common::testkit_env();
+    for len in [16_383, 16_384, 16_385, 70_000] {
+        let partial = format!("partial={}", "x".repeat(len));
+        let run = env
+            .lorch()
+            .args([
+                "run-job", "testkit", "chatty", "--quiet", "--param", &partial,
+            ])
+            .run();
+        run.code(0);
+        let lines = logged(&env, &["last"]);
+        let kept: usize = texts(&lines).iter().map(|t| t.len()).sum();
+        assert_eq!((kept, lines.len()), (len, len.div_ceil(16 << 10)), "{len}");
+    }
+    let run = env
+        .lorch()
+        .args(["run-job", "testkit", "chatty", "--quiet", "--timeout", "2m"])
+        .args(["--param", "stdout=1000", "--param", "width=20000"])
+        .args(["--param", "end=fail"])
+        .run();
+    run.code(1).stderr_has("chatty failed as asked");
+    let lines = logged(&env, &["last"]);
+    let (last, pieces) = texts(&lines)
+        .split_last()
+        .map(|(l, p)| (*l, p.to_vec()))
+        .unwrap();
+    assert_eq!(last, "giving up");
+    // Each line in two pieces (16,384 + 3,616 bytes); the newest 4 to 8 MiB of them kept.
+    let sizes: Vec<usize> = pieces.iter().map(|t| t.len()).collect();
+    assert!(sizes.len() > 200, "{}", sizes.len());
+    assert!(
+        sizes
+            .iter()
+            .all(|&n| n == 16 << 10 || n == 20_000 - (16 << 10))
+    );
+    assert!(pieces.last().unwrap().starts_with('x'));
+}
+
 #[test]
 fn each_attempt_keeps_its_own_lines_and_follow_reads_to_the_end_of_the_run() {
     let (_plugins, env) = common::testkit_env();

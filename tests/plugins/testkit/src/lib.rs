@@ -448,7 +448,7 @@ lorch_plugin_api::job! {
     /// Prints `--param stdout=N` lines to stdout and `--param stderr=N` to stderr, logs
     /// `--param logs=N` lines, writes `--param partial=TEXT` with no newline, then ends as
     /// `--param end=` says: `ok`, `fail` or `segfault`; `--param every=SECONDS` between stdout
-    /// lines.
+    /// lines, `--param width=BYTES` pads each stdout line with `x` to that length.
     package = "testkit",
     name = "chatty",
     params = [
@@ -458,6 +458,7 @@ lorch_plugin_api::job! {
         ParamSpec::string("partial").help("Text to write last, with no newline"),
         ParamSpec::string("end").default("ok").help("ok, fail or segfault"),
         ParamSpec::float("every").default("0").help("Seconds to wait after each stdout line"),
+        ParamSpec::int("width").default("0").help("Bytes of each stdout line, padded with x"),
     ],
     run = chatty,
 }
@@ -465,8 +466,15 @@ lorch_plugin_api::job! {
 fn chatty(ctx: &Context, args: &Args) -> JobResult {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
+    let width = usize::try_from(args.params.int("width").unwrap_or(0)).unwrap_or(0);
     for i in 0..args.params.int("stdout").unwrap_or(0) {
-        writeln!(out, "out {i}").map_err(|e| JobError::new(e.to_string()))?;
+        let line = format!("out {i}");
+        writeln!(
+            out,
+            "{line}{}",
+            "x".repeat(width.saturating_sub(line.len()))
+        )
+        .map_err(|e| JobError::new(e.to_string()))?;
         std::thread::sleep(std::time::Duration::from_secs_f64(
             args.params.float("every").unwrap_or(0.0),
         ));
