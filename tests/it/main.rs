@@ -21,4 +21,5 @@ mod runs;
 mod schedules;
 mod status;
 mod supervision;
+mod trust;
 mod windows;

@@ -11,19 +11,30 @@
 
 use std::fs::Metadata;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use rusqlite::Connection;
 
-/// The directory of the store: created when missing, and a clear error when it cannot be.
+/// The directory of the store: created when missing (private: `0700`, the store holds the
+/// jobs' output and payloads), made private when it is yours and others can read it, and a
+/// clear error when it cannot be made.
 pub fn prepare_dir(path: &Path) -> Result<()> {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
-    match std::fs::create_dir_all(dir) {
-        Ok(()) => Ok(()),
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    match made {
+        Ok(()) => {
+            make_private(dir, 0o700);
+            Ok(())
+        }
         Err(_) if dir.exists() && !dir.is_dir() => bail!(
             "{} is not a directory: LORCH_HOME must be a directory lorch can write (unset it, or point it at a directory)",
             dir.display()
@@ -43,7 +54,12 @@ pub fn create_if_missing(path: &Path, init: impl Fn(&Connection) -> Result<()>) 
     let made = (|| {
         // The plain file first, for the operating system's own words when the directory
         // cannot be written (SQLite's are "unable to open database file").
-        std::fs::File::create_new(&tmp).map_err(|e| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| {
             let dir = path.parent().unwrap_or(Path::new("."));
             anyhow!(
                 "cannot create a new event store in {}: {e}; lorch needs to write that directory (check its owner and permissions, or set LORCH_HOME to a directory you can write)",
@@ -85,11 +101,20 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Refuses a file that cannot be a lorch store before SQLite sees it: an empty one (lorch
-/// never leaves one), or something else than a regular file.
+/// never leaves one), or something else than a regular file. A store of yours that others can
+/// read is made private (`0600`, with its `-wal` and `-shm`, which SQLite creates with the
+/// store's own mode).
 pub fn check_existing(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
+    }
+    for file in [
+        path.to_owned(),
+        with_suffix(path, "-wal"),
+        with_suffix(path, "-shm"),
+    ] {
+        make_private(&file, 0o600);
     }
     if meta.len() == 0 {
         return Err(anyhow!(
@@ -99,6 +124,28 @@ pub fn check_existing(path: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Takes the permissions of group and others off `path` when this user owns it and they have
+/// any, saying so (then never again: the mode stays). Another user's file is left as it is.
+fn make_private(path: &Path, mode: u32) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let was = meta.mode() & 0o7777;
+    if was & 0o077 == 0 || meta.uid() != crate::sys::euid() || meta.file_type().is_symlink() {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        Ok(()) => tracing::warn!(
+            "made {} private (mode {was:04o} -> {mode:04o}): it holds the jobs' output and payloads",
+            path.display()
+        ),
+        Err(e) => tracing::warn!(
+            "{} is readable by other users (mode {was:04o}) and cannot be made private: {e}",
+            path.display()
+        ),
+    }
 }
 
 /// The hint for a store lorch cannot use.

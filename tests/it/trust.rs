@@ -1,0 +1,56 @@
+//! The third round of attacks on lorch's newer surfaces (store permissions, resume, backfill,
+//! accounts, schedules, values nobody should give): each test is a row of docs/faults.md that
+//! failed before its fix.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use crate::common;
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The store holds every payload, object and failed job's last lines: its directory is 0700
+/// and its files 0600 whatever the umask, and an existing home others can read is repaired,
+/// said once.
+#[test]
+fn the_store_is_readable_by_its_owner_only_and_an_open_one_is_repaired_once() {
+    let (_plugins, env) = common::testkit_env();
+    let home = env.home.path().join("lorch");
+    let mut cmd = env.cmd(&["run-job", "testkit", "echo", "--quiet"]);
+    // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&home), 0o700);
+    for file in ["events.db", "events.db-wal", "events.db-shm"] {
+        let path = home.join(file);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+    }
+
+    // A home made by an earlier lorch, open to everyone: repaired, and said so once.
+    chmod(&home, 0o755);
+    chmod(&home.join("events.db"), 0o644);
+    let first = env.lorch().args(["runs", "list"]).run();
+    first
+        .code(0)
+        .stderr_has("made ")
+        .stderr_has("private (mode 0755 -> 0700)");
+    first.stderr_has("private (mode 0644 -> 0600)");
+    assert_eq!((mode(&home), mode(&home.join("events.db"))), (0o700, 0o600));
+    let again = env.lorch().args(["runs", "list"]).run();
+    again.code(0);
+    assert!(!again.stderr.contains("private"), "{}", again.stderr);
+}
