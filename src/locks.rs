@@ -10,7 +10,7 @@
 //! could have made (a UUID) before it becomes part of a path.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek as _, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -154,8 +154,17 @@ pub fn acquire(
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(TryLockError::WouldBlock) => {
+                // The holder writes itself in just after taking the lock: give it 100 ms.
                 let mut text = String::new();
-                file.read_to_string(&mut text)?;
+                for _ in 0..20 {
+                    text.clear();
+                    file.seek(io::SeekFrom::Start(0))?;
+                    file.read_to_string(&mut text)?;
+                    if !text.trim().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 let mut words = text.split_whitespace();
                 let run_id = words.next().map(str::to_owned);
                 let pid = words.next().and_then(|p| p.parse().ok());

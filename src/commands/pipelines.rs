@@ -143,10 +143,18 @@ pub fn run(catalog: &Catalog, request: &Request) -> Result<Exit> {
         store = store.queue_for_delivery(Outbox::default());
     }
     super::reap_all(&store, &home)?;
+    let id = Uuid::now_v7().to_string();
+    // Two `--resume` of one run at once: one decides, the other is told who (docs/pipelines.md).
+    let _resuming = match request.resume {
+        // Not a run id: `window` says there is no such run.
+        Some(resumed) if locks::valid_run_id(resumed) => {
+            Some(resume_lock(&home, resumed, &id, &signals)?)
+        }
+        _ => None,
+    };
     let shared = window(&store, pipeline, request)?;
     let steps = plan_steps(catalog, &config, pipeline, &shared, &home, &store)?;
 
-    let id = Uuid::now_v7().to_string();
     let _lock = locks::hold_run(&home, &id)
         .context("cannot create the pipeline run's lock file")
         .map_err(Error::Environment)?;
@@ -254,6 +262,23 @@ fn window(store: &LocalStore, pipeline: &Pipeline, request: &Request) -> Result<
         carried: BTreeSet::new(),
         resumes: None,
     })
+}
+
+/// The lock of resuming the pipeline run `resumed`, held by the run `id` while it runs: whether
+/// another run resumed it already is decided under it, so two `--resume` at once never both run.
+fn resume_lock(home: &Path, resumed: &str, id: &str, signals: &Signals) -> Result<locks::Held> {
+    let path = home.join("locks").join(format!("resume.{resumed}.lock"));
+    match locks::acquire(&path, id, Duration::ZERO, signals)
+        .with_context(|| format!("cannot take the lock {}", path.display()))
+        .map_err(Error::Environment)?
+    {
+        locks::Acquired::Held(held) => Ok(held),
+        locks::Acquired::Busy(holder) => Err(Error::Usage(format!(
+            "--resume: the pipeline run {resumed} is being resumed already, by {} (pid {}); let that one finish, and resume it if it does not complete",
+            holder.run_id.as_deref().unwrap_or("another run"),
+            holder.pid.map_or("?".to_owned(), |p| p.to_string())
+        ))),
+    }
 }
 
 /// `--resume ID`: the window of that run, and the steps it and the runs it resumed completed.

@@ -54,3 +54,61 @@ fn the_store_is_readable_by_its_owner_only_and_an_open_one_is_repaired_once() {
     again.code(0);
     assert!(!again.stderr.contains("private"), "{}", again.stderr);
 }
+
+/// The pipeline run id a `run-pipeline` printed in its summary line.
+fn pipeline_run_id(text: &str) -> String {
+    let at = text
+        .find("(pipeline run ")
+        .unwrap_or_else(|| panic!("no pipeline run id: {text}"));
+    text[at + 14..at + 50].to_owned()
+}
+
+/// Two `--resume` of one failed pipeline run started together: one runs the rest, the other
+/// exits 2 naming it, every round (docs/pipelines.md).
+#[test]
+fn two_resumes_of_one_pipeline_run_at_once_run_it_once() {
+    let (_plugins, env) = common::testkit_env();
+    let flag = env.home.path().join("broken");
+    env.write_config(&format!(
+        "[[pipeline.p.steps]]\nname = \"a\"\njob = \"testkit/fail_if_exists\"\nparams = {{ file = {:?} }}\n\
+         [[pipeline.p.steps]]\nname = \"b\"\njob = \"testkit/sleep\"\nneeds = [\"a\"]\nparams = {{ seconds = 0.3 }}\n",
+        flag.display().to_string()
+    ));
+    for round in 0..5 {
+        std::fs::write(&flag, "").unwrap();
+        let failed = env.run(&["run-pipeline", "p"]);
+        failed.code(1);
+        let id = pipeline_run_id(&failed.stderr);
+        std::fs::remove_file(&flag).unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                env.cmd(&["run-pipeline", "p", "--resume", &id])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<common::Run> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap().into())
+            .collect();
+        let codes: Vec<i32> = outs.iter().map(|o| o.code).collect();
+        let (winner, loser) = match codes.as_slice() {
+            [0, 2] => (&outs[0], &outs[1]),
+            [2, 0] => (&outs[1], &outs[0]),
+            _ => panic!("round {round}: exit codes {codes:?}: {outs:?}"),
+        };
+        let winner_id = pipeline_run_id(&winner.stdout);
+        assert!(
+            loser
+                .stderr
+                .contains(&format!("being resumed already, by {winner_id}"))
+                || loser
+                    .stderr
+                    .contains(&format!("was resumed already, by {winner_id}")),
+            "round {round}: {}",
+            loser.stderr
+        );
+    }
+}
