@@ -171,6 +171,8 @@ pub enum Reason {
     UpstreamFailed,
     /// A pipeline run: a step failed.
     StepFailed,
+    /// Skipped: a backfill's window that another run completed meanwhile (docs/windows.md).
+    AlreadyCompleted,
 }
 
 impl Reason {
@@ -185,6 +187,7 @@ impl Reason {
             Reason::Locked => "locked",
             Reason::UpstreamFailed => "upstream_failed",
             Reason::StepFailed => "step_failed",
+            Reason::AlreadyCompleted => "already_completed",
         }
     }
 }

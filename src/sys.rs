@@ -126,13 +126,20 @@ pub const PARENT_DIED: i32 = libc::SIGUSR2;
 /// The kernel sends the signal when the *thread* that spawned the child ends, so spawn from a
 /// thread that lives as long as the child (lorch spawns from its main thread).
 pub fn die_with_parent(cmd: &mut Command) {
+    signal_when_parent_dies(cmd, PARENT_DIED);
+}
+
+/// Makes the child that `cmd` spawns receive `signal` when this process (the thread spawning)
+/// dies, as [`die_with_parent`] does with [`PARENT_DIED`]: a child lorch given SIGTERM ends its
+/// run as cancelled, recorded.
+pub fn signal_when_parent_dies(cmd: &mut Command, signal: i32) {
     #[cfg(target_os = "linux")]
     {
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe and the closure allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, PARENT_DIED) == -1 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
                     return Err(io::Error::last_os_error());
                 }
                 // Armed; but if lorch died before that, nobody will send it: check.
@@ -146,7 +153,7 @@ pub fn die_with_parent(cmd: &mut Command) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
+    let _ = (cmd, signal);
 }
 
 /// On `signal`, SIGKILL to every process of this process's group (itself included). For the

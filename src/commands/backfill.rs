@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::error::{Error, Exit, Result};
+use crate::lifecycle::Reason;
 use crate::output::{self, stderr};
 use crate::plugins::Job;
 use crate::signals::Signals;
@@ -76,10 +77,15 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
             bar.set_message(label.clone());
         }
         let id = (job.package(), job.name());
-        if store.window_completed(id, account.as_deref(), &since_text, &until_text)? {
+        if store
+            .window_completed(id, account.as_deref(), &since_text, &until_text)?
+            .is_some()
+        {
             tally.done_before += 1;
         } else {
             let mut command = passed.run_job(&job.id())?;
+            // The run's summary tells a window it ran from one another run completed meanwhile.
+            command.arg("--json");
             command.args(["--since", &since_text, "--until", &until_text]);
             command.args(["--backfill-id", &backfill_id]);
             if let Some(account) = &account {
@@ -94,8 +100,12 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
             if let Some(retries) = options.retries {
                 command.args(["--retries", &retries.to_string()]);
             }
-            let status = super::run_child(command, &signals)?;
+            let (status, summary) = super::run_child_json(command, &signals)?;
+            let done_meanwhile = summary
+                .as_ref()
+                .is_some_and(|s| s.reason == Some(Reason::AlreadyCompleted));
             match status.code() {
+                Some(0) if done_meanwhile => tally.done_before += 1,
                 Some(0) => {
                     tally.completed += 1;
                     if bar.is_none() {

@@ -338,7 +338,7 @@ impl<'a> Notifier<'a> {
         let (status, failed) = match &report.outcome {
             Outcome::Completed => (RunStatus::Completed, None),
             Outcome::Failed(failed) => (RunStatus::Failed, Some(failed)),
-            Outcome::Skipped(_) => return,
+            Outcome::Skipped(_) | Outcome::AlreadyCompleted(_) => return,
         };
         let after = match store.consecutive_failures((job.package(), job.name()), account) {
             Ok(after) => after,
@@ -475,12 +475,26 @@ impl Passed<'_> {
 /// it once (a `docker stop` or `systemctl stop` signals lorch alone, not its process group), so
 /// the run ends as a cancelled run, recorded; then it is waited for.
 fn run_child(
-    mut command: std::process::Command,
+    command: std::process::Command,
     signals: &crate::signals::Signals,
 ) -> Result<std::process::ExitStatus> {
-    let mut child = command
+    wait_child(&mut spawn_child(command)?, signals)
+}
+
+/// Starts a child lorch that ends, cancelled (SIGTERM: its run recorded as such), when this
+/// lorch dies: a killed tick or backfill leaves no run going on unsupervised.
+fn spawn_child(mut command: std::process::Command) -> Result<std::process::Child> {
+    crate::sys::signal_when_parent_dies(&mut command, libc::SIGTERM);
+    command
         .spawn()
-        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch: {e}")))?;
+        .map_err(|e| Error::Environment(anyhow::anyhow!("cannot start lorch: {e}")))
+}
+
+/// Waits for a child lorch, passing on the first signal this lorch receives.
+fn wait_child(
+    child: &mut std::process::Child,
+    signals: &crate::signals::Signals,
+) -> Result<std::process::ExitStatus> {
     let mut passed_on = false;
     loop {
         match child.try_wait() {
@@ -498,6 +512,29 @@ fn run_child(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// What a child `lorch run-job --json` printed of its run: the part its parent decides on.
+#[derive(serde::Deserialize)]
+struct ChildSummary {
+    reason: Option<crate::lifecycle::Reason>,
+}
+
+/// [`run_child`] for a `run-job --json`: its exit status and the summary it printed, when it
+/// printed one (a run-job refused as a usage error prints none).
+fn run_child_json(
+    mut command: std::process::Command,
+    signals: &crate::signals::Signals,
+) -> Result<(std::process::ExitStatus, Option<ChildSummary>)> {
+    // One summary of a few hundred bytes: the pipe holds it until the child has ended.
+    command.stdout(std::process::Stdio::piped());
+    let mut child = spawn_child(command)?;
+    let status = wait_child(&mut child, signals)?;
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+    }
+    Ok((status, serde_json::from_str(text.trim()).ok()))
 }
 
 /// The job `PACKAGE/JOB` (or `JOB` when no other package has a job of that name), after

@@ -585,10 +585,13 @@ impl PipelineRun<'_> {
                 .then(|| mark.until.parse().ok())
                 .flatten())
         };
-        let resumes = step.resumes.then_some(&watermark as &dyn Fn() -> _);
+        let recheck = match step.resumes {
+            true => runner::Recheck::Watermark(&watermark),
+            false => runner::Recheck::Nothing,
+        };
         let account = plan.account.as_deref();
         let notifier = super::Notifier::before(self.notify, self.store, job, account)?;
-        let report = runner::run(plan, self.store as &dyn EventSink, self.signals, resumes)?;
+        let report = runner::run(plan, self.store as &dyn EventSink, self.signals, recheck)?;
         if let Some(notifier) = notifier {
             notifier.after(self.store, job, account, &report);
         }
@@ -787,6 +790,8 @@ fn step_line(step: &Step, result: &anyhow::Result<RunReport>, quiet: bool) {
         Outcome::Skipped(_) => {
             stderr!("- {name} ({job}) skipped: another run holds its lock (run {run})")
         }
+        // Only a backfill's runs check their window again.
+        Outcome::AlreadyCompleted(_) => {}
     }
 }
 

@@ -44,10 +44,27 @@ pub fn run(job: &Job, options: &RunOptions, after: &super::After) -> Result<Exit
         let mark = store.watermark(job.package(), job.name(), plan.account.as_deref())?;
         Ok(mark.and_then(|m| m.until.parse().ok()))
     };
-    let resumes = plan::last_success(options).then_some(&watermark as &dyn Fn() -> _);
+    // A backfill's window is run once, whatever runs it at the same time (docs/windows.md).
+    let window = || -> anyhow::Result<Option<String>> {
+        let bound = |t: &Option<lorch_plugin_api::TimeArg>| {
+            t.as_ref().map(|t| crate::timearg::micros(&t.utc))
+        };
+        match (bound(&plan.since), bound(&plan.until)) {
+            (Some(since), Some(until)) => {
+                let id = (job.package(), job.name());
+                store.window_completed(id, plan.account.as_deref(), &since, &until)
+            }
+            _ => Ok(None),
+        }
+    };
+    let recheck = match (plan::last_success(options), &plan.backfill_id) {
+        (true, _) => runner::Recheck::Watermark(&watermark),
+        (false, Some(_)) => runner::Recheck::Window(&window),
+        (false, None) => runner::Recheck::Nothing,
+    };
     let account = plan.account.as_deref();
     let notifier = super::Notifier::before(after.notify.as_ref(), &store, job, account)?;
-    let report = runner::run(&plan, &store, &signals, resumes)?;
+    let report = runner::run(&plan, &store, &signals, recheck)?;
     let exit = match report.record_error {
         Some(_) => Exit::Environment,
         None => exit_code(&report, signals.received()),
@@ -82,6 +99,8 @@ fn exit_code(report: &runner::RunReport, signal: Option<i32>) -> Exit {
         (None, Outcome::Completed) => Exit::Success,
         (None, Outcome::Failed(_)) => Exit::JobFailed,
         (None, Outcome::Skipped(_)) => Exit::Skipped,
+        // Nothing is owed: the window is done.
+        (None, Outcome::AlreadyCompleted(_)) => Exit::Success,
     }
 }
 
@@ -95,6 +114,7 @@ fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
             Some(&failed.message),
         ),
         Outcome::Skipped(_) => (RunStatus::Skipped, Some(Reason::Locked), None),
+        Outcome::AlreadyCompleted(_) => (RunStatus::Skipped, Some(Reason::AlreadyCompleted), None),
     };
     let summary = serde_json::json!({
         "run_id": report.run_id,
@@ -158,6 +178,9 @@ fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
                 _ => "another run".to_owned(),
             };
             stderr!("- {id} skipped: {by} holds its lock (run {run})")
+        }
+        Outcome::AlreadyCompleted(by) => {
+            stderr!("- {id} skipped: the run {by} completed its window (run {run})")
         }
     }
 }

@@ -119,6 +119,19 @@ pub enum Outcome {
     Failed(Failed),
     /// Not run: another run holds the job's lock.
     Skipped(Holder),
+    /// Not run: its window (a backfill's) was completed meanwhile, by this run.
+    AlreadyCompleted(String),
+}
+
+/// What a run checks again once it holds its job's lock, where another run may have done its
+/// work meanwhile (docs/windows.md): so that no window runs twice.
+#[derive(Clone, Copy)]
+pub enum Recheck<'a> {
+    Nothing,
+    /// `--since last-success`: the watermark, read again; the window starts there.
+    Watermark(&'a dyn Fn() -> anyhow::Result<Option<DateTime<Utc>>>),
+    /// A backfill's window: the run that completed it, if one did; then it is not run.
+    Window(&'a dyn Fn() -> anyhow::Result<Option<String>>),
 }
 
 impl Failed {
@@ -168,14 +181,14 @@ pub struct RunReport {
 /// An error means the first `job.started` could not be recorded and nothing ran: lorch never
 /// runs a job whose run it cannot record.
 ///
-/// `watermark`, for a run that resumes from the last success (`--since last-success`), reads
-/// the job's watermark again once the job's lock is held: a run that waited for the lock starts
-/// where the run it waited for ended, so no window runs twice (docs/windows.md).
+/// `recheck` is read once the job's lock is held: a run that resumes from the last success
+/// starts where the run it waited for ended, a backfill's window completed meanwhile is not run
+/// again (docs/windows.md).
 pub fn run(
     plan: &RunPlan,
     sink: &dyn EventSink,
     signals: &Signals,
-    watermark: Option<&dyn Fn() -> anyhow::Result<Option<DateTime<Utc>>>>,
+    recheck: Recheck,
 ) -> anyhow::Result<RunReport> {
     let run_id = Uuid::now_v7().to_string();
     let job_id = plan.job.id();
@@ -200,12 +213,16 @@ pub fn run(
         }
     };
     let resumed;
-    let plan = match watermark {
-        None => plan,
-        Some(watermark) => {
+    let plan = match recheck {
+        Recheck::Nothing => plan,
+        Recheck::Watermark(watermark) => {
             resumed = after_the_lock(plan, watermark()?);
             &resumed
         }
+        Recheck::Window(completed) => match completed()? {
+            Some(by) => return already_completed(plan, sink, run_id, by),
+            None => plan,
+        },
     };
     let mut attempt = 1;
     let mut events_not_recorded = 0;
@@ -293,6 +310,34 @@ fn after_the_lock<'a>(plan: &RunPlan<'a>, watermark: Option<DateTime<Utc>>) -> R
             .map_or(mark, |until| mark.min(until.utc));
     }
     plan
+}
+
+/// Records `job.skipped`, reason `already_completed`, for a backfill's window that the run `by`
+/// completed while this one waited to start.
+fn already_completed(
+    plan: &RunPlan,
+    sink: &dyn EventSink,
+    run_id: String,
+    by: String,
+) -> anyhow::Result<RunReport> {
+    let payload = Payload {
+        reason: Some(Reason::AlreadyCompleted),
+        ..lifecycle_payload(plan, 1)
+    };
+    let mut event = lifecycle_event(EventType::Skipped, &run_id, plan, &payload);
+    event.error_message = Some(format!("skipped: the run {by} completed its window"));
+    sink.record(&event)
+        .with_context(|| format!("cannot record job.skipped of run {run_id}"))?;
+    Ok(RunReport {
+        run_id,
+        attempts: 1,
+        outcome: Outcome::AlreadyCompleted(by),
+        duration: Duration::ZERO,
+        events_not_recorded: 0,
+        objects: ObjectCounts::default(),
+        record_error: None,
+        log_tail: Vec::new(),
+    })
 }
 
 /// Records `job.skipped` for a run that found the job's lock held.

@@ -112,3 +112,120 @@ fn two_resumes_of_one_pipeline_run_at_once_run_it_once() {
         );
     }
 }
+
+/// Completed runs per window of `testkit/sleep`.
+fn completed_windows(env: &common::Env) -> std::collections::HashMap<String, usize> {
+    let out = env.run(&["runs", "list", "--limit", "1000", "--json"]);
+    let mut by_window = std::collections::HashMap::new();
+    for run in out.json()["runs"].as_array().unwrap() {
+        if run["status"] == "completed" {
+            *by_window
+                .entry(run["window_since"].to_string())
+                .or_default() += 1;
+        }
+    }
+    by_window
+}
+
+/// Two identical backfills a moment apart: every window completes once; a window the other
+/// completed while this one waited is counted as done, not run again (docs/windows.md).
+#[test]
+fn two_backfills_at_once_complete_each_window_once() {
+    let (_plugins, env) = common::testkit_env();
+    let backfill = || {
+        env.cmd(&["backfill", "testkit/sleep", "--since", "2026-01-01"])
+            .args(["--until", "2026-01-07", "--step", "1d", "--keep-going"])
+            .args(["--param", "seconds=0.3"])
+            .env("LORCH_NOW", "2026-06-01T00:00:00Z")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = backfill();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let second = backfill();
+    let outs: Vec<common::Run> = [first, second]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    let windows = completed_windows(&env);
+    assert_eq!(windows.len(), 6, "{outs:?}");
+    assert!(windows.values().all(|&n| n == 1), "{windows:?}: {outs:?}");
+    // Run again: every window is done.
+    let again = env
+        .lorch()
+        .args(["backfill", "testkit/sleep", "--since", "2026-01-01"])
+        .args([
+            "--until",
+            "2026-01-07",
+            "--step",
+            "1d",
+            "--param",
+            "seconds=0.3",
+        ])
+        .env("LORCH_NOW", "2026-06-01T00:00:00Z")
+        .run();
+    again
+        .code(0)
+        .stdout_has("✓ 0 completed, 0 failed, 6 skipped (already done)");
+}
+
+/// `kill -9` of a backfill while a window runs: the run is cancelled and recorded as such,
+/// not left going on unsupervised.
+#[test]
+fn a_killed_backfill_takes_its_running_window_with_it() {
+    let (_plugins, env) = common::testkit_env();
+    let mut backfill = env
+        .cmd(&["backfill", "testkit/sleep", "--since", "2026-01-01"])
+        .args([
+            "--until",
+            "2026-01-03",
+            "--step",
+            "1d",
+            "--param",
+            "seconds=30",
+        ])
+        .env("LORCH_NOW", "2026-06-01T00:00:00Z")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sleeping = loop {
+        let events = env.all_events();
+        if let Some(e) = events
+            .iter()
+            .find(|e| e["event_type"] == "testkit.sleeping")
+        {
+            break e["payload"]["pid"].as_u64().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    backfill.kill().unwrap();
+    backfill.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !common::gone(sleeping) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job outlived its backfill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let failed = loop {
+        let events = env.all_events();
+        if let Some(e) = events.into_iter().find(|e| e["event_type"] == "job.failed") {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run was not recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(failed["payload"]["reason"], "cancelled");
+}

@@ -119,23 +119,25 @@ impl LocalStore {
         })
     }
 
-    /// Whether a run of `package/job` for `account` completed the window `[since, until)`
-    /// (bounds in the store's form, [`super::timestamp`]).
+    /// The run of `package/job` for `account` that completed the window `[since, until)`
+    /// (bounds in the store's form, [`super::timestamp`]), if one did.
     pub fn window_completed(
         &self,
         (package, job): (&str, &str),
         account: Option<&str>,
         since: &str,
         until: &str,
-    ) -> Result<bool> {
+    ) -> Result<Option<String>> {
         let conn = self.conn();
         let found = conn
             .prepare_cached(&format!(
-                "SELECT 1 FROM runs WHERE package = ?1 AND job = ?2 AND account IS ?3
-                       AND window_since = ?4 AND window_until = ?5 AND {}",
+                "SELECT run_id FROM runs WHERE package = ?1 AND job = ?2 AND account IS ?3
+                       AND window_since = ?4 AND window_until = ?5 AND {}
+                 ORDER BY started_at LIMIT 1",
                 super::COUNTS
             ))?
-            .exists(params![package, job, account, since, until])?;
+            .query_row(params![package, job, account, since, until], |r| r.get(0))
+            .optional()?;
         Ok(found)
     }
 
