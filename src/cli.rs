@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::lifecycle::RunStatus;
-use crate::timearg;
+use crate::{params, timearg};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,7 +99,7 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
         step: Duration,
         /// The account the job works on
-        #[arg(long, value_name = "ACCOUNT")]
+        #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
         account: Option<String>,
         /// A declared job parameter (repeatable)
         #[arg(long = "param", value_name = "KEY=VALUE")]
@@ -148,7 +148,7 @@ pub enum Command {
         #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         until: Option<String>,
         /// The account every step works on [default: each step's own]
-        #[arg(long, value_name = "ACCOUNT")]
+        #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
         account: Option<String>,
         /// Run at most N steps at once [default: the number of CPUs]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -449,7 +449,7 @@ pub enum StateCommand {
         #[arg(value_name = "PACKAGE/JOB")]
         job: Option<String>,
         /// Only this account
-        #[arg(long, value_name = "ACCOUNT")]
+        #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
         account: Option<String>,
         /// One JSON document on stdout
         #[arg(long)]
@@ -460,7 +460,7 @@ pub enum StateCommand {
         #[arg(value_name = "PACKAGE/JOB")]
         job: String,
         /// The account (none: the runs without --account)
-        #[arg(long, value_name = "ACCOUNT")]
+        #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
         account: Option<String>,
         /// The new watermark: -7d, today, 2024-01-01, 2024-01-01T06:00:00Z, ...
         #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
@@ -471,7 +471,7 @@ pub enum StateCommand {
         #[arg(value_name = "PACKAGE/JOB")]
         job: String,
         /// The account (none: the runs without --account)
-        #[arg(long, value_name = "ACCOUNT")]
+        #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
         account: Option<String>,
     },
 }
@@ -483,7 +483,7 @@ pub struct ObjectsQuery {
     #[arg(long = "type", value_name = "TYPE")]
     pub object_type: Option<String>,
     /// Only objects of this account (their connection_name)
-    #[arg(long, value_name = "ACCOUNT")]
+    #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
     pub account: Option<String>,
     /// Only objects seen (upserted) at or after this time: -7d, today, 2024-01-01, ... (as
     /// run-job's)
@@ -510,7 +510,7 @@ pub struct RunsQuery {
     #[arg(long, value_enum)]
     pub status: Option<RunStatus>,
     /// Only runs for this account
-    #[arg(long, value_name = "ACCOUNT")]
+    #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
     pub account: Option<String>,
     /// Only runs started at or after this time: -7d, today, 2024-01-01, ... (as run-job's)
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
@@ -579,7 +579,7 @@ pub struct SubmitOptions {
 #[derive(Debug, Default, Args)]
 pub struct SubmitRun {
     /// The account the job works on
-    #[arg(long, value_name = "ACCOUNT")]
+    #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
     pub account: Option<String>,
     /// Start of the window: a time (resolved now) or last-success (resolved by the worker)
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
@@ -633,7 +633,7 @@ impl SubmitRun {
 #[derive(Debug, Default, Args)]
 pub struct RunOptions {
     /// The account the job works on
-    #[arg(long, value_name = "ACCOUNT")]
+    #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
     pub account: Option<String>,
     /// Start of the window: -7d, 36h, today, 2024-01-01, 2024-01-01T06:00:00Z, ..., or
     /// last-success: where the last completed run of this job and account ended

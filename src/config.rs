@@ -852,7 +852,9 @@ impl<'a> Fields<'a> {
             }
         };
         RunDefaults {
-            account: self.string("account").map(Spanned::into_inner),
+            account: self
+                .checked("account", crate::params::check_account)
+                .map(Spanned::into_inner),
             since: self.checked("since", time),
             initial_since: self.checked("initial_since", time),
             timeout: self.checked("timeout", positive),

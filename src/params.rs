@@ -7,6 +7,28 @@ use serde_json::{Map, Value};
 use crate::suggest;
 
 /// Parses one value as `kind`; the error names the expected form.
+/// An account (`--account`, `account =` in lorch.toml): never empty, since no account is
+/// written by leaving it out, and an empty one would be a second name for it (a variable left
+/// unset in a cron line, `--account "$ACCT"`, gives one); no control characters, which would
+/// reach lock file names, metric labels and terminals.
+pub fn check_account(account: &str) -> Result<(), String> {
+    if account.is_empty() {
+        return Err("an account cannot be empty: leave --account out (or `account` out of lorch.toml) for no account; in a cron line, check the variable it names is set".to_owned());
+    }
+    if let Some(c) = account.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "an account cannot hold control characters (found {})",
+            c.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_account`] as a command-line value parser.
+pub fn account(text: &str) -> Result<String, String> {
+    check_account(text).map(|()| text.to_owned())
+}
+
 pub fn parse_value(kind: ParamKind, text: &str) -> Result<Value, String> {
     let parsed = match kind {
         ParamKind::String => Some(Value::from(text)),

@@ -229,3 +229,22 @@ fn a_killed_backfill_takes_its_running_window_with_it() {
     };
     assert_eq!(failed["payload"]["reason"], "cancelled");
 }
+
+/// An empty account would be a second "no account" (another lock, the same watermark): refused
+/// on the command line and in lorch.toml, as are control characters.
+#[test]
+fn an_empty_account_or_one_with_control_characters_is_refused() {
+    let (_plugins, env) = common::testkit_env();
+    for account in ["", "a\tb", "new\nline"] {
+        env.run(&["run-job", "testkit/echo", "--account", account])
+            .code(2)
+            .stderr_has("invalid value");
+    }
+    env.run(&["run-job", "testkit/echo", "--account", ""])
+        .stderr_has("an account cannot be empty");
+    assert!(env.all_events().is_empty(), "nothing was recorded");
+    env.write_config("[jobs.\"testkit/echo\"]\naccount = \"\"\n");
+    env.run(&["config", "check"]).code(2).stderr_has(
+        "lorch.toml:2:11: [jobs.\"testkit/echo\"]: account: an account cannot be empty",
+    );
+}
