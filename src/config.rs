@@ -1164,15 +1164,7 @@ impl Pipeline {
 pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
     use croner::parser::{CronParser, Seconds, Year};
     let accepted = "accepted: 5 fields (minute hour day-of-month month day-of-week, e.g. \"30 6 * * 1-5\") or @hourly, @daily, @weekly, @monthly, @yearly";
-    let trimmed = text.trim();
-    let fields = match trimmed.to_ascii_lowercase().as_str() {
-        "@yearly" | "@annually" => "0 0 1 1 *",
-        "@monthly" => "0 0 1 * *",
-        "@weekly" => "0 0 * * 0",
-        "@daily" | "@midnight" => "0 0 * * *",
-        "@hourly" => "0 * * * *",
-        _ => trimmed,
-    };
+    let fields = cron_fields(text);
     let count = fields.split_whitespace().count();
     if count != 5 {
         return Err(format!(
@@ -1193,6 +1185,19 @@ pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
         _ => Err(format!(
             "'{text}' never fires (no date matches it in the next 5 years); {accepted}"
         )),
+    }
+}
+
+/// The 5 fields of a cron expression, `@daily`-style names written out.
+pub fn cron_fields(text: &str) -> &str {
+    let trimmed = text.trim();
+    match trimmed.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => trimmed,
     }
 }
 

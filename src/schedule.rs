@@ -2,13 +2,17 @@
 //! pure functions of the entry, what was last handled and the current instant, so catch-up and
 //! DST are tested without a clock.
 //!
-//! Fire times come from croner in the entry's time zone: a local time that does not exist (the
-//! spring-forward gap) fires once at the next valid instant, one that happens twice (fall-back)
-//! fires once, at its first occurrence.
+//! Fire times come from croner in the entry's time zone, with DST handled as Vixie cron does
+//! (docs/schedules.md): an entry whose minute and hour fields have no `*` runs at wall-clock
+//! times, so a local time that happens twice (fall-back) fires once, at its first occurrence,
+//! and one that does not exist (spring-forward) fires at the change; an entry with a `*` in
+//! either follows elapsed time, firing at every instant that shows a matching local time.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{
+    DateTime, LocalResult, NaiveDateTime, Offset as _, TimeZone as _, Timelike as _, Utc,
+};
 use chrono_tz::Tz;
 use croner::{Cron, Direction};
 
@@ -30,7 +34,12 @@ pub struct Entry<'a> {
     pub schedule: &'a Schedule,
     cron: &'a Cron,
     pub zone: Tz,
+    /// Fires at wall-clock times (no `*` in the minute or hour field), not elapsed time.
+    fixed: bool,
 }
+
+/// More than any change of a zone's UTC offset (DST moves clocks by at most 2 hours).
+const LARGEST_SHIFT: chrono::Duration = chrono::Duration::hours(3);
 
 /// What `tick` does for an entry now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +54,15 @@ impl<'a> Entry<'a> {
     /// The entry, with the cron expression and time zone parsed when the file was read.
     pub fn new(schedule: &'a Schedule) -> Entry<'a> {
         let (cron, zone) = (&schedule.parsed.0, schedule.parsed.1);
+        let fields: Vec<&str> = config::cron_fields(schedule.cron.get_ref())
+            .split_whitespace()
+            .collect();
+        let fixed = fields.iter().take(2).all(|f| !f.contains('*'));
         Entry {
             schedule,
             cron,
             zone,
+            fixed,
         }
     }
 
@@ -91,12 +105,77 @@ impl<'a> Entry<'a> {
         direction: Direction,
         inclusive: bool,
     ) -> Option<DateTime<Utc>> {
+        if self.fixed {
+            return self.find_fixed(t, direction, inclusive);
+        }
         let local = t.with_timezone(&self.zone);
         let found = match direction {
             Direction::Forward => self.cron.find_next_occurrence(&local, inclusive),
             Direction::Backward => self.cron.find_previous_occurrence(&local, inclusive),
         };
         found.ok().map(|f| f.with_timezone(&Utc))
+    }
+
+    /// [`Entry::find`] for a fixed-time entry: walks the matching wall-clock times (croner in
+    /// UTC, where no clock changes) from near `t`'s own, and takes the first whose instant
+    /// ([`Entry::instant`], which never goes back as wall time goes on) lies past `t`. The walk
+    /// starts [`LARGEST_SHIFT`] back only when the offset changes near `t`.
+    fn find_fixed(
+        &self,
+        t: DateTime<Utc>,
+        direction: Direction,
+        inclusive: bool,
+    ) -> Option<DateTime<Utc>> {
+        let offset = |at: DateTime<Utc>| self.zone.offset_from_utc_datetime(&at.naive_utc()).fix();
+        let steady =
+            offset(t - LARGEST_SHIFT) == offset(t) && offset(t) == offset(t + LARGEST_SHIFT);
+        let margin = match steady {
+            true => chrono::Duration::seconds(1),
+            false => LARGEST_SHIFT,
+        };
+        let local = t.with_timezone(&self.zone).naive_local();
+        let mut wall = match direction {
+            Direction::Forward => local - margin,
+            Direction::Backward => local + margin,
+        };
+        let past = |at: DateTime<Utc>| match direction {
+            Direction::Forward => at > t || (inclusive && at == t),
+            Direction::Backward => at < t || (inclusive && at == t),
+        };
+        // Bounded: a wall time past `t` is at most two offset changes away.
+        for _ in 0..100_000 {
+            let from = wall.and_utc();
+            let found = match direction {
+                Direction::Forward => self.cron.find_next_occurrence(&from, false),
+                Direction::Backward => self.cron.find_previous_occurrence(&from, false),
+            };
+            wall = found.ok()?.naive_utc();
+            let at = self.instant(wall);
+            if past(at) {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// When a fixed-time entry fires for the wall-clock time `wall`: the first of two instants
+    /// that show it, or the change itself when the clock skips it.
+    fn instant(&self, wall: NaiveDateTime) -> DateTime<Utc> {
+        match self.zone.from_local_datetime(&wall) {
+            LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => at.with_timezone(&Utc),
+            LocalResult::None => {
+                // The first wall time after the gap, to the minute (every zone changes on one);
+                // a gap is hours long at most (a day, once, for Samoa in 2011).
+                let mut after = wall.with_second(0).unwrap_or(wall);
+                for _ in 0..48 * 60 {
+                    after += chrono::Duration::minutes(1);
+                    if let Some(at) = self.zone.from_local_datetime(&after).earliest() {
+                        return at.with_timezone(&Utc);
+                    }
+                }
+                wall.and_utc()
+            }
+        }
     }
 
     fn max_catch_up(&self) -> Duration {
@@ -217,5 +296,99 @@ mod tests {
             fall.run,
             [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]
         );
+    }
+
+    /// The fire times of `cron` in New York from `from` (excluded) to `to`, as `tick` runs them.
+    fn fires_in_new_york(cron: &str, from: &str, to: &str) -> Vec<DateTime<Utc>> {
+        let entry = schedule(&format!(
+            "[[schedule]]\njob = \"a/b\"\ncron = \"{cron}\"\ntimezone = \"America/New_York\"\ncatch_up = \"all\"\n"
+        ));
+        let fires = Entry::new(&entry).due(Some(at(from)), at(to)).run;
+        // Walking back gives the same fire times.
+        let entry = Entry::new(&entry);
+        let mut back = Vec::new();
+        let mut t = at(to);
+        while let Some(f) = entry.last_at_or_before(t).filter(|f| *f > at(from)) {
+            back.push(f);
+            t = f - chrono::Duration::seconds(1);
+        }
+        back.reverse();
+        assert_eq!(back, fires, "{cron}: backward and forward disagree");
+        fires
+    }
+
+    fn ats(texts: &[&str]) -> Vec<DateTime<Utc>> {
+        texts.iter().map(|t| at(t)).collect()
+    }
+
+    /// Vixie cron's rules (docs/schedules.md): fixed hours fire once per local time, at its
+    /// first occurrence, on the fall-back day (2026-11-01, 01:00-02:00 happens twice).
+    #[test]
+    fn a_fixed_hour_fires_once_per_local_time_when_the_clock_goes_back() {
+        let fires = fires_in_new_york(
+            "0,30 1 * * *",
+            "2026-10-31T12:00:00Z",
+            "2026-11-02T12:00:00Z",
+        );
+        assert_eq!(
+            fires,
+            ats(&[
+                "2026-11-01T05:00:00Z", // 01:00 EDT
+                "2026-11-01T05:30:00Z", // 01:30 EDT; not again in EST
+                "2026-11-02T06:00:00Z", // 01:00 EST
+                "2026-11-02T06:30:00Z",
+            ])
+        );
+    }
+
+    /// A skipped local time fires at the change (2026-03-08, 02:00 EST becomes 03:00 EDT): once,
+    /// for both 02:00 and 02:30.
+    #[test]
+    fn a_fixed_hour_skipped_by_the_clock_fires_at_the_change() {
+        let fires = fires_in_new_york(
+            "0,30 2 * * *",
+            "2026-03-07T12:00:00Z",
+            "2026-03-09T12:00:00Z",
+        );
+        assert_eq!(
+            fires,
+            ats(&[
+                "2026-03-08T07:00:00Z", // the change: 03:00 EDT
+                "2026-03-09T06:00:00Z", // 02:00 EDT
+                "2026-03-09T06:30:00Z",
+            ])
+        );
+    }
+
+    /// A `*` in the minute or hour field follows elapsed time: every instant showing a matching
+    /// local time fires, and a local time that does not exist does not.
+    #[test]
+    fn a_wildcard_entry_follows_elapsed_time_across_both_changes() {
+        let fall = fires_in_new_york("30 * * * *", "2026-11-01T04:00:00Z", "2026-11-01T08:00:00Z");
+        assert_eq!(
+            fall,
+            ats(&[
+                "2026-11-01T04:30:00Z", // 00:30 EDT
+                "2026-11-01T05:30:00Z", // 01:30 EDT
+                "2026-11-01T06:30:00Z", // 01:30 EST
+                "2026-11-01T07:30:00Z", // 02:30 EST
+            ])
+        );
+        let spring =
+            fires_in_new_york("30 * * * *", "2026-03-08T05:00:00Z", "2026-03-08T08:00:00Z");
+        assert_eq!(
+            spring,
+            ats(&[
+                "2026-03-08T05:30:00Z", // 00:30 EST
+                "2026-03-08T06:30:00Z", // 01:30 EST; 02:30 does not exist
+                "2026-03-08T07:30:00Z", // 03:30 EDT
+            ])
+        );
+        let minutes = fires_in_new_york(
+            "*/30 1 * * *",
+            "2026-11-01T04:00:00Z",
+            "2026-11-01T08:00:00Z",
+        );
+        assert_eq!(minutes.len(), 4, "{minutes:?}");
     }
 }
