@@ -176,6 +176,23 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::Error,
+        Reason::Panic,
+        Reason::Crash,
+        Reason::Timeout,
+        Reason::Cancelled,
+        Reason::Abandoned,
+        Reason::Locked,
+        Reason::UpstreamFailed,
+        Reason::StepFailed,
+        Reason::AlreadyCompleted,
+    ];
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Error => "error",
@@ -466,6 +483,11 @@ mod tests {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
         assert_eq!(EventType::parse("job.other"), None);
+        // Every reason: its wire name is serde's, and parses back.
+        for reason in Reason::ALL {
+            assert_eq!(json!(reason), json!(reason.as_str()));
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
         for (status, name) in [
             (RunStatus::Running, "running"),
             (RunStatus::Completed, "completed"),

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::config::{self, Config, Schedule, Target};
 use crate::error::{Error, Exit, Result};
 use crate::events::LocalStore;
-use crate::lifecycle::LAST_SUCCESS;
+use crate::lifecycle::{LAST_SUCCESS, Reason, RunStatus};
 use crate::locks::{self, Acquired};
 use crate::output::{self, stderr};
 use crate::schedule::Entry;
@@ -271,7 +271,7 @@ fn owe(
         if signals.received().is_some() {
             return Ok(worst);
         }
-        if !covered(entry.schedule, store, fire)? {
+        if !covered(entry.schedule, (home, store), fire)? {
             match run_fire(entry, how, fire, signals)? {
                 // A broken entry stays owed from this fire time on: it runs once it is fixed.
                 Fired::Refused => {
@@ -297,8 +297,14 @@ fn owe(
 /// Whether a completed run already covers the window ending at `fire` (its watermark is there
 /// or later): a tick that died after the run, before recording the fire time, does not run the
 /// window again.
-fn covered(schedule: &Schedule, store: &LocalStore, fire: DateTime<Utc>) -> Result<bool> {
-    // A pipeline's steps each resume from their own watermark.
+fn covered(
+    schedule: &Schedule,
+    (home, store): (&Path, &LocalStore),
+    fire: DateTime<Utc>,
+) -> Result<bool> {
+    if let Target::Pipeline(name) = &schedule.target {
+        return pipeline_covered(name.get_ref(), schedule, (home, store), fire);
+    }
     let Some(job) = schedule
         .target
         .job()
@@ -309,6 +315,29 @@ fn covered(schedule: &Schedule, store: &LocalStore, fire: DateTime<Utc>) -> Resu
     let (package, job) = job.get_ref().split_once('/').unwrap_or_default();
     let mark = store.watermark(package, job, schedule.options.account.as_deref())?;
     Ok(mark.and_then(|m| m.until.parse::<DateTime<Utc>>().ok()) >= Some(fire))
+}
+
+/// Whether a run of the pipeline was started for the fire time and went its course: it
+/// completed, failed (as a handled fire time does; `--resume` finishes it), or still runs. One
+/// cancelled, or whose lorch died, leaves the fire time owed.
+fn pipeline_covered(
+    name: &str,
+    schedule: &Schedule,
+    (home, store): (&Path, &LocalStore),
+    fire: DateTime<Utc>,
+) -> Result<bool> {
+    let account = schedule.options.account.as_deref();
+    let Some(run) = store.pipeline_run_until(name, account, &timearg::micros(&fire))? else {
+        return Ok(false);
+    };
+    Ok(match run.status {
+        RunStatus::Running => locks::run_is_held(home, &run.pipeline_run_id),
+        RunStatus::Failed => !matches!(
+            run.reason.as_deref().and_then(Reason::parse),
+            Some(Reason::Cancelled | Reason::Abandoned)
+        ),
+        RunStatus::Completed | RunStatus::Skipped => true,
+    })
 }
 
 fn since(schedule: &Schedule) -> &str {

@@ -248,3 +248,33 @@ fn an_empty_account_or_one_with_control_characters_is_refused() {
         "lorch.toml:2:11: [jobs.\"testkit/echo\"]: account: an account cannot be empty",
     );
 }
+
+/// A tick that died after its pipeline ran, before recording the fire time: the next tick does
+/// not run the pipeline's steps again (docs/schedules.md, "Never twice").
+#[test]
+fn a_scheduled_pipeline_is_not_run_again_for_a_fire_time_it_covered() {
+    let (_plugins, env) = common::testkit_env();
+    env.write_config(
+        "[[schedule]]\npipeline = \"daily\"\ncron = \"0 6 * * *\"\n\n\
+         [[pipeline.daily.steps]]\nname = \"a\"\njob = \"testkit/echo\"\n",
+    );
+    let tick = || {
+        env.lorch()
+            .args(["tick", "--quiet"])
+            .env("LORCH_NOW", "2026-11-01T06:00:30Z")
+            .run()
+    };
+    tick().code(0);
+    let pipeline_runs = || {
+        env.all_events()
+            .iter()
+            .filter(|e| e["event_type"] == "pipeline.started")
+            .count()
+    };
+    assert_eq!(pipeline_runs(), 1);
+    // As if that tick had died before recording the fire time.
+    let db = rusqlite::Connection::open(env.home.path().join("lorch/events.db")).unwrap();
+    db.execute("DELETE FROM schedules", []).unwrap();
+    tick().code(0);
+    assert_eq!(pipeline_runs(), 1, "the fire time ran twice");
+}

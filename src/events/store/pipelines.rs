@@ -141,6 +141,27 @@ impl LocalStore {
         Ok(found)
     }
 
+    /// The newest run of `pipeline` for `account` whose window ends at `until` (in the store's
+    /// form): what a scheduled fire time of the pipeline started.
+    pub fn pipeline_run_until(
+        &self,
+        pipeline: &str,
+        account: Option<&str>,
+        until: &str,
+    ) -> Result<Option<PipelineRunRow>> {
+        let conn = self.conn();
+        let found = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM pipeline_runs
+                 WHERE pipeline = ?1 AND json_extract(started, '$.window.until') = ?2
+                   AND json_extract(started, '$.account') IS ?3
+                 ORDER BY started_at DESC LIMIT 1"
+            ))?
+            .query_row(params![pipeline, until, account], pipeline_run_from_row)
+            .optional()?;
+        Ok(found)
+    }
+
     /// The runs of a pipeline run's steps, in the order they started.
     pub fn steps_of(&self, pipeline_run_id: &str) -> Result<Vec<RunRow>> {
         let conn = self.conn();
