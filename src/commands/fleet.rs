@@ -316,8 +316,14 @@ pub fn worker(passed: &Passed, work: Work) -> Result<Exit> {
         let beating = tokio::spawn(heartbeat(Arc::clone(&shared)));
         pull(&consumer, &shared, &signals).await;
         beating.abort();
-        // Gone from `queue status` at once, not a minute later.
-        let _ = heartbeats.purge().filter(shared.heartbeat_subject()).await;
+        // Gone from `queue status` at once, not a minute later; a server that is gone does not
+        // hold the worker (its heartbeat then expires by itself).
+        let connected = shared.jetstream.client().connection_state()
+            == async_nats::connection::State::Connected;
+        if connected {
+            let purge = heartbeats.purge().filter(shared.heartbeat_subject());
+            let _ = tokio::time::timeout(Duration::from_secs(2), purge).await;
+        }
         anyhow::Ok(())
     });
     result.map_err(unreachable)?;
@@ -352,12 +358,15 @@ async fn pull(
         if signals.received().is_some() {
             break;
         }
-        let batch = consumer
-            .batch()
-            .max_messages(1)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await;
+        // Raced with a stop: a server that went away leaves these waiting for it.
+        let batch = tokio::select! {
+            batch = consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_millis(500))
+                .messages() => batch,
+            () = &mut stopped => break,
+        };
         let mut batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
@@ -366,7 +375,11 @@ async fn pull(
                 continue;
             }
         };
-        if let Some(message) = batch.next().await {
+        let next = tokio::select! {
+            next = batch.next() => next,
+            () = &mut stopped => break,
+        };
+        if let Some(message) = next {
             match message {
                 Ok(message) => {
                     let shared = Arc::clone(shared);
@@ -393,7 +406,15 @@ async fn pull(
         for running in shared.activity().running.values() {
             let _ = crate::sys::kill(running.pid, libc::SIGTERM);
         }
-        while tasks.join_next().await.is_some() {}
+        // The runs end (recorded as cancelled) within their kill-after; what is left waits on
+        // the server (an acknowledgement), which hands its requests to another worker anyway.
+        let wound_up = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if wound_up.is_err() {
+            tasks.abort_all();
+        }
     }
 }
 

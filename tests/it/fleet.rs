@@ -590,3 +590,37 @@ fn a_server_with_users_takes_the_user_and_password_from_the_url_and_lorch_never_
     wrong.code(3).stderr_has("authorization violation");
     assert!(!wrong.stderr.contains("guess"), "{wrong:?}");
 }
+
+/// Workers whose server went away, running nothing: SIGTERM ends them within their grace
+/// (they waited on the server 10 s and more before), with exit 0.
+#[test]
+fn workers_whose_server_is_gone_stop_on_sigterm() {
+    let (_plugins, env) = common::testkit_env();
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let grace = ["--grace", "3s"];
+    let workers: Vec<_> = (0..2).map(|_| start_worker(&env, &nats, &grace)).collect();
+    wait_for(&env, &nats, "two workers", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 2)
+    });
+    nats.shut_down();
+    std::thread::sleep(Duration::from_secs(5));
+    for worker in &workers {
+        common::signal(worker, "TERM");
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for mut worker in workers {
+        let status = loop {
+            if let Some(status) = worker.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = worker.kill();
+                panic!("a worker ignored SIGTERM with its server gone");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(0));
+    }
+}

@@ -82,6 +82,13 @@ impl Nats {
         }
     }
 
+    /// Stops the server as its service manager would (SIGTERM: it tells its clients it shuts
+    /// down), and waits for it to be gone.
+    pub fn shut_down(&mut self) {
+        super::signal(&self.child, "TERM");
+        let _ = self.child.wait();
+    }
+
     /// Stops the server, and starts it again on the same port and store after `down`.
     pub fn restart_after(&mut self, down: Duration) {
         let _ = self.child.kill();
