@@ -95,25 +95,48 @@ fn call(hook: &Hook, note: &Note, timeout: Duration) -> Result<(), String> {
 }
 
 /// `sh -c COMMAND`, in a process group of its own so that a timeout stops all it started, with
-/// the note on stdin and in `LORCH_*` variables; its output goes to lorch's stderr.
+/// the note on stdin and in `LORCH_*` variables (not the NATS URL, which may hold a password);
+/// its output is copied to lorch's stderr through a pipe lorch lets go of once the hook ended,
+/// so that a child it left in the background does not keep lorch's stderr (and cron) waiting.
 fn run_command(command: &str, note: &Note, body: &[u8], timeout: Duration) -> Result<(), String> {
-    let stderr = || {
-        use std::os::fd::AsFd as _;
-        std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_or(Stdio::null(), Stdio::from)
-    };
+    let (output, written) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let also_written = written
+        .try_clone()
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
         .envs(variables(note))
+        .env_remove(crate::fleet::URL_VAR)
         .stdin(Stdio::piped())
-        .stdout(stderr())
-        .stderr(stderr())
+        .stdout(written)
+        .stderr(also_written)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start sh: {e}"))?;
+    let copied = copy_to_stderr(output);
+    let ended = wait_command(&mut child, body, timeout);
+    // What the hook wrote before it ended is shown; a child it left behind is not waited for.
+    let _ = copied.recv_timeout(Duration::from_millis(200));
+    ended
+}
+
+/// Copies the hook's output to lorch's stderr from a thread, which says when the pipe closed.
+fn copy_to_stderr(mut output: std::io::PipeReader) -> std::sync::mpsc::Receiver<()> {
+    let (closed, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut output, &mut std::io::stderr());
+        let _ = closed.send(());
+    });
+    said
+}
+
+/// Gives the hook its stdin and waits for it, killing its process group at the timeout.
+fn wait_command(
+    child: &mut std::process::Child,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let body = body.to_vec();
     // A hook that does not read its stdin must not hold lorch up: written from a thread.

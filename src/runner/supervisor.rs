@@ -282,6 +282,8 @@ fn spawn(files: &ring::WorkerFiles, plugin: Option<&std::fs::File>) -> anyhow::R
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("__worker")
+        // The job needs no NATS server, and its URL may hold a password (docs/fleet.md).
+        .env_remove(crate::fleet::URL_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -236,11 +236,11 @@ fn a_killed_backfill_takes_its_running_window_with_it() {
 fn an_empty_account_or_one_with_control_characters_is_refused() {
     let (_plugins, env) = common::testkit_env();
     for account in ["", "a\tb", "new\nline"] {
-        env.run(&["run-job", "testkit/echo", "--account", account])
+        env.run(&["run-job", "testkit", "echo", "--account", account])
             .code(2)
             .stderr_has("invalid value");
     }
-    env.run(&["run-job", "testkit/echo", "--account", ""])
+    env.run(&["run-job", "testkit", "echo", "--account", ""])
         .stderr_has("an account cannot be empty");
     assert!(env.all_events().is_empty(), "nothing was recorded");
     env.write_config("[jobs.\"testkit/echo\"]\naccount = \"\"\n");
@@ -277,4 +277,51 @@ fn a_scheduled_pipeline_is_not_run_again_for_a_fire_time_it_covered() {
     db.execute("DELETE FROM schedules", []).unwrap();
     tick().code(0);
     assert_eq!(pipeline_runs(), 1, "the fire time ran twice");
+}
+
+/// The NATS URL (it may hold a password) reaches neither a job nor a hook, and a hook that
+/// leaves a child in the background does not keep lorch's stderr, so cron, waiting.
+#[test]
+fn secrets_stay_in_lorch_and_a_hooks_background_child_does_not_hold_its_output() {
+    let (_plugins, env) = common::testkit_env();
+    let seen = env.home.path().join("hook-env");
+    env.write_config(&format!(
+        "[notify]\non_failure = \"echo hooked; env > {}; sleep 60 &\"\n",
+        seen.display()
+    ));
+    let url = "nats://lorch:s3cret@127.0.0.1:1";
+    let job = env
+        .lorch()
+        .args([
+            "run-job",
+            "testkit",
+            "env",
+            "--param",
+            "name=LORCH_NATS_URL",
+        ])
+        .env("LORCH_NATS_URL", url)
+        .run();
+    job.code(0);
+    let emitted = env
+        .all_events()
+        .into_iter()
+        .find(|e| e["event_type"] == "testkit.env")
+        .unwrap();
+    assert_eq!(emitted["payload"]["value"], serde_json::Value::Null);
+
+    let started = std::time::Instant::now();
+    let failed = env
+        .cmd(&["run-job", "testkit", "fail"])
+        .env("LORCH_NATS_URL", url)
+        .output()
+        .unwrap();
+    let failed = common::Run::from(failed);
+    failed.code(1).stderr_has("hooked");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "lorch's stderr was held by the hook's background child"
+    );
+    let hook_env = std::fs::read_to_string(&seen).unwrap();
+    assert!(hook_env.contains("LORCH_EVENT=failure"), "{hook_env}");
+    assert!(!hook_env.contains("s3cret"), "{hook_env}");
 }

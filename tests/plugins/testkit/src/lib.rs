@@ -503,3 +503,18 @@ fn chatty(ctx: &Context, args: &Args) -> JobResult {
         _ => Ok(()),
     }
 }
+
+lorch_plugin_api::job! {
+    /// Emits `testkit.env` with the value of the environment variable `--param name=NAME`
+    /// (null when unset): what a job can see.
+    package = "testkit",
+    name = "env",
+    params = [ParamSpec::string("name").required().help("The variable to read")],
+    run = read_env,
+}
+
+fn read_env(ctx: &Context, args: &Args) -> JobResult {
+    let name = args.params.string("name").unwrap_or_default();
+    ctx.emit("testkit.env", json!({ "value": std::env::var(name).ok() }))?;
+    Ok(())
+}
