@@ -441,6 +441,11 @@ impl Config {
                 let message = format!("[metrics]: unknown key `{name}`; accepted: dir");
                 problems.push(config.problem(value.span(), message));
             }
+            if let Some(empty) = dir.as_ref().filter(|d| d.get_ref().trim().is_empty()) {
+                let message =
+                    "[metrics]: dir is empty: name the directory to write lorch.prom into";
+                problems.push(config.problem(empty.span(), message.to_owned()));
+            }
             match dir {
                 Some(dir) if problems.is_empty() => {
                     config.metrics = Some(Metrics {
@@ -825,9 +830,14 @@ impl<'a> Fields<'a> {
             if text == crate::lifecycle::LAST_SUCCESS {
                 return Ok(());
             }
-            timearg::resolve(text, chrono::Utc::now())
-                .map(drop)
-                .map_err(|why| format!("{why}; {}, or last-success", timearg::ACCEPTED))
+            let now = chrono::Utc::now();
+            match timearg::resolve(text, now) {
+                Ok(at) if at > now => Err(format!(
+                    "'{text}' is in the future: a window starts at or before the moment it runs"
+                )),
+                Ok(_) => Ok(()),
+                Err(why) => Err(format!("{why}; {}, or last-success", timearg::ACCEPTED)),
+            }
         };
         let duration = |text: &str| timearg::duration(text).map(drop);
         let positive = |text: &str| timearg::positive_duration(text).map(drop);
@@ -908,7 +918,13 @@ impl<'a> Fields<'a> {
             },
         };
         let duration = |text: &str| timearg::duration(text).map(drop);
-        let max_catch_up = self.checked("max_catch_up", duration);
+        let a_minute_or_more = |text: &str| match timearg::duration(text)? {
+            d if d < Duration::from_secs(60) => Err(format!(
+                "'{text}' is shorter than a minute: tick comes once a minute, so a fire time would be dropped before any tick saw it; give 1m or more"
+            )),
+            _ => Ok(()),
+        };
+        let max_catch_up = self.checked("max_catch_up", a_minute_or_more);
         let jitter = self.checked("jitter", duration);
         let options = self.run_options();
         // A relative start (`-1d`) would be read at the moment tick runs, not at the fire time:

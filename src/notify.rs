@@ -193,7 +193,8 @@ fn variables(note: &Note) -> Vec<(&'static str, String)> {
 }
 
 /// POSTs `body` to `url`: tried again on a network error, a 5xx or a 429, until `timeout` is
-/// spent.
+/// spent. A redirect is not followed (a client following a 302 sends a GET without the
+/// summary): it is a failure naming where it leads.
 fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -201,6 +202,7 @@ fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
         .map_err(|e| format!("cannot start an HTTP client: {e}"))?;
     let client = reqwest::Client::builder()
         .user_agent(concat!("lorch/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot start an HTTP client: {e}"))?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -215,6 +217,17 @@ fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
                 .send();
             let why = match request.await {
                 Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_redirection() => {
+                    let to = response
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|l| l.to_str().ok())
+                        .unwrap_or("nowhere");
+                    return Err(format!(
+                        "the server answered {} (a redirect to {to}), which lorch does not follow: give the webhook's final URL",
+                        response.status()
+                    ));
+                }
                 Ok(response) => {
                     let status = response.status();
                     if !status.is_server_error() && status.as_u16() != 429 {

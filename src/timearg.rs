@@ -94,6 +94,15 @@ pub fn window(
             .transpose()
     };
     let (since, until) = (time("--since", since)?, time("--until", until)?);
+    if let (Some(since), None) = (&since, &until)
+        && since.utc > now
+    {
+        return Err(format!(
+            "--since '{}' ({}) is in the future; the window ends now (give --until for a later end)",
+            since.raw,
+            since.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
     if let (Some(since), Some(until)) = (&since, &until)
         && since.utc > until.utc
     {

@@ -174,3 +174,16 @@ fn a_hook_that_hangs_or_fails_is_reported_once_and_the_exit_code_stays() {
         "on_recovery hook (webhook http://127.0.0.1:9/nobody) of testkit/fail_if_exists failed",
     );
 }
+
+/// A 302 is not followed (a client that follows it sends a GET without the summary), and the
+/// hook is reported as failed, naming the redirect.
+#[test]
+fn a_webhook_that_redirects_is_reported_not_followed() {
+    let (_plugins, env) = common::testkit_env();
+    let (url, bodies) = webhook(&[302]);
+    env.write_config(&format!("[notify]\non_failure = \"{url}\"\n"));
+    let run = env.lorch().args(["run-job", "testkit", "fail"]).run();
+    run.code(1)
+        .stderr_has("302 Found (a redirect to nowhere), which lorch does not follow");
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+}

@@ -325,3 +325,24 @@ fn secrets_stay_in_lorch_and_a_hooks_background_child_does_not_hold_its_output()
     assert!(hook_env.contains("LORCH_EVENT=failure"), "{hook_env}");
     assert!(!hook_env.contains("s3cret"), "{hook_env}");
 }
+
+/// Values that were accepted and then did nothing, or the wrong thing: refused, each at its
+/// place in lorch.toml, and on the command line.
+#[test]
+fn values_that_would_silently_do_nothing_are_refused() {
+    let (_plugins, env) = common::testkit_env();
+    env.write_config(
+        "[jobs.\"testkit/echo\"]\nsince = \"3026-01-01\"\n\
+         [[schedule]]\njob = \"testkit/echo\"\ncron = \"@daily\"\nmax_catch_up = \"0s\"\n\
+         [metrics]\ndir = \"\"\n",
+    );
+    env.run(&["config", "check"])
+        .code(2)
+        .stderr_has(":2:9: [jobs.\"testkit/echo\"]: since: '3026-01-01' is in the future")
+        .stderr_has(":6:16: schedule 1: max_catch_up: '0s' is shorter than a minute")
+        .stderr_has(":8:7: [metrics]: dir is empty");
+    std::fs::remove_file(env.home.path().join(".config/lorch/lorch.toml")).unwrap();
+    env.run(&["run-job", "testkit", "echo", "--since", "3026-01-01"])
+        .code(2)
+        .stderr_has("--since '3026-01-01' (3026-01-01T00:00:00Z) is in the future");
+}
