@@ -24,6 +24,86 @@ struct Emitted<'a> {
     idem_key: Option<String>,
 }
 
+/// An object's payload as BigQuery's JSON columns take it, checked before it is stored (the
+/// store keeps the text as the job wrote it): numbers that fit a double, no key twice in an
+/// object, strings without lone UTF-16 surrogates. serde_json refuses the first and the last
+/// while parsing; [`NoDuplicateKeys`] the second.
+fn check_payload(idem_key: &str, payload: &str) -> Result<(), String> {
+    serde_json::from_str::<NoDuplicateKeys>(payload)
+        .map(drop)
+        .map_err(|e| {
+            let what = match e.to_string() {
+                why if why.contains("escape") => {
+                    format!("a \\u escape that is no character (a lone UTF-16 surrogate): {why}")
+                }
+                why => why,
+            };
+            format!("the payload of object {idem_key:?} is JSON BigQuery refuses: {what}")
+        })
+}
+
+/// Any JSON value, refused when an object in it has a key twice.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<NoDuplicateKeys>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is there twice"
+                )));
+            }
+        }
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self, E> {
+        match n.is_finite() {
+            true => Ok(NoDuplicateKeys),
+            false => Err(E::custom("a number too large for a double")),
+        }
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(NoDuplicateKeys)
+    }
+}
+
 /// `abi::Upsert` as the host reads it: each payload stays JSON text, borrowed.
 #[derive(Deserialize)]
 struct Upserted<'a> {
@@ -205,9 +285,10 @@ impl<'a> JobCall<'a> {
         let now = chrono::Utc::now();
         let mut objects = Vec::with_capacity(upserted.objects.len());
         for o in upserted.objects {
-            if let Err(why) =
+            let checked =
                 lorch_plugin_api::check_object(&o.object_type, &o.idem_key, o.payload.get().len())
-            {
+                    .and_then(|()| check_payload(&o.idem_key, o.payload.get()));
+            if let Err(why) = checked {
                 return refuse(&why);
             }
             objects.push(Object {

@@ -159,6 +159,60 @@ fn bad_objects_are_refused_and_the_failure_says_which() {
     assert_eq!(count.json()["total"], 0, "nothing stored");
 }
 
+/// JSON a C plugin can write that BigQuery's JSON columns refuse: refused at `upsert`, naming
+/// why, instead of stored and refused at delivery (docs/objects.md).
+#[test]
+fn payloads_bigquery_would_refuse_are_refused_at_upsert() {
+    let Some(cc) = common::c_compiler() else {
+        return;
+    };
+    let cases = [
+        ("huge", r#"{\"n\": 1e999}"#, "number out of range"),
+        (
+            "twice",
+            r#"{\"a\": 1, \"a\": 2}"#,
+            "the key \"a\" is there twice",
+        ),
+        (
+            "surrogate",
+            r#"{\"s\": \"\\ud800\"}"#,
+            "a \\u escape that is no character (a lone UTF-16 surrogate)",
+        ),
+    ];
+    let dir = tempfile::TempDir::new().unwrap();
+    for (job, payload, _) in cases {
+        let source = format!(
+            r#"#include "lorch_plugin.h"
+static const char METADATA[] = "{{\"jobs\": [{{\"package\": \"bad_{job}\", \"name\": \"put\"}}]}}";
+static const char OBJECTS[] = "{{\"objects\": [{{\"object_type\": \"t\", \"idem_key\": \"k\", \"payload\": {payload}}}]}}";
+static LorchStr metadata(void) {{ LorchStr s = {{(const uint8_t *)METADATA, sizeof METADATA - 1}}; return s; }}
+static int32_t run(const LorchHost *host, LorchStr job, LorchStr request) {{
+    (void)job; (void)request;
+    LorchStr s = {{(const uint8_t *)OBJECTS, sizeof OBJECTS - 1}};
+    return host->upsert(host->ctx, s) == LORCH_UPSERT_OK ? LORCH_RUN_OK : LORCH_RUN_FAILED;
+}}
+static const LorchPluginHeader HEADER = {{ 1u, sizeof(LorchPluginHeader), metadata, run }};
+const LorchPluginHeader *lorch_plugin_entry(void) {{ return &HEADER; }}
+"#
+        );
+        common::compile_c(
+            &cc,
+            &source,
+            &dir.path().join(format!("libbad_{job}.so")),
+            &[],
+        );
+    }
+    let env = Env::new(&[dir.path()]);
+    for (job, _, why) in cases {
+        let out = env.run(&["run-job", &format!("bad_{job}"), "put"]);
+        out.code(1).stderr_has(&format!(
+            "upserted objects lorch refuses: the payload of object \"k\" is JSON BigQuery refuses: {why}"
+        ));
+    }
+    let count = env.run(&["objects", "count", "--json"]);
+    assert_eq!(count.json()["total"], 0, "nothing stored");
+}
+
 #[test]
 fn objects_acknowledged_before_a_segfault_are_kept() {
     let (_plugins, env) = common::testkit_env();
