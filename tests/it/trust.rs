@@ -346,3 +346,68 @@ fn values_that_would_silently_do_nothing_are_refused() {
         .code(2)
         .stderr_has("--since '3026-01-01' (3026-01-01T00:00:00Z) is in the future");
 }
+
+/// The line `schedule install --cron` prints works as cron runs it: from another directory
+/// (every path absolute, `LORCH_HOME` too), with a space, `%` and `;` in its paths (quoted,
+/// `%` escaped).
+#[test]
+fn the_printed_cron_line_runs_from_another_directory_with_awkward_paths() {
+    let (plugins, env) = common::testkit_env();
+    let odd = env.home.path().join("my dir;50%");
+    std::fs::create_dir_all(odd.join("plugins")).unwrap();
+    for entry in std::fs::read_dir(plugins.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), odd.join("plugins").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        odd.join("lorch.toml"),
+        "[[schedule]]\njob = \"testkit/echo\"\ncron = \"* * * * *\"\n",
+    )
+    .unwrap();
+    let printed = common::Run::from(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lorch"))
+            .current_dir(env.home.path())
+            // Relative, with a space: made absolute, and an assignment the shell still reads.
+            .env("LORCH_HOME", "state dir")
+            .env_remove("LORCH_PLUGIN_PATH")
+            .env_remove("LORCH_CONFIG")
+            .args([
+                "--config",
+                "my dir;50%/lorch.toml",
+                "--plugin-path",
+                "my dir;50%/plugins",
+            ])
+            .args(["schedule", "install", "--cron"])
+            .output()
+            .unwrap(),
+    );
+    printed.code(0);
+    let line = printed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("* * * * * "))
+        .unwrap()
+        .trim_start_matches("* * * * * ")
+        .to_owned();
+    assert!(line.contains(r"50\%"), "{line}");
+    // As cron does: `\%` becomes `%`, and /bin/sh runs the rest, here from `/`.
+    let command = line.replace(r"\%", "%");
+    let ran = common::Run::from(
+        std::process::Command::new("/bin/sh")
+            .args(["-c", &command])
+            .current_dir("/")
+            .env("LORCH_NOW", "2026-11-01T06:00:30Z")
+            .output()
+            .unwrap(),
+    );
+    ran.code(0);
+    let runs = env
+        .lorch()
+        .args(["runs", "list", "--json"])
+        .env(
+            "LORCH_HOME",
+            env.home.path().join("state dir").to_str().unwrap(),
+        )
+        .run();
+    assert_eq!(runs.json()["runs"][0]["job"], "echo", "{line}");
+}
