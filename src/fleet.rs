@@ -485,9 +485,48 @@ pub fn lock_key(package: &str, job: &str, account: Option<&str>) -> String {
     )
 }
 
+/// What can lose a request the server acknowledged (docs/fleet.md, "Durability"): the jobs
+/// stream kept in memory (a restart loses it), or a server older than 2.10, which cannot sync
+/// each write to disk (`sync_interval: always`), so a power loss can take what it
+/// acknowledged in the last minutes. A newer server's own setting cannot be seen from a client:
+/// the docs say what to set.
+pub fn durability_warnings(version: &str, storage: stream::StorageType) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if storage == stream::StorageType::Memory {
+        warnings.push(format!(
+            "the stream {JOBS_STREAM} is kept in memory: a restart of the server loses every queued request"
+        ));
+    }
+    let mut numbers = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(str::parse::<u32>);
+    let (major, minor) = (numbers.next(), numbers.next());
+    if let (Some(Ok(major)), Some(Ok(minor))) = (major, minor)
+        && (major, minor) < (2, 10)
+    {
+        warnings.push(format!(
+            "NATS server {version} cannot sync each write to disk (sync_interval: always needs 2.10 or later): requests it acknowledged shortly before a power loss or a crash of its machine can be lost; submit with --request-id to send them again safely (docs/fleet.md, \"Durability\")"
+        ));
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_stream_or_a_server_that_cannot_sync_each_write_is_warned_of() {
+        use stream::StorageType::{File, Memory};
+        assert!(durability_warnings("2.10.0", File).is_empty());
+        assert!(durability_warnings("2.14.4", File).is_empty());
+        let old = durability_warnings("2.9.10", File);
+        assert_eq!(old.len(), 1);
+        assert!(old[0].starts_with("NATS server 2.9.10 cannot sync each write"));
+        assert_eq!(durability_warnings("2.11.0", Memory).len(), 1);
+        assert_eq!(durability_warnings("garbage", Memory).len(), 1);
+    }
 
     #[test]
     fn a_request_becomes_the_run_job_it_asks_for() {

@@ -1014,12 +1014,16 @@ pub fn status(nats: Option<&str>, json: bool) -> Result<Exit> {
         }
         let dead = dead_letters(&connection).await?;
         let workers = workers(&connection).await?;
-        anyhow::Ok((queued, in_progress, redelivered, dead, workers))
+        let version = connection.jetstream.client().server_info().version;
+        let storage = stream.cached_info().config.storage;
+        let warnings = fleet::durability_warnings(&version, storage);
+        anyhow::Ok((queued, in_progress, redelivered, dead, workers, warnings))
     });
-    let (queued, in_progress, redelivered, dead, workers) = found.map_err(unreachable)?;
+    let (queued, in_progress, redelivered, dead, workers, warnings) = found.map_err(unreachable)?;
     if json {
         output::print_json(&json!({
             "server": connection.url,
+            "warnings": warnings,
             "queued": queued,
             "in_progress": in_progress,
             "redelivered": redelivered,
@@ -1027,6 +1031,9 @@ pub fn status(nats: Option<&str>, json: bool) -> Result<Exit> {
             "dead": dead,
         }))?;
         return Ok(Exit::Success);
+    }
+    for warning in &warnings {
+        stderr!("warning: {warning}");
     }
     let mut text = format!(
         "{}: {} requests queued, {in_progress} of them in progress ({redelivered} redelivered); {} workers; {} dead letters\n",
