@@ -130,7 +130,7 @@ pub fn plan<'a>(
     }
     let since = options.since.as_deref().filter(|_| !resumes);
     let (since, until) =
-        timearg::window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
+        timearg::run_window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
     let params = params::resolve(job.meta(), &options.params).map_err(Error::Usage)?;
     Ok(RunPlan {
         job,

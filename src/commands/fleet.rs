@@ -112,7 +112,7 @@ fn request(catalog: &Catalog, submit: &Submit) -> Result<Request> {
     let last_success = |t: &str| t.trim() == crate::lifecycle::LAST_SUCCESS;
     let since = options.since.as_deref().filter(|t| !last_success(t));
     let (since_at, until_at) =
-        crate::timearg::window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
+        crate::timearg::run_window(since, options.until.as_deref(), now).map_err(Error::Usage)?;
     let instant = |t: lorch_plugin_api::TimeArg| crate::timearg::micros(&t.utc);
     let until = until_at.map(instant).or_else(|| {
         options

@@ -248,7 +248,7 @@ fn window(store: &LocalStore, pipeline: &Pipeline, request: &Request) -> Result<
     }
     let now = timearg::now().map_err(Error::Usage)?;
     let since = request.since.map(str::trim).filter(|s| *s != LAST_SUCCESS);
-    let (since, until) = timearg::window(since, request.until, now).map_err(Error::Usage)?;
+    let (since, until) = timearg::run_window(since, request.until, now).map_err(Error::Usage)?;
     let micros = |t: &lorch_plugin_api::TimeArg| timearg::micros(&t.utc);
     Ok(Shared {
         now,
