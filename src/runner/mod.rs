@@ -324,20 +324,23 @@ fn already_completed(
         reason: Some(Reason::AlreadyCompleted),
         ..lifecycle_payload(plan, 1)
     };
-    let mut event = lifecycle_event(EventType::Skipped, &run_id, plan, &payload);
-    event.error_message = Some(format!("skipped: the run {by} completed its window"));
-    sink.record(&event)
-        .with_context(|| format!("cannot record job.skipped of run {run_id}"))?;
-    Ok(RunReport {
+    let why = format!("skipped: the run {by} completed its window");
+    record_skipped(plan, sink, &run_id, &payload, Some(why))?;
+    Ok(not_run(run_id, Outcome::AlreadyCompleted(by)))
+}
+
+/// The report of a run that did not run.
+fn not_run(run_id: String, outcome: Outcome) -> RunReport {
+    RunReport {
         run_id,
         attempts: 1,
-        outcome: Outcome::AlreadyCompleted(by),
+        outcome,
         duration: Duration::ZERO,
         events_not_recorded: 0,
         objects: ObjectCounts::default(),
         record_error: None,
         log_tail: Vec::new(),
-    })
+    }
 }
 
 /// Records `job.skipped` for a run that found the job's lock held.
@@ -355,17 +358,8 @@ fn skipped(
         }),
         ..lifecycle_payload(plan, 1)
     };
-    record_skipped(plan, sink, &run_id, &payload)?;
-    Ok(RunReport {
-        run_id,
-        attempts: 1,
-        outcome: Outcome::Skipped(holder),
-        duration: Duration::ZERO,
-        events_not_recorded: 0,
-        objects: ObjectCounts::default(),
-        record_error: None,
-        log_tail: Vec::new(),
-    })
+    record_skipped(plan, sink, &run_id, &payload, None)?;
+    Ok(not_run(run_id, Outcome::Skipped(holder)))
 }
 
 /// Records `job.skipped`, reason `locked`, for a run whose caller found the job's lock held
@@ -391,22 +385,21 @@ pub fn skip_for_upstream(
         upstream: Some(upstream.to_owned()),
         ..lifecycle_payload(plan, 1)
     };
-    record_skipped(plan, sink, &run_id, &payload)?;
+    let why = format!("skipped: the step {upstream} it needs did not complete");
+    record_skipped(plan, sink, &run_id, &payload, Some(why))?;
     Ok(run_id)
 }
 
+/// Records `job.skipped` with `payload`, and `why` as its error message.
 fn record_skipped(
     plan: &RunPlan,
     sink: &dyn EventSink,
     run_id: &str,
     payload: &Payload,
+    why: Option<String>,
 ) -> anyhow::Result<()> {
     let mut event = lifecycle_event(EventType::Skipped, run_id, plan, payload);
-    if let Some(upstream) = &payload.upstream {
-        event.error_message = Some(format!(
-            "skipped: the step {upstream} it needs did not complete"
-        ));
-    }
+    event.error_message = why;
     sink.record(&event)
         .with_context(|| format!("cannot record job.skipped of run {run_id}"))
 }

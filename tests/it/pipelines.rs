@@ -59,7 +59,7 @@ fn pipeline_events(env: &Env, id: &str) -> Vec<Value> {
 }
 
 /// The pipeline run id a `run-pipeline` printed in its summary line.
-fn pipeline_run_id(out: &common::Run) -> String {
+pub fn pipeline_run_id(out: &common::Run) -> String {
     let text = format!("{}{}", out.stdout, out.stderr);
     let at = text
         .find("(pipeline run ")

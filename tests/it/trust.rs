@@ -6,6 +6,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use crate::common;
+use crate::pipelines::pipeline_run_id;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o7777
@@ -55,14 +56,6 @@ fn the_store_is_readable_by_its_owner_only_and_an_open_one_is_repaired_once() {
     assert!(!again.stderr.contains("private"), "{}", again.stderr);
 }
 
-/// The pipeline run id a `run-pipeline` printed in its summary line.
-fn pipeline_run_id(text: &str) -> String {
-    let at = text
-        .find("(pipeline run ")
-        .unwrap_or_else(|| panic!("no pipeline run id: {text}"));
-    text[at + 14..at + 50].to_owned()
-}
-
 /// Two `--resume` of one failed pipeline run started together: one runs the rest, the other
 /// exits 2 naming it, every round (docs/pipelines.md).
 #[test]
@@ -78,7 +71,7 @@ fn two_resumes_of_one_pipeline_run_at_once_run_it_once() {
         std::fs::write(&flag, "").unwrap();
         let failed = env.run(&["run-pipeline", "p"]);
         failed.code(1);
-        let id = pipeline_run_id(&failed.stderr);
+        let id = pipeline_run_id(&failed);
         std::fs::remove_file(&flag).unwrap();
         let children: Vec<_> = (0..2)
             .map(|_| {
@@ -99,7 +92,7 @@ fn two_resumes_of_one_pipeline_run_at_once_run_it_once() {
             [2, 0] => (&outs[1], &outs[0]),
             _ => panic!("round {round}: exit codes {codes:?}: {outs:?}"),
         };
-        let winner_id = pipeline_run_id(&winner.stdout);
+        let winner_id = pipeline_run_id(winner);
         assert!(
             loser
                 .stderr
