@@ -6,6 +6,24 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::lifecycle::RunStatus;
+use crate::logging::Format;
+
+/// The command line of this process, parsed (clap exits with its usage message on a mistake).
+pub fn parse() -> Cli {
+    <Cli as clap::Parser>::parse()
+}
+
+/// A value parser taking one of a closed vocabulary's wire names (`RunStatus::ALL`), so that
+/// help and completions list them and the domain enum needs no clap derive.
+fn one_of<T: Copy + Send + Sync + 'static, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    parse: fn(&str) -> Option<T>,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(all.map(name))
+        .map(move |text: String| parse(&text).expect("clap let through one of the names"))
+}
 use crate::{params, timearg};
 
 #[derive(Debug, Parser)]
@@ -35,8 +53,8 @@ pub struct Cli {
 
     /// Log lines on stderr as text, or one JSON object a line (with a job's run id, package,
     /// job and account) [default: LORCH_LOG_FORMAT, else text]
-    #[arg(long, value_name = "FORMAT", global = true)]
-    pub log_format: Option<crate::logging::Format>,
+    #[arg(long, value_name = "FORMAT", global = true, value_parser = one_of(Format::ALL, Format::as_str, Format::parse))]
+    pub log_format: Option<Format>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -507,7 +525,7 @@ pub struct RunsQuery {
     #[arg(long, value_name = "NAME", conflicts_with_all = ["job", "account"])]
     pub pipeline: Option<String>,
     /// Only runs with this status
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of(RunStatus::ALL, RunStatus::as_str, RunStatus::parse))]
     pub status: Option<RunStatus>,
     /// Only runs for this account
     #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]

@@ -40,11 +40,10 @@ pub use runner::protocol as worker_protocol;
 use std::process::ExitCode;
 
 use crate::output::stderr;
-use clap::Parser;
 
 /// Runs the lorch command line with this process's arguments and environment.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     if let cli::Command::RunJob { options, .. } | cli::Command::Run { options, .. } = &cli.command
         && options.quiet
         && std::env::var_os("LORCH_LOG").is_none()

@@ -116,7 +116,7 @@ impl EventType {
 }
 
 /// Where a run stands (`runs list`, the store's `runs.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -135,15 +135,15 @@ impl RunStatus {
         }
     }
 
+    pub const ALL: [RunStatus; 4] = [
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Skipped,
+    ];
+
     pub fn parse(text: &str) -> Option<RunStatus> {
-        [
-            RunStatus::Running,
-            RunStatus::Completed,
-            RunStatus::Failed,
-            RunStatus::Skipped,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        RunStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 

@@ -11,13 +11,19 @@ use crate::output::stderr;
 pub const FORMAT_VAR: &str = "LORCH_LOG_FORMAT";
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
 }
 
 impl Format {
+    pub const ALL: [Format; 2] = [Format::Text, Format::Json];
+
+    pub fn parse(text: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Text => "text",

@@ -167,3 +167,31 @@ fn code_cites_the_projects_docs_not_the_spec() {
         cited.join("\n")
     );
 }
+
+#[test]
+fn only_the_command_line_knows_clap() {
+    let src = Path::new(REPO).join("src");
+    let mut found = Vec::new();
+    for file in rust_files(&src) {
+        let relative = file.strip_prefix(&src).unwrap();
+        if relative.starts_with("cli.rs") || relative.starts_with("commands") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("clap::") || line.contains("use clap") {
+                found.push(format!(
+                    "src/{}:{}: {}",
+                    relative.display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "clap belongs to src/cli.rs and src/commands/: give the domain a plain type (a closed vocabulary with ALL and parse) and parse it in cli.rs:\n{}",
+        found.join("\n")
+    );
+}
