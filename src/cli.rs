@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::lifecycle::RunStatus;
 use crate::logging::Format;
+use crate::plan::RunOptions;
 
 /// The command line of this process, parsed (clap exits with its usage message on a mistake).
 pub fn parse() -> Cli {
@@ -72,7 +73,7 @@ pub enum Command {
         /// The job's name
         job: String,
         #[command(flatten)]
-        options: RunOptions,
+        options: RunArgs,
     },
     /// Run PACKAGE/JOB, or JOB alone when no other package has a job of that name
     Run {
@@ -80,7 +81,7 @@ pub enum Command {
         #[arg(value_name = "PACKAGE/JOB")]
         job: String,
         #[command(flatten)]
-        options: RunOptions,
+        options: RunArgs,
     },
     /// Show plugin files, their ABI and jobs, or why they failed to load
     #[command(subcommand)]
@@ -576,7 +577,7 @@ pub enum QueueCommand {
 #[derive(Debug, Args)]
 pub struct SubmitOptions {
     #[command(flatten)]
-    pub run: SubmitRun,
+    pub request: RequestArgs,
     /// The request id (default: a new UUIDv7); a request submitted again with the same id
     /// within 2 minutes is stored once
     #[arg(long, value_name = "ID")]
@@ -592,64 +593,10 @@ pub struct SubmitOptions {
     pub quiet: bool,
 }
 
-/// The run options of a request (those of run-job that say what to run, not how lorch runs it
-/// here).
+/// What a run is asked to do: the flags `run-job` and `submit` share (README, "Options of
+/// run-job and run"; docs/fleet.md).
 #[derive(Debug, Default, Args)]
-pub struct SubmitRun {
-    /// The account the job works on
-    #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
-    pub account: Option<String>,
-    /// Start of the window: a time (resolved now) or last-success (resolved by the worker)
-    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-    pub since: Option<String>,
-    /// With --since last-success: the start when no run has completed yet
-    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-    pub initial_since: Option<String>,
-    /// End of the window [default: now, when --since is given]
-    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-    pub until: Option<String>,
-    /// A declared job parameter (repeatable)
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    pub params: Vec<String>,
-    /// Trace id recorded with every event [default: the request id]
-    #[arg(long, value_name = "ID")]
-    pub trace_id: Option<String>,
-    /// Stop the job after this long
-    #[arg(long, value_name = "DURATION", value_parser = timearg::positive_duration)]
-    pub timeout: Option<Duration>,
-    /// How long a stopped job gets between SIGTERM and SIGKILL
-    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
-    pub kill_after: Option<Duration>,
-    /// Attempts after the first, on the worker, for failures that may be transient
-    #[arg(long, value_name = "N")]
-    pub retries: Option<u32>,
-    /// The wait before the first retry; it doubles for each further one
-    #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
-    pub retry_backoff: Option<Duration>,
-}
-
-impl SubmitRun {
-    /// The same as run-job's options, to check them as run-job would.
-    pub fn as_run_options(&self) -> RunOptions {
-        RunOptions {
-            account: self.account.clone(),
-            since: self.since.clone(),
-            initial_since: self.initial_since.clone(),
-            until: self.until.clone(),
-            params: self.params.clone(),
-            trace_id: self.trace_id.clone(),
-            timeout: self.timeout,
-            kill_after: self.kill_after,
-            retries: self.retries,
-            retry_backoff: self.retry_backoff,
-            ..RunOptions::default()
-        }
-    }
-}
-
-/// The arguments common to every job (README, "Options of run-job and run").
-#[derive(Debug, Default, Args)]
-pub struct RunOptions {
+pub struct RequestArgs {
     /// The account the job works on
     #[arg(long, value_name = "ACCOUNT", value_parser = params::account)]
     pub account: Option<String>,
@@ -684,6 +631,32 @@ pub struct RunOptions {
     /// [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = timearg::duration)]
     pub retry_backoff: Option<Duration>,
+}
+
+impl RequestArgs {
+    /// The run options these flags give.
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            account: self.account.clone(),
+            since: self.since.clone(),
+            initial_since: self.initial_since.clone(),
+            until: self.until.clone(),
+            params: self.params.clone(),
+            trace_id: self.trace_id.clone(),
+            timeout: self.timeout,
+            kill_after: self.kill_after,
+            retries: self.retries,
+            retry_backoff: self.retry_backoff,
+            ..RunOptions::default()
+        }
+    }
+}
+
+/// `run-job`'s and `run`'s flags: the request, how lorch runs it here, and what it prints.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
     /// Run the job inside lorch's own process, without a supervised worker (for debugging: a
     /// crash takes lorch down with it, and --timeout is not available)
     #[arg(long, conflicts_with = "timeout")]
@@ -713,6 +686,20 @@ pub struct RunOptions {
     /// Internal: the `lorch backfill` this run is a window of
     #[arg(long, hide = true, value_name = "ID")]
     pub backfill_id: Option<String>,
+}
+
+impl RunArgs {
+    /// The run options these flags give.
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            in_process: self.in_process,
+            wait_lock: self.wait_lock,
+            no_lock: self.no_lock,
+            dry_run: self.dry_run,
+            backfill_id: self.backfill_id.clone(),
+            ..self.request.options()
+        }
+    }
 }
 
 /// The shells `lorch completions` writes for.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use lorch_plugin_api::TimeArg;
 
-use crate::cli::RunOptions;
 use crate::config::{self, RunDefaults};
 use crate::error::{Error, Result};
 use crate::events::LocalStore;
@@ -15,6 +14,31 @@ use crate::lifecycle::LAST_SUCCESS;
 use crate::plugins::Job;
 use crate::runner::{Limits, Mode, RunPlan};
 use crate::{params, timearg};
+
+/// What a run is asked to do, whoever asks (the command line, lorch.toml, a pipeline step, a
+/// fleet request): free of how it was asked.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub account: Option<String>,
+    /// A time form, or `last-success`.
+    pub since: Option<String>,
+    pub initial_since: Option<String>,
+    pub until: Option<String>,
+    /// `KEY=VALUE`, as `--param` takes them.
+    pub params: Vec<String>,
+    pub trace_id: Option<String>,
+    pub timeout: Option<Duration>,
+    pub kill_after: Option<Duration>,
+    pub retries: Option<u32>,
+    pub retry_backoff: Option<Duration>,
+    /// In lorch's own process, without a worker.
+    pub in_process: bool,
+    pub wait_lock: Option<Duration>,
+    pub no_lock: bool,
+    pub dry_run: bool,
+    /// The `lorch backfill` this run is a window of.
+    pub backfill_id: Option<String>,
+}
 
 /// The options of a run: its command line, and for what it does not give, the job's defaults
 /// in the configuration file (docs/configuration.md).

@@ -18,10 +18,10 @@ use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::Passed;
-use crate::cli::RunOptions;
 use crate::error::{Error, Exit, Result};
 use crate::fleet::{self, Connection, Request};
 use crate::output::{self, stderr};
+use crate::plan::RunOptions;
 use crate::plugins::Catalog;
 use crate::signals::Signals;
 

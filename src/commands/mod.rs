@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use crate::cli::{
     Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PipelinesCommand,
-    PluginsCommand, QueueCommand, RunOptions, RunsCommand, ScheduleCommand, StateCommand,
+    PluginsCommand, QueueCommand, RunsCommand, ScheduleCommand, StateCommand,
 };
 use crate::error::{Error, Exit, Result};
 use crate::events::{Event, RunRow};
@@ -54,13 +54,13 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let job = catalog
                 .find(&package, &job)
                 .map_err(|e| nowhere(&search_path, e))?;
-            let (options, after) = configured(cli.config.as_deref(), job, options)?;
-            run::run(job, &options, &after)
+            let (run, after) = configured(cli.config.as_deref(), job, options.options())?;
+            run::run(job, &run, &run::Shown::of(&options), &after)
         }
         Command::Run { job, options } => {
             let job = find_job(discover(), &search_path, &job)?;
-            let (options, after) = configured(cli.config.as_deref(), job, options)?;
-            run::run(job, &options, &after)
+            let (run, after) = configured(cli.config.as_deref(), job, options.options())?;
+            run::run(job, &run, &run::Shown::of(&options), &after)
         }
         Command::Config(ConfigCommand::Check { json }) => {
             config::check(cli.config.as_deref(), discover(), json)
@@ -210,7 +210,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Submit { job, options } => {
-            let run = options.run.as_run_options();
+            let run = options.request.options();
             fleet::submit(
                 discover(),
                 &fleet::Submit {
@@ -284,8 +284,8 @@ impl After {
 fn configured(
     file: Option<&std::path::Path>,
     job: &crate::plugins::Job,
-    options: RunOptions,
-) -> Result<(RunOptions, After)> {
+    options: crate::plan::RunOptions,
+) -> Result<(crate::plan::RunOptions, After)> {
     let config = crate::config::Config::read_file(file).map_err(config_problems)?;
     let id = job.id();
     let own: Vec<_> = config

@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::cli::RunOptions;
 use crate::config::{Config, Pipeline, Problem};
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventSink, LocalStore, Outbox};
@@ -28,6 +27,7 @@ use crate::lifecycle::{
     Window,
 };
 use crate::output::stderr;
+use crate::plan::RunOptions;
 use crate::plugins::Catalog;
 use crate::runner::{self, Outcome, RunPlan, RunReport};
 use crate::signals::Signals;

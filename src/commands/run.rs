@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use crate::bigquery::{self, Background};
-use crate::cli::RunOptions;
+use crate::cli::RunArgs;
 use crate::error::{Error, Exit, Result};
 use crate::events::{EventFilter, LocalStore, Outbox};
 use crate::lifecycle::{Reason, RunStatus};
 use crate::output::stderr;
+use crate::plan::RunOptions;
 use crate::plugins::Job;
 use crate::runner::{self, Outcome};
 use crate::signals::Signals;
@@ -15,10 +16,27 @@ use crate::{history, output, plan};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
-pub fn run(job: &Job, options: &RunOptions, after: &super::After) -> Result<Exit> {
+/// What a run prints, and where its events go: the command line's part beside the run options.
+pub struct Shown<'a> {
+    pub quiet: bool,
+    pub json: bool,
+    pub events_table: Option<&'a str>,
+}
+
+impl Shown<'_> {
+    pub fn of(args: &RunArgs) -> Shown<'_> {
+        Shown {
+            quiet: args.quiet,
+            json: args.json,
+            events_table: args.events_table.as_deref(),
+        }
+    }
+}
+
+pub fn run(job: &Job, options: &RunOptions, shown: &Shown, after: &super::After) -> Result<Exit> {
     let now = crate::timearg::now().map_err(Error::Usage)?;
     let mut plan = plan::plan(job, options, super::lorch_home()?, now)?;
-    let route = Route::choose(options)?;
+    let route = Route::choose(options.dry_run, shown.events_table)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
     // The run's events wait through a busy store for as long as the run lasts.
@@ -69,10 +87,10 @@ pub fn run(job: &Job, options: &RunOptions, after: &super::After) -> Result<Exit
         Some(_) => Exit::Environment,
         None => exit_code(&report, signals.received()),
     };
-    if options.json {
+    if shown.json {
         print_summary_json(job, &report, exit);
     }
-    summarize(&job.id(), &report, options.quiet || options.json);
+    summarize(&job.id(), &report, shown.quiet || shown.json);
 
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {
@@ -200,8 +218,7 @@ enum Route {
 }
 
 impl Route {
-    fn choose(options: &RunOptions) -> Result<Route> {
-        let table = options.events_table.as_deref();
+    fn choose(dry_run: bool, table: Option<&str>) -> Result<Route> {
         if let Some(table) = table {
             bigquery::config::parse_table(table)
                 .map_err(|p| Error::Usage(format!("--events-table: {p}")))?;
@@ -213,7 +230,7 @@ impl Route {
                 )));
             }
         }
-        if options.dry_run {
+        if dry_run {
             let tables = bigquery::Config::from_env()
                 .ok()
                 .and_then(|c| Some((c.table_for(table).ok()?, c.objects_table_for(table).ok()?)));
