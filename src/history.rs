@@ -185,7 +185,7 @@ pub fn pipeline_summary(
             .filter_map(|r| r.step.clone())
             .collect()
     };
-    let completed = |r: &RunRow| r.status == RunStatus::Completed && r.reason.is_none();
+    let completed = RunRow::counts;
     let failed_steps = named(&|r| {
         r.status == RunStatus::Failed || (r.status == RunStatus::Completed && !completed(r))
     });

@@ -8,6 +8,8 @@ use lorch_plugin_api::abi::Failure;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::error::Exit;
+
 /// The `source_system` of every lifecycle event.
 pub const SOURCE: &str = "lorch";
 
@@ -147,7 +149,8 @@ impl RunStatus {
     }
 }
 
-/// Why a run failed (`job.failed`) or was skipped (`job.skipped`): the payload's `reason`.
+/// Why a run failed (`job.failed`) or was skipped (`job.skipped`): the payload's `reason`; and
+/// why a completed run does not count for its window (the `runs` row's, [`Completion`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -173,10 +176,81 @@ pub enum Reason {
     StepFailed,
     /// Skipped: a backfill's window that another run completed meanwhile (docs/windows.md).
     AlreadyCompleted,
+    /// Completed, with some of its events or objects not recorded (exit 3).
+    EventsNotRecorded,
+    /// Completed as `--dry-run`.
+    DryRun,
+}
+
+/// The wire names, as `runs list` and `status` print them.
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a completed run counts (docs/windows.md, "What counts"): the one place "success" is
+/// decided in Rust; the store's `COUNTS` is its SQL form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Everything recorded: it moves the watermark, and is a success.
+    Counts,
+    /// Some of its events or objects were not recorded.
+    EventsNotRecorded,
+    /// `--dry-run`: nothing delivered, its window not done.
+    DryRun,
+}
+
+impl Completion {
+    /// How the run whose terminal payload this is completed.
+    pub fn of(payload: &Payload) -> Completion {
+        match (payload.events_not_recorded > 0, payload.dry_run) {
+            (true, _) => Completion::EventsNotRecorded,
+            (false, true) => Completion::DryRun,
+            (false, false) => Completion::Counts,
+        }
+    }
+
+    /// From the reason a completed run's row keeps; one lorch never writes for a completion is
+    /// taken as not all recorded.
+    pub fn from_reason(reason: Option<Reason>) -> Completion {
+        match reason {
+            None => Completion::Counts,
+            Some(Reason::DryRun) => Completion::DryRun,
+            Some(_) => Completion::EventsNotRecorded,
+        }
+    }
+
+    /// The reason the row keeps: none for a run that counts.
+    pub fn reason(self) -> Option<Reason> {
+        match self {
+            Completion::Counts => None,
+            Completion::EventsNotRecorded => Some(Reason::EventsNotRecorded),
+            Completion::DryRun => Some(Reason::DryRun),
+        }
+    }
+
+    pub fn counts_for_window(self) -> bool {
+        self == Completion::Counts
+    }
+
+    /// The exit code of a run that completed so (README, "Exit codes").
+    pub fn exit(self) -> Exit {
+        match self {
+            Completion::Counts | Completion::DryRun => Exit::Success,
+            Completion::EventsNotRecorded => Exit::Environment,
+        }
+    }
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Error,
         Reason::Panic,
         Reason::Crash,
@@ -187,6 +261,8 @@ impl Reason {
         Reason::UpstreamFailed,
         Reason::StepFailed,
         Reason::AlreadyCompleted,
+        Reason::EventsNotRecorded,
+        Reason::DryRun,
     ];
 
     pub fn parse(text: &str) -> Option<Reason> {
@@ -205,6 +281,8 @@ impl Reason {
             Reason::UpstreamFailed => "upstream_failed",
             Reason::StepFailed => "step_failed",
             Reason::AlreadyCompleted => "already_completed",
+            Reason::EventsNotRecorded => "events_not_recorded",
+            Reason::DryRun => "dry_run",
         }
     }
 }
@@ -510,7 +588,9 @@ mod tests {
                 "locked",
                 "upstream_failed",
                 "step_failed",
-                "already_completed"
+                "already_completed",
+                "events_not_recorded",
+                "dry_run"
             ]
         );
         for reason in Reason::ALL {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use crate::error::Exit;
 use crate::events::JobRuns;
+use crate::lifecycle::{Completion, Reason, RunStatus};
 
 /// The variable naming the directory of the metrics file (it wins over the configuration's).
 pub const DIR_VAR: &str = "LORCH_METRICS_DIR";
@@ -28,12 +30,11 @@ pub fn dir(configured: Option<&Path>) -> Option<PathBuf> {
 /// The exit code a run with this status and reason ended with (README, "Exit codes"):
 /// 0 completed (a dry run too), 3 completed without all its events recorded, 130 cancelled
 /// (by any signal), 1 failed.
-fn exit_code(status: &str, reason: Option<&str>) -> u8 {
+fn exit_code(status: RunStatus, reason: Option<Reason>) -> Exit {
     match (status, reason) {
-        ("completed", None | Some("dry_run")) => 0,
-        ("completed", Some(_)) => 3,
-        ("failed", Some("cancelled")) => 130,
-        _ => 1,
+        (RunStatus::Completed, reason) => Completion::from_reason(reason).exit(),
+        (_, Some(Reason::Cancelled)) => Exit::Interrupted,
+        _ => Exit::JobFailed,
     }
 }
 
@@ -88,10 +89,10 @@ pub fn exposition(jobs: &[JobRuns], events_pending: i64) -> String {
         "lorch_job_last_exit_code",
         "gauge",
         "The exit code of the job's last run that completed or failed (0, 1, 3, 130).",
-        &|j| match &j.last_status {
+        &|j| match j.last_status {
             Some(status) => vec![(
                 String::new(),
-                f64::from(exit_code(status, j.last_reason.as_deref())),
+                f64::from(exit_code(status, j.last_reason) as u8),
             )],
             None => Vec::new(),
         },
@@ -182,8 +183,8 @@ mod tests {
             package: "p".into(),
             job: "j".into(),
             account: Some("a\"b".into()),
-            last_status: Some("failed".into()),
-            last_reason: Some("cancelled".into()),
+            last_status: Some(RunStatus::Failed),
+            last_reason: Some(Reason::Cancelled),
             last_started_at: Some("2026-11-26T06:00:00Z".into()),
             last_ended_at: Some("2026-11-26T06:00:02.5Z".into()),
             runs_completed: 4,

@@ -317,8 +317,7 @@ fn resumed(store: &LocalStore, pipeline: &Pipeline, name: &str, id: &str) -> Res
     let steps: BTreeSet<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
     let mut carried: BTreeSet<String> = run.started.carried.iter().cloned().collect();
     for step in store.steps_of(id)? {
-        if step.status == RunStatus::Completed
-            && step.reason.is_none()
+        if step.counts()
             && let Some(name) = step.step
         {
             carried.insert(name);

@@ -14,6 +14,7 @@ use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::events::JobRuns;
 use crate::health::{self, Facts, Verdict};
+use crate::lifecycle::RunStatus;
 use crate::output::{self, stderr};
 use crate::schedule::Entry;
 use crate::timearg;
@@ -107,7 +108,7 @@ fn facts(
         }
     };
     Ok(Facts {
-        last_failed: runs.last_status.as_deref() == Some("failed"),
+        last_failed: runs.last_status == Some(RunStatus::Failed),
         consecutive_failures: runs.consecutive_failures,
         last_success: time(&runs.last_success_at),
         running_since: time(&runs.running_since),

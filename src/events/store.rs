@@ -19,7 +19,8 @@ use serde_json::value::RawValue;
 
 use super::{Event, EventSink, Object};
 use crate::lifecycle::{
-    self, EventType, ObjectCounts, Payload, Reason, RunStatus, StateChange, WatermarkPayload,
+    self, Completion, EventType, ObjectCounts, Payload, Reason, RunStatus, StateChange,
+    WatermarkPayload,
 };
 
 mod file;
@@ -243,7 +244,7 @@ pub struct RunRow {
     pub job: String,
     pub account: Option<String>,
     pub status: RunStatus,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// The number of the latest attempt.
     pub attempt: u32,
     pub started_at: String,
@@ -259,6 +260,15 @@ pub struct RunRow {
     pub pipeline_run_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+}
+
+impl RunRow {
+    /// Whether it completed and counts for its window ([`Completion`]; a test run, whose
+    /// events went to another table, is told apart in SQL only).
+    pub fn counts(&self) -> bool {
+        self.status == RunStatus::Completed
+            && Completion::from_reason(self.reason).counts_for_window()
+    }
 }
 
 /// What `runs prune --events` did.
@@ -931,12 +941,10 @@ fn update_run(
             // A completion that does not count for its window says why in `reason`: its events
             // or objects were not all recorded, or it was a dry run (docs/windows.md).
             let reason = match kind {
-                EventType::Completed if payload.events_not_recorded > 0 => {
-                    Some("events_not_recorded")
-                }
-                EventType::Completed if payload.dry_run => Some("dry_run"),
-                _ => reason,
-            };
+                EventType::Completed => Completion::of(&payload).reason(),
+                _ => payload.reason,
+            }
+            .map(Reason::as_str);
             tx.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, ended_at = ?4, error_message = ?5,
                      last_seq = ?6
@@ -952,9 +960,10 @@ fn update_run(
     Ok(())
 }
 
-/// What makes a completed run count for its window: it recorded everything (`reason` is NULL)
-/// and its events went to the configured tables, not a test table.
-const COUNTS: &str = "status = 'completed' AND reason IS NULL AND queue_target IS NULL";
+/// What makes a completed run count for its window, and a success for its job: it recorded
+/// everything (`reason` is NULL: [`Completion::Counts`]) and its events went to the configured
+/// tables, not a test table.
+pub(super) const COUNTS: &str = "status = 'completed' AND reason IS NULL AND queue_target IS NULL";
 
 /// Moves the watermark of the run `run`'s job and account to the end of its window when the
 /// window joins on (starts at or before the watermark; any window with a start when there is
@@ -1119,6 +1128,16 @@ impl rusqlite::types::FromSql for RunStatus {
         let text = value.as_str()?;
         RunStatus::parse(text).ok_or_else(|| {
             rusqlite::types::FromSqlError::Other(format!("unknown run status {text:?}").into())
+        })
+    }
+}
+
+/// A run's reason as the `runs` table keeps it (its wire name).
+impl rusqlite::types::FromSql for Reason {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Reason::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown run reason {text:?}").into())
         })
     }
 }

@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::Serialize;
 
 use super::LocalStore;
+use crate::lifecycle::{Reason, RunStatus};
 
 /// One job and account, as its runs have it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -16,8 +17,8 @@ pub struct JobRuns {
     pub account: Option<String>,
     /// The newest run that completed or failed: its id, status, reason, start and end.
     pub last_run_id: Option<String>,
-    pub last_status: Option<String>,
-    pub last_reason: Option<String>,
+    pub last_status: Option<RunStatus>,
+    pub last_reason: Option<Reason>,
     pub last_started_at: Option<String>,
     pub last_ended_at: Option<String>,
     /// The end of the newest run that completed and counts (its events all recorded).
@@ -31,9 +32,8 @@ pub struct JobRuns {
     pub runs_failed: u32,
 }
 
-/// What makes a run a success for its job: it completed, recorded everything and its events
-/// went to the configured tables (the store's `COUNTS`: a test run is not one).
-const SUCCESS: &str = "status = 'completed' AND reason IS NULL AND queue_target IS NULL";
+/// What makes a run a success for its job: it counts for its window (a test run is not one).
+use super::COUNTS as SUCCESS;
 
 /// Takes the run `run`, whose attempt just ended, into its job's row: it becomes the last run
 /// unless a newer one ended first (a run found abandoned late); the newest success stays the
