@@ -26,6 +26,24 @@ pub enum Exit {
 }
 
 impl Exit {
+    pub const ALL: [Exit; 9] = [
+        Exit::Success,
+        Exit::JobFailed,
+        Exit::Usage,
+        Exit::Environment,
+        Exit::Skipped,
+        Exit::HungUp,
+        Exit::Interrupted,
+        Exit::Quit,
+        Exit::Terminated,
+    ];
+
+    /// The exit code of a child lorch as the [`Exit`] it means; `None` for a code lorch never
+    /// exits with (101: a panic).
+    pub fn from_code(code: i32) -> Option<Exit> {
+        Exit::ALL.into_iter().find(|exit| *exit as i32 == code)
+    }
+
     /// The exit code of a run cancelled by `signal` (one of `Signals::CAUGHT`): 128 + its number,
     /// as a shell reports a process killed by it.
     pub fn cancelled_by(signal: i32) -> Exit {

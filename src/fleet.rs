@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use serde::{Deserialize, Serialize};
 
 /// `--nats`'s variable, and its default.
-pub const URL_VAR: &str = "LORCH_NATS_URL";
+pub use crate::paths::NATS_URL_VAR as URL_VAR;
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// The stream of run requests: `lorch.jobs.PACKAGE.JOB`.
@@ -98,30 +98,34 @@ impl Request {
         format!("lorch.dead.{}.{}", self.package, self.job)
     }
 
-    /// The arguments of the `lorch run-job` that runs it, after `run-job PACKAGE JOB`.
-    pub fn run_job_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let mut add = |flag: &str, value: &Option<String>| {
-            if let Some(value) = value {
-                args.push(format!("--{flag}={value}"));
-            }
+    /// The options of the `lorch run-job` that runs it (its trace id is the request id unless
+    /// it names one); a duration it cannot read makes it no request lorch runs.
+    pub fn options(&self) -> Result<crate::plan::RunOptions> {
+        let duration = |name: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| {
+                    crate::timearg::duration(v).map_err(|why| anyhow::anyhow!("{name}: {why}"))
+                })
+                .transpose()
         };
-        add("account", &self.account);
-        add("since", &self.since);
-        add("until", &self.until);
-        add("initial-since", &self.initial_since);
-        add("timeout", &self.timeout);
-        add("kill-after", &self.kill_after);
-        add("retries", &self.retries.map(|n| n.to_string()));
-        add("retry-backoff", &self.retry_backoff);
-        add(
-            "trace-id",
-            &self.trace_id.clone().or(Some(self.request_id.clone())),
-        );
-        for param in &self.params {
-            args.push(format!("--param={param}"));
-        }
-        args
+        Ok(crate::plan::RunOptions {
+            account: self.account.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            initial_since: self.initial_since.clone(),
+            params: self.params.clone(),
+            timeout: duration("timeout", &self.timeout)?,
+            kill_after: duration("kill_after", &self.kill_after)?,
+            retries: self.retries,
+            retry_backoff: duration("retry_backoff", &self.retry_backoff)?,
+            trace_id: Some(
+                self.trace_id
+                    .clone()
+                    .unwrap_or_else(|| self.request_id.clone()),
+            ),
+            ..crate::plan::RunOptions::default()
+        })
     }
 }
 
@@ -549,11 +553,11 @@ mod tests {
         };
         assert_eq!(request.subject(), "lorch.jobs.ingester.extract_gmail");
         assert_eq!(
-            request.run_job_args(),
+            crate::child::args(&request.options().unwrap()),
             [
                 "--account=acct1",
                 "--since=2026-11-25T06:00:00Z",
-                "--timeout=30m",
+                "--timeout=1800000ms",
                 "--retries=2",
                 "--trace-id=r1",
                 "--param=limit=5"

@@ -6,6 +6,7 @@
 
 mod backoff;
 mod bigquery;
+mod child;
 mod cli;
 mod commands;
 mod config;

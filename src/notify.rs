@@ -107,7 +107,7 @@ fn run_command(command: &str, note: &Note, body: &[u8], timeout: Duration) -> Re
         .arg("-c")
         .arg(command)
         .envs(variables(note))
-        .env_remove(crate::fleet::URL_VAR)
+        .env_remove(crate::paths::NATS_URL_VAR)
         .stdin(Stdio::piped())
         .stdout(written)
         .stderr(also_written)

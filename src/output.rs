@@ -56,8 +56,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
-pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    write_stdout(&clean(&format!("{value:#}\n"), Style::Json))
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    write_stdout(&clean(&format!("{text}\n"), Style::Json))
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {

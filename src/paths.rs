@@ -3,6 +3,10 @@
 use std::env;
 use std::path::PathBuf;
 
+/// The NATS server of fleet mode (docs/fleet.md); here, not in `fleet`, because what runs a
+/// job keeps it from the job (it may hold a password) without knowing the fleet.
+pub const NATS_URL_VAR: &str = "LORCH_NATS_URL";
+
 /// `$NAME` when set and non-empty.
 fn var(name: &str) -> Option<PathBuf> {
     env::var_os(name)

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::child::ChildOutcome;
 use crate::error::{Error, Exit, Result};
 use crate::lifecycle::Reason;
 use crate::output::{self, stderr};
+use crate::plan::RunOptions;
 use crate::plugins::Job;
 use crate::signals::Signals;
 use crate::timearg;
@@ -83,30 +85,28 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
         {
             tally.done_before += 1;
         } else {
-            let mut command = passed.run_job(&job.id())?;
+            let run = RunOptions {
+                account: account.clone(),
+                since: Some(since_text),
+                until: Some(until_text),
+                params: options.params.to_vec(),
+                timeout: options.timeout,
+                retries: options.retries,
+                backfill_id: Some(backfill_id.clone()),
+                ..RunOptions::default()
+            };
+            let mut command = passed
+                .run_job(&job.id(), &run)
+                .map_err(Error::Environment)?;
             // The run's summary tells a window it ran from one another run completed meanwhile.
             command.arg("--json");
-            command.args(["--since", &since_text, "--until", &until_text]);
-            command.args(["--backfill-id", &backfill_id]);
-            if let Some(account) = &account {
-                command.args(["--account", account]);
-            }
-            for param in options.params {
-                command.args(["--param", param]);
-            }
-            if let Some(timeout) = options.timeout {
-                command.args(["--timeout", &format!("{}ms", timeout.as_millis())]);
-            }
-            if let Some(retries) = options.retries {
-                command.args(["--retries", &retries.to_string()]);
-            }
             let (status, summary) = super::run_child_json(command, &signals)?;
             let done_meanwhile = summary
                 .as_ref()
                 .is_some_and(|s| s.reason == Some(Reason::AlreadyCompleted));
-            match status.code() {
-                Some(0) if done_meanwhile => tally.done_before += 1,
-                Some(0) => {
+            match ChildOutcome::of(status, summary.as_ref()) {
+                ChildOutcome::Done if done_meanwhile => tally.done_before += 1,
+                ChildOutcome::Done => {
                     tally.completed += 1;
                     if bar.is_none() {
                         say(format!(
@@ -116,13 +116,15 @@ pub fn run(passed: &Passed, job: &Job, range: &Range, options: &Options) -> Resu
                         ));
                     }
                 }
-                code => {
+                _ => {
                     tally.failed += 1;
                     say(format!(
                         "window {}/{}: {label}: not completed (exit {})",
                         i + 1,
                         windows.len(),
-                        code.map_or("by a signal".to_owned(), |c| c.to_string())
+                        status
+                            .code()
+                            .map_or("by a signal".to_owned(), |c| c.to_string())
                     ));
                     if signals.received().is_some() || !options.keep_going {
                         break;

@@ -4,7 +4,7 @@
 //! worker's local store, delivered to BigQuery when configured.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +15,13 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{AckKind, Message, stream};
 use futures_util::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Passed;
+use crate::child::{ChildOutcome, RunSummary};
 use crate::error::{Error, Exit, Result};
 use crate::fleet::{self, Connection, Request};
+use crate::lifecycle::RunStatus;
 use crate::output::{self, stderr};
 use crate::plan::RunOptions;
 use crate::plugins::Catalog;
@@ -245,15 +247,16 @@ impl Shared {
         )
     }
 
-    /// `lorch [the worker's global flags] run-job PACKAGE JOB`.
-    fn run_job(&self, id: &str) -> Result<std::process::Command> {
+    /// `lorch [the worker's global flags] run-job PACKAGE JOB [the request's options]`.
+    fn run_job(&self, request: &Request) -> anyhow::Result<std::process::Command> {
+        let id = format!("{}/{}", request.package, request.job);
         Passed {
             config: self.config.as_deref(),
             plugin_path: &self.plugin_path,
             allow_insecure_plugins: self.allow_insecure_plugins,
             quiet: false,
         }
-        .run_job(id)
+        .run_job(&id, &request.options()?)
     }
 }
 
@@ -471,34 +474,38 @@ async fn handle(shared: &Shared, message: Message) {
     if let Some(lock) = lock {
         lock.release().await;
     }
-    let (code, summary) = match ran {
+    let ended = match ran {
         Ok(ended) => ended,
         Err(e) => {
             stderr!("✗ {id} request {}: {e:#}", request.request_id);
-            (3, Value::Null)
+            Ended {
+                outcome: ChildOutcome::Broken,
+                summary: None,
+                exit: format!("{e:#}"),
+            }
         }
     };
-    if let Some(run_id) = summary["run_id"].as_str() {
-        publish_events(shared, run_id).await;
+    if let Some(summary) = &ended.summary {
+        publish_events(shared, &summary.run_id).await;
     }
     // This machine's lock of the job is held by a run not from this queue (cron's): later.
-    if code == 75 {
+    if ended.outcome == ChildOutcome::Locked {
         wait_in_progress(&message, LOCK_WAIT, shared.ack_wait).await;
         let why = "its job lock is held by another run on this machine";
         requeue(shared, &message, &request, why).await;
         return;
     }
     let last = delivered >= shared.work.max_deliver;
-    let verdict = verdict(code, &summary, delivered, last);
-    settle_request(
-        shared,
-        &message,
-        &request,
-        delivered,
-        (code, &summary),
-        verdict,
-    )
-    .await;
+    let verdict = verdict(&ended, delivered, last);
+    settle_request(shared, &message, &request, delivered, &ended, verdict).await;
+}
+
+/// How a request's `run-job` ended.
+struct Ended {
+    outcome: ChildOutcome,
+    summary: Option<RunSummary>,
+    /// `exit 3`, `killed by SIGKILL`, or why it could not be started, for messages.
+    exit: String,
 }
 
 /// Tells the server what became of the request, and says so.
@@ -507,13 +514,14 @@ async fn settle_request(
     message: &Message,
     request: &Request,
     delivered: i64,
-    (code, summary): (i32, &Value),
+    ended: &Ended,
     verdict: Verdict,
 ) {
     let id = format!("{}/{}", request.package, request.job);
-    let run = summary["run_id"].as_str().unwrap_or("-");
+    let summary = ended.summary.as_ref();
+    let run = summary.map_or("-", |s| s.run_id.as_str());
     let request_id = &request.request_id;
-    let completed = summary["status"] == "completed";
+    let completed = summary.is_some_and(|s| s.status == RunStatus::Completed);
     match completed {
         true => shared.activity().completed += 1,
         false => shared.activity().failed += 1,
@@ -521,7 +529,7 @@ async fn settle_request(
     match verdict {
         Verdict::Ack => {
             settle(message, AckKind::Ack, request_id).await;
-            let status = summary["status"].as_str().unwrap_or("completed");
+            let status = summary.map_or(RunStatus::Completed, |s| s.status);
             let mark = if completed { "✓" } else { "✗" };
             let line = format!("{mark} {id} request {request_id}: {status} (run {run})\n");
             output::print(&line).ok();
@@ -529,7 +537,8 @@ async fn settle_request(
         Verdict::Again(delay) => {
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             stderr!(
-                "✗ {id} request {request_id}: exit {code} (run {run}); delivery {delivered} of {}, again in {}",
+                "✗ {id} request {request_id}: {} (run {run}); delivery {delivered} of {}, again in {}",
+                ended.exit,
                 shared.work.max_deliver,
                 output::round_duration(delay)
             );
@@ -592,38 +601,31 @@ async fn publish_events(shared: &Shared, run_id: &str) {
     }
 }
 
-/// The verdict of a `run-job` that exited `code` with this `--json` summary, on delivery
-/// `delivered`; `last`: no delivery is left. What the summary says wins over the exit code: a
-/// run that completed but could not record everything (exit 3) is not run again.
-fn verdict(code: i32, summary: &Value, delivered: i64, last: bool) -> Verdict {
+/// The verdict of a request's `run-job` on delivery `delivered`; `last`: no delivery is left.
+/// A run that completed is not run again, even one that could not record everything (exit 3),
+/// nor one whose job said its failure is permanent.
+fn verdict(ended: &Ended, delivered: i64, last: bool) -> Verdict {
     let backoff = crate::backoff::delay(Duration::from_secs(1), delivered.max(1) as u32);
     let reason = || {
-        summary["message"]
-            .as_str()
-            .map_or_else(|| format!("run-job exited {code}"), str::to_owned)
+        let message = ended.summary.as_ref().and_then(|s| s.message.clone());
+        message.unwrap_or_else(|| format!("run-job: {}", ended.exit))
     };
-    match (code, summary["status"].as_str()) {
-        (_, Some("completed")) => Verdict::Ack,
-        (1, Some("failed")) if summary["retryable"] == false => Verdict::Ack,
+    match ended.outcome {
+        ChildOutcome::Done | ChildOutcome::Failed { retryable: false } => Verdict::Ack,
         // The worker was stopped (its SIGTERM, or Ctrl-C).
-        (130 | 143, _) => Verdict::Stopped,
+        ChildOutcome::Stopped => Verdict::Stopped,
         _ if last => Verdict::Dead(format!("failed {delivered} times: {}", reason())),
         _ => Verdict::Again(backoff),
     }
 }
 
 /// `lorch run-job` of the request, to its end, with progress sent every third of the ack wait.
-async fn run(
-    shared: &Shared,
-    message: &Message,
-    request: &Request,
-) -> anyhow::Result<(i32, Value)> {
+async fn run(shared: &Shared, message: &Message, request: &Request) -> anyhow::Result<Ended> {
     let id = format!("{}/{}", request.package, request.job);
-    let mut command = shared.run_job(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut command = shared.run_job(request)?;
     // A process group of its own: a Ctrl-C at the worker's terminal (or a stop of its whole
     // control group) reaches the worker, which gives the run its grace period.
     command
-        .args(request.run_job_args())
         .arg("--json")
         .stdout(Stdio::piped())
         .process_group(0);
@@ -652,8 +654,18 @@ async fn run(
     shared.activity().running.remove(&request.request_id);
     beat(shared).await;
     let output = output??;
-    let summary = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    Ok((output.status.code().unwrap_or(3), summary))
+    let summary = RunSummary::read(&output.stdout);
+    Ok(Ended {
+        outcome: ChildOutcome::of(output.status, summary.as_ref()),
+        summary,
+        exit: match (output.status.code(), output.status.signal()) {
+            (Some(code), _) => format!("exit {code}"),
+            (_, signal) => format!(
+                "killed by {}",
+                crate::sys::signal_name(signal.unwrap_or_default())
+            ),
+        },
+    })
 }
 
 /// How long a worker waits for a job lock another worker holds before it puts the request back
@@ -1227,33 +1239,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_summary_decides_before_the_exit_code() {
-        let summary = |status: &str, retryable: bool| json!({ "status": status, "retryable": retryable, "message": "boom" });
-        // Completed, though not all its events were recorded: never run again.
+    fn a_completed_or_permanent_run_is_done_a_stopped_one_handed_back() {
+        let ended = |outcome, message: Option<&str>| Ended {
+            outcome,
+            summary: message.map(|m| RunSummary {
+                run_id: "r".into(),
+                package: "p".into(),
+                job: "j".into(),
+                status: RunStatus::Failed,
+                reason: None,
+                message: Some(m.into()),
+                attempts: 1,
+                duration_ms: 1,
+                events_not_recorded: 0,
+                objects: Default::default(),
+                exit_code: 1,
+                retryable: true,
+            }),
+            exit: "exit 2".into(),
+        };
+        let again = ChildOutcome::Failed { retryable: true };
         assert_eq!(
-            verdict(3, &summary("completed", false), 1, false),
+            verdict(&ended(ChildOutcome::Done, None), 1, false),
             Verdict::Ack
         );
-        assert_eq!(
-            verdict(1, &summary("failed", false), 1, false),
-            Verdict::Ack
-        );
+        let permanent = ChildOutcome::Failed { retryable: false };
+        assert_eq!(verdict(&ended(permanent, None), 1, false), Verdict::Ack);
         assert!(matches!(
-            verdict(1, &summary("failed", true), 2, false),
+            verdict(&ended(again, Some("boom")), 2, false),
             Verdict::Again(_)
         ));
         assert_eq!(
-            verdict(1, &summary("failed", true), 5, true),
+            verdict(&ended(again, Some("boom")), 5, true),
             Verdict::Dead("failed 5 times: boom".into())
         );
         assert_eq!(
-            verdict(143, &summary("failed", true), 5, true),
+            verdict(&ended(ChildOutcome::Stopped, Some("boom")), 5, true),
             Verdict::Stopped
         );
-        // No summary at all (run-job could not start): its exit code.
+        // No summary at all (run-job could not start): how it exited.
         assert_eq!(
-            verdict(2, &Value::Null, 3, true),
-            Verdict::Dead("failed 3 times: run-job exited 2".into())
+            verdict(&ended(ChildOutcome::Refused, None), 3, true),
+            Verdict::Dead("failed 3 times: run-job: exit 2".into())
         );
     }
 }

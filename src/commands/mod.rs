@@ -415,61 +415,8 @@ fn config_problems(problems: Vec<crate::config::Problem>) -> Error {
     Error::Usage(lines.join("\nerror: "))
 }
 
-/// What a child `lorch run-job` (of `tick`, of `backfill`) needs from its parent's command
-/// line.
-pub struct Passed<'a> {
-    pub config: Option<&'a std::path::Path>,
-    pub plugin_path: &'a [std::path::PathBuf],
-    pub allow_insecure_plugins: bool,
-    /// Pass `--quiet`: nothing printed when a run completes.
-    pub quiet: bool,
-}
-
-impl Passed<'_> {
-    /// `lorch [the parent's global flags] run-job PACKAGE JOB [--quiet]`, to add the run's
-    /// own flags to. Each run is a process of its own, as a cron line would start it.
-    fn run_job(&self, id: &str) -> Result<std::process::Command> {
-        let (package, job) = id.split_once('/').unwrap_or((id, ""));
-        self.lorch(&["run-job", package, job])
-    }
-
-    /// `lorch [the parent's global flags] run-pipeline NAME [--quiet]`.
-    fn run_pipeline(&self, name: &str) -> Result<std::process::Command> {
-        self.lorch(&["run-pipeline", name])
-    }
-
-    /// `lorch [the parent's global flags] submit PACKAGE/JOB [--quiet] [--nats URL]`.
-    fn submit(&self, id: &str, nats: Option<&str>) -> Result<std::process::Command> {
-        let mut command = self.lorch(&["submit", id])?;
-        // In its environment, not its arguments, where `ps` would show a password.
-        if let Some(url) = nats {
-            command.env(crate::fleet::URL_VAR, url);
-        }
-        Ok(command)
-    }
-
-    /// `lorch [the parent's global flags] ARGS [--quiet]`.
-    fn lorch(&self, args: &[&str]) -> Result<std::process::Command> {
-        let exe = std::env::current_exe().map_err(|e| {
-            Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}"))
-        })?;
-        let mut command = std::process::Command::new(exe);
-        if let Some(file) = self.config {
-            command.arg("--config").arg(file);
-        }
-        for dir in self.plugin_path {
-            command.arg("--plugin-path").arg(dir);
-        }
-        if self.allow_insecure_plugins {
-            command.arg("--allow-insecure-plugins");
-        }
-        command.args(args);
-        if self.quiet {
-            command.arg("--quiet");
-        }
-        Ok(command)
-    }
-}
+/// What a child lorch (of `tick`, of `backfill`, of a fleet worker) is given again.
+use crate::child::Lorch as Passed;
 
 /// Runs a child `lorch run-job` to its end. A signal lorch receives meanwhile is passed on to
 /// it once (a `docker stop` or `systemctl stop` signals lorch alone, not its process group), so
@@ -514,27 +461,21 @@ fn wait_child(
     }
 }
 
-/// What a child `lorch run-job --json` printed of its run: the part its parent decides on.
-#[derive(serde::Deserialize)]
-struct ChildSummary {
-    reason: Option<crate::lifecycle::Reason>,
-}
-
 /// [`run_child`] for a `run-job --json`: its exit status and the summary it printed, when it
 /// printed one (a run-job refused as a usage error prints none).
 fn run_child_json(
     mut command: std::process::Command,
     signals: &crate::signals::Signals,
-) -> Result<(std::process::ExitStatus, Option<ChildSummary>)> {
+) -> Result<(std::process::ExitStatus, Option<crate::child::RunSummary>)> {
     // One summary of a few hundred bytes: the pipe holds it until the child has ended.
     command.stdout(std::process::Stdio::piped());
     let mut child = spawn_child(command)?;
     let status = wait_child(&mut child, signals)?;
-    let mut text = String::new();
+    let mut text = Vec::new();
     if let Some(mut out) = child.stdout.take() {
-        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+        let _ = std::io::Read::read_to_end(&mut out, &mut text);
     }
-    Ok((status, serde_json::from_str(text.trim()).ok()))
+    Ok((status, crate::child::RunSummary::read(&text)))
 }
 
 /// The job `PACKAGE/JOB` (or `JOB` when no other package has a job of that name), after

@@ -124,6 +124,7 @@ fn exit_code(report: &runner::RunReport, signal: Option<i32>) -> Exit {
 
 /// `--json`: the run as one document on stdout (README, "Options of run-job").
 fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
+    use crate::child::RunSummary;
     let (status, reason, message) = match &report.outcome {
         Outcome::Completed => (RunStatus::Completed, None, None),
         Outcome::Failed(failed) => (
@@ -134,20 +135,20 @@ fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
         Outcome::Skipped(_) => (RunStatus::Skipped, Some(Reason::Locked), None),
         Outcome::AlreadyCompleted(_) => (RunStatus::Skipped, Some(Reason::AlreadyCompleted), None),
     };
-    let summary = serde_json::json!({
-        "run_id": report.run_id,
-        "package": job.package(),
-        "job": job.name(),
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "attempts": report.attempts,
-        "duration_ms": u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
-        "events_not_recorded": report.events_not_recorded,
-        "objects": report.objects,
-        "exit_code": exit as u8,
-        "retryable": matches!(&report.outcome, Outcome::Failed(f) if f.retryable()),
-    });
+    let summary = RunSummary {
+        run_id: report.run_id.clone(),
+        package: job.package().to_owned(),
+        job: job.name().to_owned(),
+        status,
+        reason,
+        message: message.cloned(),
+        attempts: report.attempts,
+        duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+        events_not_recorded: report.events_not_recorded,
+        objects: report.objects,
+        exit_code: exit as u8,
+        retryable: matches!(&report.outcome, Outcome::Failed(f) if f.retryable()),
+    };
     // Printing cannot change the exit code, so a closed or full stdout is ignored here.
     let _ = output::print_json(&summary);
 }

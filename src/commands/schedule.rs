@@ -13,12 +13,14 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
+use crate::child::{self, ChildOutcome};
 use crate::config::{self, Config, Schedule, Target};
 use crate::error::{Error, Exit, Result};
 use crate::events::LocalStore;
 use crate::lifecycle::{LAST_SUCCESS, Reason, RunStatus};
 use crate::locks::{self, Acquired};
 use crate::output::{self, stderr};
+use crate::plan::RunOptions;
 use crate::schedule::Entry;
 use crate::signals::Signals;
 use crate::timearg;
@@ -385,74 +387,67 @@ fn run_fire(
         Target::Job(_) => ticking.submit.as_ref(),
         Target::Pipeline(_) => None,
     };
-    let mut command = match (&s.target, submit) {
+    let options = fire_options(entry, fire, submit.is_some());
+    let command = match (&s.target, submit) {
         (Target::Job(id), Some(nats)) => {
-            let mut command = passed.submit(id.get_ref(), nats.as_deref())?;
+            let mut command = passed.submit(id.get_ref(), &options, nats.as_deref());
             // The same fire time submitted again (a tick that died before recording it) is
             // stored once.
             let key = crate::paths::fnv1a(entry.key().as_bytes());
             let request_id = format!("schedule-{key:016x}-{}", fire.timestamp());
-            command.args(["--request-id", &request_id]);
+            if let Ok(command) = &mut command {
+                command.args(["--request-id", &request_id]);
+            }
             command
         }
-        (Target::Job(id), None) => passed.run_job(id.get_ref())?,
-        (Target::Pipeline(name), _) => passed.run_pipeline(name.get_ref())?,
+        (Target::Job(id), None) => passed.run_job(id.get_ref(), &options),
+        (Target::Pipeline(name), _) => passed.run_pipeline(name.get_ref()).map(|mut command| {
+            command.args(child::args(&options));
+            command
+        }),
     };
-    // Submitted, a window of its own, from the fire time before: the workers that run the
-    // requests do not share one watermark (docs/fleet.md).
-    let previous = entry
-        .previous(fire)
-        .map(|p| p.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-    let from = match (submit, since(s), &previous) {
-        (Some(_), LAST_SUCCESS, Some(previous)) => previous.as_str(),
-        (_, since, _) => since,
-    };
-    command.args(["--since", from]);
-    command.args([
-        "--until",
-        &fire.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-    ]);
-    let options = &s.options;
-    // The first window of a new entry: one period back from its fire time.
-    let initial = options
-        .initial_since
-        .as_ref()
-        .map(|t| t.get_ref().clone())
-        .or_else(|| {
-            entry
-                .previous(fire)
-                .map(|p| p.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        });
-    if from == LAST_SUCCESS
-        && let Some(initial) = initial
-    {
-        command.args(["--initial-since", &initial]);
-    }
-    if let Some(account) = &options.account {
-        command.args(["--account", account]);
-    }
-    for (flag, value) in [
-        ("--timeout", &options.timeout),
-        ("--kill-after", &options.kill_after),
-        ("--retry-backoff", &options.retry_backoff),
-    ] {
-        if let Some(value) = value {
-            command.args([flag, value.get_ref()]);
-        }
-    }
-    if let Some(retries) = options.retries {
-        command.args(["--retries", &retries.to_string()]);
-    }
-    for param in options.param_flags() {
-        command.args(["--param", &param]);
-    }
-    let status = super::run_child(command, signals)?;
-    Ok(match (status.code(), submit) {
-        (Some(0 | 75), _) => Fired::Done,
-        (Some(2), _) => Fired::Refused,
+    let status = super::run_child(command.map_err(Error::Environment)?, signals)?;
+    Ok(match (ChildOutcome::of(status, None), submit) {
+        (ChildOutcome::Done | ChildOutcome::Locked, _) => Fired::Done,
+        (ChildOutcome::Refused, _) => Fired::Refused,
         (_, Some(_)) => Fired::NotQueued,
         _ => Fired::Failed,
     })
+}
+
+/// The run of the window ending at `fire`: from the last success (submitted: from the fire
+/// time before, the workers that run the requests do not share one watermark, docs/fleet.md),
+/// with the entry's options.
+fn fire_options(entry: &Entry, fire: DateTime<Utc>, submitted: bool) -> RunOptions {
+    let s = entry.schedule;
+    let text = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let previous = entry.previous(fire).map(text);
+    let since = match (submitted, since(s), &previous) {
+        (true, LAST_SUCCESS, Some(previous)) => previous.clone(),
+        (_, since, _) => since.to_owned(),
+    };
+    let options = &s.options;
+    // The first window of a new entry: one period back from its fire time.
+    let initial_since = match since == LAST_SUCCESS {
+        true => options
+            .initial_since
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .or(previous),
+        false => None,
+    };
+    RunOptions {
+        account: options.account.clone(),
+        since: Some(since),
+        until: Some(text(fire)),
+        initial_since,
+        params: options.param_flags(),
+        timeout: config::duration(&options.timeout),
+        kill_after: config::duration(&options.kill_after),
+        retries: options.retries,
+        retry_backoff: config::duration(&options.retry_backoff),
+        ..RunOptions::default()
+    }
 }
 
 /// `lorch schedule install --cron | --systemd`: the lines that call `tick`, printed with how to

@@ -283,7 +283,7 @@ fn spawn(files: &ring::WorkerFiles, plugin: Option<&std::fs::File>) -> anyhow::R
     command
         .arg("__worker")
         // The job needs no NATS server, and its URL may hold a password (docs/fleet.md).
-        .env_remove(crate::fleet::URL_VAR)
+        .env_remove(crate::paths::NATS_URL_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
