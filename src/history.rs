@@ -158,11 +158,7 @@ pub fn reap_pipelines(store: &LocalStore, home: &Path) -> Result<Vec<PipelineRun
 /// A pipeline event of the pipeline run `id` (docs/pipelines.md).
 pub fn pipeline_event(kind: PipelineEvent, id: &str, payload: &PipelinePayload) -> Event {
     let mut event = Event::new(kind.as_str(), lifecycle::SOURCE, id);
-    event.status = match kind {
-        PipelineEvent::Failed => "failed",
-        _ => "ok",
-    }
-    .to_owned();
+    event.status = kind.event_status().to_owned();
     event.trace_id = Some(id.to_owned());
     event.object_type = Some(lifecycle::PIPELINE_OBJECT.to_owned());
     event.set_payload(&serde_json::to_value(payload).unwrap_or_default());

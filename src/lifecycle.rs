@@ -382,6 +382,14 @@ impl PipelineEvent {
     }
 
     /// The status of the pipeline run once this event is recorded.
+    /// The event's `status` column: `failed` for a failure, else `ok` (as [`EventType`]'s).
+    pub fn event_status(self) -> &'static str {
+        match self {
+            PipelineEvent::Failed => EventType::Failed.event_status(),
+            _ => EventType::Completed.event_status(),
+        }
+    }
+
     pub fn run_status(self) -> RunStatus {
         match self {
             PipelineEvent::Started => RunStatus::Running,
