@@ -24,6 +24,12 @@ pub fn lorch_home() -> Option<PathBuf> {
     var("LORCH_HOME").or_else(|| xdg("STATE", ".local/state").map(|d| d.join("lorch")))
 }
 
+/// [`lorch_home`], or the error that says how to give one.
+pub fn home() -> anyhow::Result<PathBuf> {
+    lorch_home()
+        .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))
+}
+
 /// `$XDG_DATA_HOME/lorch/plugins`, else `~/.local/share/lorch/plugins`.
 pub fn default_plugin_dir() -> Option<PathBuf> {
     xdg("DATA", ".local/share").map(|d| d.join("lorch").join("plugins"))

@@ -517,11 +517,7 @@ fn nowhere(search_path: &SearchPath, lookup: Lookup) -> Error {
     }
 }
 
-/// `LORCH_HOME`.
-fn lorch_home() -> anyhow::Result<std::path::PathBuf> {
-    crate::paths::lorch_home()
-        .ok_or_else(|| anyhow::anyhow!("no place for the event store: set LORCH_HOME (or HOME)"))
-}
+use crate::paths::home as lorch_home;
 
 /// `LORCH_HOME` and its event store; what it records is queued for BigQuery when that is
 /// configured.

@@ -8,6 +8,12 @@
 //! duplicate window (2 minutes) is stored once. A request a worker could not complete in
 //! `max_deliver` deliveries goes to the dead-letter stream, with the reason.
 
+mod lock;
+pub mod publish;
+pub mod queue;
+pub mod submit;
+pub mod worker;
+
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
