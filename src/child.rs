@@ -189,6 +189,66 @@ impl ChildOutcome {
     }
 }
 
+/// Runs a child `lorch run-job` to its end. A signal lorch receives meanwhile is passed on to
+/// it once (a `docker stop` or `systemctl stop` signals lorch alone, not its process group), so
+/// the run ends as a cancelled run, recorded; then it is waited for.
+pub fn run(
+    command: std::process::Command,
+    signals: &crate::signals::Signals,
+) -> crate::error::Result<std::process::ExitStatus> {
+    wait(&mut spawn(command)?, signals)
+}
+
+/// Starts a child lorch that ends, cancelled (SIGTERM: its run recorded as such), when this
+/// lorch dies: a killed tick or backfill leaves no run going on unsupervised.
+pub fn spawn(mut command: std::process::Command) -> crate::error::Result<std::process::Child> {
+    crate::sys::signal_when_parent_dies(&mut command, libc::SIGTERM);
+    command
+        .spawn()
+        .map_err(|e| crate::error::Error::Environment(anyhow::anyhow!("cannot start lorch: {e}")))
+}
+
+/// Waits for a child lorch, passing on the first signal this lorch receives.
+pub fn wait(
+    child: &mut std::process::Child,
+    signals: &crate::signals::Signals,
+) -> crate::error::Result<std::process::ExitStatus> {
+    let mut passed_on = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(crate::error::Error::Environment(anyhow::anyhow!(
+                    "cannot wait for the lorch it started: {e}"
+                )));
+            }
+        }
+        if let (Some(signal), false) = (signals.received(), passed_on) {
+            let _ = crate::sys::kill(child.id(), signal);
+            passed_on = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// [`run`] for a `run-job --json`: its exit status and the summary it printed, when it
+/// printed one (a run-job refused as a usage error prints none).
+pub fn run_json(
+    mut command: std::process::Command,
+    signals: &crate::signals::Signals,
+) -> crate::error::Result<(std::process::ExitStatus, Option<RunSummary>)> {
+    // One summary of a few hundred bytes: the pipe holds it until the child has ended.
+    command.stdout(std::process::Stdio::piped());
+    let mut child = spawn(command)?;
+    let status = wait(&mut child, signals)?;
+    let mut text = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_end(&mut out, &mut text);
+    }
+    Ok((status, RunSummary::read(&text)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

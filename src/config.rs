@@ -1245,6 +1245,23 @@ pub fn duration(value: &Option<Spanned<String>>) -> Option<Duration> {
         .and_then(|v| timearg::duration(v.get_ref()).ok())
 }
 
+/// The configuration file for a command that reads every entry (`tick`, `schedule list`,
+/// `status`, `pipelines list`): a file lorch cannot read or parse is a usage error; an entry with
+/// a mistake is left out, and said so on stderr.
+pub fn read_reporting(flag: Option<&std::path::Path>) -> crate::error::Result<Config> {
+    let config = Config::read_file(flag).map_err(problems)?;
+    for problem in &config.problems {
+        crate::output::stderr!("error: {problem} (this entry is left out)");
+    }
+    Ok(config)
+}
+
+/// The mistakes of a configuration file, one a line, as a usage error.
+pub fn problems(problems: Vec<Problem>) -> crate::error::Error {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    crate::error::Error::Usage(lines.join("\nerror: "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

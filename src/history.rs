@@ -199,3 +199,46 @@ pub fn pipeline_summary(
         duration_seconds,
     }
 }
+
+/// `LORCH_HOME` and its event store; what it records is queued for BigQuery when that is
+/// configured.
+pub fn open_home() -> anyhow::Result<(std::path::PathBuf, crate::events::LocalStore)> {
+    use crate::events::{LocalStore, Outbox};
+    let home = crate::paths::home()?;
+    let mut store = LocalStore::open_in(&home)?;
+    if crate::bigquery::config::requested() {
+        store = store.queue_for_delivery(Outbox::default());
+    }
+    Ok((home, store))
+}
+
+/// One warning per run the reaper closed.
+pub fn report_reaped(runs: Vec<RunRow>) {
+    for run in runs {
+        crate::output::stderr!(
+            "warning: run {} of {}/{} (started {}) was abandoned: its lorch process is gone; recorded job.failed, reason abandoned",
+            run.run_id,
+            run.package,
+            run.job,
+            run.started_at
+        );
+    }
+}
+
+/// Closes every abandoned run, then every abandoned pipeline run, with a warning for each.
+pub fn reap_all(
+    store: &crate::events::LocalStore,
+    home: &std::path::Path,
+) -> crate::error::Result<()> {
+    report_reaped(reap(store, home, None)?);
+    let pipelines = reap_pipelines(store, home)?;
+    for run in pipelines {
+        crate::output::stderr!(
+            "warning: pipeline run {} of {} (started {}) was abandoned: its lorch process is gone; recorded pipeline.failed, reason abandoned",
+            run.pipeline_run_id,
+            run.pipeline,
+            run.started_at
+        );
+    }
+    Ok(())
+}

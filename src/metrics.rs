@@ -173,6 +173,24 @@ pub fn write(
     Ok(written?)
 }
 
+/// The Prometheus exposition of what the store knows of every job (docs/metrics.md).
+pub fn text(store: &crate::events::LocalStore) -> anyhow::Result<String> {
+    Ok(exposition(&store.job_runs()?, store.events_pending()?))
+}
+
+/// After a run: the metrics file rewritten, when a directory is set. A failure is a warning:
+/// it never changes the run's exit code.
+pub fn write_after_run(dir: Option<&std::path::Path>, store: &crate::events::LocalStore) {
+    let Some(dir) = dir else { return };
+    let written = write(dir, || text(store));
+    if let Err(e) = written {
+        crate::output::stderr!(
+            "warning: cannot write the metrics file {}: {e:#}",
+            dir.join(FILE).display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -251,6 +251,80 @@ fn post(url: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
     })
 }
 
+/// `[notify]` around one run (docs/notifications.md): the failures in a row of its job and
+/// account before it, then the hook its outcome calls for.
+pub struct Notifier<'a> {
+    notify: &'a crate::config::Notify,
+    before: u32,
+}
+
+impl<'a> Notifier<'a> {
+    pub fn before(
+        notify: Option<&'a crate::config::Notify>,
+        store: &crate::events::LocalStore,
+        job: &crate::plugins::Job,
+        account: Option<&str>,
+    ) -> anyhow::Result<Option<Notifier<'a>>> {
+        let Some(notify) = notify else {
+            return Ok(None);
+        };
+        let before = store.consecutive_failures((job.package(), job.name()), account)?;
+        Ok(Some(Notifier { notify, before }))
+    }
+
+    /// Calls the hook the run's outcome calls for; a hook's failure, or a store that cannot
+    /// say, is a warning: the run's exit code stays.
+    pub fn after(
+        &self,
+        store: &crate::events::LocalStore,
+        job: &crate::plugins::Job,
+        account: Option<&str>,
+        report: &crate::runner::RunReport,
+    ) {
+        use crate::lifecycle::RunStatus;
+        use crate::runner::Outcome;
+        let (status, failed) = match &report.outcome {
+            Outcome::Completed => (RunStatus::Completed, None),
+            Outcome::Failed(failed) => (RunStatus::Failed, Some(failed)),
+            Outcome::Skipped(_) | Outcome::AlreadyCompleted(_) => return,
+        };
+        let after = match store.consecutive_failures((job.package(), job.name()), account) {
+            Ok(after) => after,
+            Err(e) => {
+                crate::output::stderr!(
+                    "warning: no notification: cannot read the failures of {}: {e:#}",
+                    job.id()
+                );
+                return;
+            }
+        };
+        let Some(occasion) =
+            crate::notify::Occasion::of(status, self.before, after, self.notify.notify_after)
+        else {
+            return;
+        };
+        let note = crate::notify::Note {
+            occasion,
+            run_id: report.run_id.clone(),
+            package: job.package().to_owned(),
+            job: job.name().to_owned(),
+            account: account.map(str::to_owned),
+            status,
+            reason: failed.map(|f| f.reason),
+            error: failed.map(|f| f.message.clone()),
+            attempts: report.attempts,
+            duration_seconds: report.duration.as_secs_f64(),
+            consecutive_failures: match occasion {
+                crate::notify::Occasion::Failure => after,
+                crate::notify::Occasion::Recovery => self.before,
+            },
+            log_tail: report.log_tail.clone(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        crate::notify::send(self.notify, &note);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,3 +184,45 @@ pub fn plan<'a>(
         pipeline: None,
     })
 }
+
+/// What the configuration file says to do after a run: rewrite the metrics file
+/// (docs/metrics.md), call a hook (docs/notifications.md).
+pub struct After {
+    pub metrics: Option<std::path::PathBuf>,
+    pub notify: Option<crate::config::Notify>,
+}
+
+impl After {
+    pub fn of(config: &crate::config::Config) -> After {
+        After {
+            metrics: crate::metrics::dir(config.metrics.as_ref().map(|m| m.dir.as_path())),
+            notify: config.notify.clone(),
+        }
+    }
+}
+
+/// A run's options with the job's defaults from the configuration file (docs/configuration.md),
+/// and what to do after the run. A file lorch cannot read, or a mistake in this job's own
+/// `[jobs]` entry (or in `[notify]`), is a usage error naming it; mistakes in other entries are
+/// `config check`'s and `tick`'s to report.
+pub fn configured(
+    file: Option<&std::path::Path>,
+    job: &crate::plugins::Job,
+    options: crate::plan::RunOptions,
+) -> crate::error::Result<(crate::plan::RunOptions, After)> {
+    let config = crate::config::Config::read_file(file).map_err(crate::config::problems)?;
+    let id = job.id();
+    let own: Vec<_> = config
+        .problems
+        .iter()
+        .filter(|p| p.in_defaults_of.as_deref() == Some(id.as_str()) || p.in_notify)
+        .cloned()
+        .collect();
+    if !own.is_empty() {
+        return Err(crate::config::problems(own));
+    }
+    Ok((
+        crate::plan::with_defaults(options, config.defaults_of(&id)),
+        After::of(&config),
+    ))
+}

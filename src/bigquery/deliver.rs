@@ -505,3 +505,66 @@ fn deliver_in_background(
     };
     finished(&store, mark, problem)
 }
+
+/// Delivers what the store queues for BigQuery in the background, when BigQuery is configured.
+pub fn start(
+    home: &std::path::Path,
+    store: &crate::events::LocalStore,
+) -> crate::error::Result<Option<crate::bigquery::Background>> {
+    if !crate::bigquery::config::requested() {
+        return Ok(None);
+    }
+    Ok(Some(crate::bigquery::Background::start(
+        home,
+        crate::bigquery::Config::from_env(),
+        store.last_seq()?,
+        flush_timeout()?,
+    )))
+}
+
+/// Stops background delivery, with a warning for what is not in BigQuery yet; the exit code
+/// stays the runs'.
+pub fn finish(background: crate::bigquery::Background, store: &crate::events::LocalStore) {
+    match background.finish() {
+        Ok(finished) => warn_undelivered(finished, store),
+        Err(e) => crate::output::stderr!(
+            "warning: BigQuery delivery stopped ({e:#}); pending events stay in {}; deliver them with: lorch events flush",
+            store.path().display()
+        ),
+    }
+}
+
+/// `LORCH_BQ_FLUSH_TIMEOUT`: how long a run may spend, after its job, delivering what is
+/// still pending (default 10s).
+pub fn flush_timeout() -> crate::error::Result<std::time::Duration> {
+    match std::env::var("LORCH_BQ_FLUSH_TIMEOUT") {
+        Err(_) => Ok(std::time::Duration::from_secs(10)),
+        Ok(value) => crate::timearg::duration(&value).map_err(|e| {
+            crate::error::Error::Usage(format!("invalid LORCH_BQ_FLUSH_TIMEOUT '{value}': {e}"))
+        }),
+    }
+}
+
+/// One warning when events of this run (or earlier ones) are not in BigQuery yet.
+pub fn warn_undelivered(finished: crate::bigquery::Finished, store: &crate::events::LocalStore) {
+    if !finished.dead.is_empty() {
+        crate::output::stderr!(
+            "warning: BigQuery refused {} events of this run ({}); they are kept as dead letters: see `lorch events status`",
+            finished.dead.len(),
+            finished.dead[0].reason
+        );
+    }
+    let waiting = match (finished.pending, finished.objects_pending) {
+        (0, 0) => return,
+        (events, 0) => format!("{events} events are"),
+        (0, objects) => format!("{objects} objects are"),
+        (events, objects) => format!("{events} events and {objects} objects are"),
+    };
+    let why = finished
+        .problem
+        .unwrap_or_else(|| "delivery did not finish in time".to_owned());
+    crate::output::stderr!(
+        "warning: {waiting} not in BigQuery yet ({why}); they are kept in {}; deliver them with: lorch events flush",
+        store.path().display()
+    );
+}

@@ -7,7 +7,7 @@
 
 mod client;
 pub mod config;
-mod deliver;
+pub mod deliver;
 pub mod schema;
 
 pub use client::{Client, Ensured};

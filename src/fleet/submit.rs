@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-
 use crate::error::{Error, Result};
 use crate::fleet::{self, Request};
 use crate::output::stderr;
