@@ -24,6 +24,7 @@ mod notify;
 mod output;
 mod params;
 mod paths;
+mod pipelines;
 mod plan;
 pub mod plugins;
 mod runlog;

@@ -302,7 +302,7 @@ fn nowhere(search_path: &SearchPath, lookup: Lookup) -> Error {
     }
 }
 
-use crate::bigquery::deliver::{finish as finish_delivery, flush_timeout, start as start_delivery};
+use crate::bigquery::deliver::{finish as finish_delivery, flush_timeout};
 use crate::child::{run as run_child, run_json as run_child_json};
 use crate::config::{problems as config_problems, read_reporting as read_config_reporting};
 use crate::history::{open_home, reap_all, report_reaped};
