@@ -4,6 +4,7 @@
 //! that depends on this crate and on its job crates, and calls [`main`] too (see
 //! `examples/custom-lorch`).
 
+mod backfill;
 mod backoff;
 mod bigquery;
 mod child;

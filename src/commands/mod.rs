@@ -1,6 +1,5 @@
 //! One module per command group; `dispatch` routes a parsed command line to it.
 
-mod backfill;
 mod completions;
 mod config;
 mod events;
@@ -95,19 +94,19 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 quiet: true,
             };
             let job = find_job(discover(), &search_path, &job)?;
-            let range = backfill::Range {
+            let range = crate::backfill::Range {
                 since: &since,
                 until: until.as_deref(),
                 step,
             };
-            let options = backfill::Options {
+            let options = crate::backfill::Options {
                 account: account.as_deref(),
                 params: &params,
                 timeout,
                 retries,
                 keep_going,
             };
-            backfill::run(&passed, job, &range, &options)
+            crate::backfill::run(&passed, job, &range, &options)
         }
         Command::Tick {
             watch,
@@ -303,7 +302,7 @@ fn nowhere(search_path: &SearchPath, lookup: Lookup) -> Error {
 }
 
 use crate::bigquery::deliver::{finish as finish_delivery, flush_timeout};
-use crate::child::{run as run_child, run_json as run_child_json};
+use crate::child::run as run_child;
 use crate::config::{problems as config_problems, read_reporting as read_config_reporting};
 use crate::history::{open_home, reap_all, report_reaped};
 use crate::metrics::{text as metrics_text, write_after_run as write_metrics};
