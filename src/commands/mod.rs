@@ -25,57 +25,127 @@ use crate::error::{Error, Exit, Result};
 use crate::events::Event;
 use crate::plugins::{Catalog, Lookup, SearchPath};
 
-pub fn dispatch(cli: Cli) -> Result<Exit> {
-    let search_path = SearchPath::from_env(&cli.plugin_path);
-    // Plugins are loaded only by the commands that need jobs. One catalog per process, kept to
-    // its end: freeing 10,000 jobs' strings one by one at exit was 15% of a listing's time.
-    let discover = || -> &'static Catalog {
+/// What every command may need from the global flags: the configuration file, the plugin
+/// search path, and the catalog, loaded only by the commands that need jobs.
+struct Context {
+    config: Option<std::path::PathBuf>,
+    plugin_path: Vec<std::path::PathBuf>,
+    allow_insecure_plugins: bool,
+    search_path: SearchPath,
+}
+
+impl Context {
+    fn config(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
+    /// One catalog per process, kept to its end: freeing 10,000 jobs' strings one by one at
+    /// exit was 15% of a listing's time.
+    fn discover(&self) -> &'static Catalog {
         Box::leak(Box::new(Catalog::discover(
-            &search_path,
-            cli.allow_insecure_plugins,
+            &self.search_path,
+            self.allow_insecure_plugins,
         )))
+    }
+
+    /// `PACKAGE/JOB` or `JOB`, after reporting the plugins that failed to load.
+    fn job(&self, id: &str) -> Result<&'static crate::plugins::Job> {
+        find_job(self.discover(), &self.search_path, id)
+    }
+
+    /// The global flags again, for the child lorch a command starts.
+    fn lorch(&self, quiet: bool) -> Passed<'_> {
+        Passed {
+            config: self.config(),
+            plugin_path: &self.plugin_path,
+            allow_insecure_plugins: self.allow_insecure_plugins,
+            quiet,
+        }
+    }
+}
+
+/// Routes a parsed command line: one arm per command or group of subcommands.
+pub fn dispatch(cli: Cli) -> Result<Exit> {
+    let ctx = Context {
+        search_path: SearchPath::from_env(&cli.plugin_path),
+        config: cli.config,
+        plugin_path: cli.plugin_path,
+        allow_insecure_plugins: cli.allow_insecure_plugins,
     };
     match cli.command {
-        Command::Jobs(JobsCommand::List { package, json }) => {
-            jobs::list(discover(), package.as_deref(), json)
+        Command::Jobs(command) => jobs_command(&ctx, command),
+        command @ (Command::RunJob { .. } | Command::Run { .. }) => run_command(&ctx, command),
+        Command::Config(ConfigCommand::Check { json }) => {
+            config::check(ctx.config(), ctx.discover(), json)
         }
-        Command::Jobs(JobsCommand::Show { package, job, json }) => {
-            jobs::show(discover(), &package, &job, json)
+        Command::Config(ConfigCommand::Show { json }) => config::show(ctx.config(), json),
+        Command::Schedule(ScheduleCommand::List { json }) => schedule::list(ctx.config(), json),
+        Command::Schedule(ScheduleCommand::Install { systemd, .. }) => {
+            schedule::install(&ctx.lorch(true), systemd)
         }
+        command @ (Command::Backfill { .. } | Command::Tick { .. }) => time_command(&ctx, command),
+        Command::Plugins(PluginsCommand::List { json }) => {
+            plugins::list(&ctx.search_path, ctx.discover(), json)
+        }
+        Command::Plugins(PluginsCommand::Install { files, to }) => plugins::install(&files, to),
+        Command::Events(command) => events_command(command),
+        Command::Runs(command) => runs_command(command),
+        Command::Objects(ObjectsCommand::List(query)) => objects::list(query),
+        Command::Objects(ObjectsCommand::Show { idem_key, json }) => objects::show(&idem_key, json),
+        Command::Objects(ObjectsCommand::Count { json }) => objects::count(json),
+        Command::State(command) => state_command(&ctx, command),
+        command @ (Command::RunPipeline { .. } | Command::Pipelines(_)) => {
+            pipeline_command(&ctx, command)
+        }
+        Command::Status { json, max_age } => status::status(ctx.config(), json, max_age),
+        Command::Metrics => {
+            let (home, store) = open_home()?;
+            reap_all(&store, &home)?;
+            crate::output::print(&metrics_text(&store)?)?;
+            Ok(Exit::Success)
+        }
+        command @ (Command::Submit { .. } | Command::FleetWorker { .. } | Command::Queue(_)) => {
+            fleet_command(&ctx, command)
+        }
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
+        Command::CompleteJobs => completions::jobs(ctx.discover()),
+        Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
+    }
+}
+
+fn jobs_command(ctx: &Context, command: JobsCommand) -> Result<Exit> {
+    match command {
+        JobsCommand::List { package, json } => jobs::list(ctx.discover(), package.as_deref(), json),
+        JobsCommand::Show { package, job, json } => {
+            jobs::show(ctx.discover(), &package, &job, json)
+        }
+    }
+}
+
+/// `run-job PACKAGE JOB` and `run PACKAGE/JOB`, with the job's defaults from lorch.toml.
+fn run_command(ctx: &Context, command: Command) -> Result<Exit> {
+    let (job, options) = match command {
         Command::RunJob {
             package,
             job,
             options,
         } => {
-            let catalog = discover();
+            let catalog = ctx.discover();
             catalog.report_problems();
-            let job = catalog
-                .find(&package, &job)
-                .map_err(|e| nowhere(&search_path, e))?;
-            let (run, after) = configured(cli.config.as_deref(), job, options.options())?;
-            run::run(job, &run, &run::Shown::of(&options), &after)
+            let found = catalog.find(&package, &job);
+            (found.map_err(|e| nowhere(&ctx.search_path, e))?, options)
         }
-        Command::Run { job, options } => {
-            let job = find_job(discover(), &search_path, &job)?;
-            let (run, after) = configured(cli.config.as_deref(), job, options.options())?;
-            run::run(job, &run, &run::Shown::of(&options), &after)
-        }
-        Command::Config(ConfigCommand::Check { json }) => {
-            config::check(cli.config.as_deref(), discover(), json)
-        }
-        Command::Config(ConfigCommand::Show { json }) => config::show(cli.config.as_deref(), json),
-        Command::Schedule(ScheduleCommand::List { json }) => {
-            schedule::list(cli.config.as_deref(), json)
-        }
-        Command::Schedule(ScheduleCommand::Install { systemd, .. }) => schedule::install(
-            &Passed {
-                config: cli.config.as_deref(),
-                plugin_path: &cli.plugin_path,
-                allow_insecure_plugins: cli.allow_insecure_plugins,
-                quiet: true,
-            },
-            systemd,
-        ),
+        Command::Run { job, options } => (ctx.job(&job)?, options),
+        _ => unreachable!("dispatch routes run-job and run here"),
+    };
+    let (run, after) = configured(ctx.config(), job, options.options())?;
+    run::run(job, &run, &run::Shown::of(&options), &after)
+}
+
+/// `backfill` and `tick`: runs of windows of time, each a child lorch.
+fn time_command(ctx: &Context, command: Command) -> Result<Exit> {
+    match command {
         Command::Backfill {
             job,
             since,
@@ -87,13 +157,6 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             retries,
             keep_going,
         } => {
-            let passed = Passed {
-                config: cli.config.as_deref(),
-                plugin_path: &cli.plugin_path,
-                allow_insecure_plugins: cli.allow_insecure_plugins,
-                quiet: true,
-            };
-            let job = find_job(discover(), &search_path, &job)?;
             let range = crate::backfill::Range {
                 since: &since,
                 until: until.as_deref(),
@@ -106,71 +169,76 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 retries,
                 keep_going,
             };
-            crate::backfill::run(&passed, job, &range, &options)
+            crate::backfill::run(&ctx.lorch(true), ctx.job(&job)?, &range, &options)
         }
         Command::Tick {
             watch,
             quiet,
             submit,
             nats,
-        } => schedule::tick(
-            &Passed {
-                config: cli.config.as_deref(),
-                plugin_path: &cli.plugin_path,
-                allow_insecure_plugins: cli.allow_insecure_plugins,
-                quiet,
-            },
-            &schedule::Ticking {
+        } => {
+            let ticking = schedule::Ticking {
                 watch,
                 submit: submit.then_some(nats),
-            },
-        ),
-        Command::Plugins(PluginsCommand::List { json }) => {
-            plugins::list(&search_path, discover(), json)
+            };
+            schedule::tick(&ctx.lorch(quiet), &ticking)
         }
-        Command::Plugins(PluginsCommand::Install { files, to }) => plugins::install(&files, to),
-        Command::Events(EventsCommand::List { run, limit, json }) => events::list(run, limit, json),
-        Command::Events(EventsCommand::Status { json }) => events::status(json),
-        Command::Events(EventsCommand::Follow { nats, all, json }) => {
-            fleet::follow(nats.as_deref(), all, json)
-        }
-        Command::Events(EventsCommand::Flush {
+        _ => unreachable!("dispatch routes backfill and tick here"),
+    }
+}
+
+fn events_command(command: EventsCommand) -> Result<Exit> {
+    match command {
+        EventsCommand::List { run, limit, json } => events::list(run, limit, json),
+        EventsCommand::Status { json } => events::status(json),
+        EventsCommand::Follow { nats, all, json } => fleet::follow(nats.as_deref(), all, json),
+        EventsCommand::Flush {
             timeout,
             retry_dead,
-        }) => events::flush(timeout, retry_dead),
-        Command::Events(EventsCommand::Init {
+        } => events::flush(timeout, retry_dead),
+        EventsCommand::Init {
             dry_run,
             events_table,
-        }) => events::init(dry_run, events_table.as_deref()),
-        Command::Runs(RunsCommand::List(query)) => runs::list(query),
-        Command::Runs(RunsCommand::Show { run_id, json }) => runs::show(&run_id, json),
-        Command::Runs(RunsCommand::Reap) => runs::reap(),
-        Command::Runs(RunsCommand::Logs {
+        } => events::init(dry_run, events_table.as_deref()),
+    }
+}
+
+fn runs_command(command: RunsCommand) -> Result<Exit> {
+    match command {
+        RunsCommand::List(query) => runs::list(query),
+        RunsCommand::Show { run_id, json } => runs::show(&run_id, json),
+        RunsCommand::Reap => runs::reap(),
+        RunsCommand::Logs {
             run_id,
             attempt,
             follow,
             json,
-        }) => logs::logs(&logs::Request {
+        } => logs::logs(&logs::Request {
             run_id: &run_id,
             attempt,
             follow,
             json,
         }),
-        Command::Runs(RunsCommand::Prune { older_than, events }) => logs::prune(older_than, events),
-        Command::Objects(ObjectsCommand::List(query)) => objects::list(query),
-        Command::Objects(ObjectsCommand::Show { idem_key, json }) => objects::show(&idem_key, json),
-        Command::Objects(ObjectsCommand::Count { json }) => objects::count(json),
-        Command::State(StateCommand::Show { job, account, json }) => {
+        RunsCommand::Prune { older_than, events } => logs::prune(older_than, events),
+    }
+}
+
+fn state_command(ctx: &Context, command: StateCommand) -> Result<Exit> {
+    match command {
+        StateCommand::Show { job, account, json } => {
             state::show(job.as_deref(), account.as_deref(), json)
         }
-        Command::State(StateCommand::Set { job, account, to }) => {
-            let job = find_job(discover(), &search_path, &job)?;
-            state::set(job, account.as_deref(), Some(&to))
+        StateCommand::Set { job, account, to } => {
+            state::set(ctx.job(&job)?, account.as_deref(), Some(&to))
         }
-        Command::State(StateCommand::Reset { job, account }) => {
-            let job = find_job(discover(), &search_path, &job)?;
-            state::set(job, account.as_deref(), None)
+        StateCommand::Reset { job, account } => {
+            state::set(ctx.job(&job)?, account.as_deref(), None)
         }
+    }
+}
+
+fn pipeline_command(ctx: &Context, command: Command) -> Result<Exit> {
+    match command {
         Command::RunPipeline {
             name,
             since,
@@ -190,36 +258,32 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 parallel: parallel.map(usize::from),
                 resume: resume.as_deref(),
                 quiet,
-                config: cli.config.as_deref(),
+                config: ctx.config(),
             };
-            pipelines::run(discover(), &request)
+            pipelines::run(ctx.discover(), &request)
         }
-        Command::Pipelines(PipelinesCommand::List { json }) => {
-            pipelines::list(cli.config.as_deref(), json)
-        }
+        Command::Pipelines(PipelinesCommand::List { json }) => pipelines::list(ctx.config(), json),
         Command::Pipelines(PipelinesCommand::Show { name, json, dot }) => {
-            pipelines::show(cli.config.as_deref(), &name, json, dot)
+            pipelines::show(ctx.config(), &name, json, dot)
         }
-        Command::Status { json, max_age } => status::status(cli.config.as_deref(), json, max_age),
-        Command::Metrics => {
-            let (home, store) = open_home()?;
-            reap_all(&store, &home)?;
-            crate::output::print(&metrics_text(&store)?)?;
-            Ok(Exit::Success)
-        }
+        _ => unreachable!("dispatch routes run-pipeline and pipelines here"),
+    }
+}
+
+/// `submit`, `worker` and `queue` (docs/fleet.md).
+fn fleet_command(ctx: &Context, command: Command) -> Result<Exit> {
+    match command {
         Command::Submit { job, options } => {
             let run = options.request.options();
-            fleet::submit(
-                discover(),
-                &fleet::Submit {
-                    job: &job,
-                    options: &run,
-                    request_id: options.request_id.as_deref(),
-                    nats: options.nats.as_deref(),
-                    json: options.json,
-                    quiet: options.quiet,
-                },
-            )
+            let submit = fleet::Submit {
+                job: &job,
+                options: &run,
+                request_id: options.request_id.as_deref(),
+                nats: options.nats.as_deref(),
+                json: options.json,
+                quiet: options.quiet,
+            };
+            fleet::submit(ctx.discover(), &submit)
         }
         Command::FleetWorker {
             nats,
@@ -228,14 +292,8 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             ack_wait,
             grace,
             jobs,
-        } => fleet::worker(
-            &Passed {
-                config: cli.config.as_deref(),
-                plugin_path: &cli.plugin_path,
-                allow_insecure_plugins: cli.allow_insecure_plugins,
-                quiet: false,
-            },
-            fleet::Work {
+        } => {
+            let work = fleet::Work {
                 nats,
                 concurrency: usize::from(concurrency),
                 max_deliver: i64::from(max_deliver),
@@ -243,8 +301,9 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 ack_wait_given: ack_wait.is_some(),
                 grace,
                 jobs,
-            },
-        ),
+            };
+            fleet::worker(&ctx.lorch(false), work)
+        }
         Command::Queue(QueueCommand::Status { nats, json }) => fleet::status(nats.as_deref(), json),
         Command::Queue(QueueCommand::Dead {
             nats,
@@ -252,10 +311,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             drop,
             json,
         }) => fleet::dead(nats.as_deref(), retry.as_deref(), drop.as_deref(), json),
-        Command::Completions { shell } => completions::completions(shell),
-        Command::Man => completions::man(),
-        Command::CompleteJobs => completions::jobs(discover()),
-        Command::Worker => unreachable!("`crate::main` runs the worker without dispatching"),
+        _ => unreachable!("dispatch routes submit, worker and queue here"),
     }
 }
 
