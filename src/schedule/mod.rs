@@ -8,6 +8,9 @@
 //! and one that does not exist (spring-forward) fires at the change; an entry with a `*` in
 //! either follows elapsed time, firing at every instant that shows a matching local time.
 
+pub mod install;
+pub mod tick;
+
 use std::time::Duration;
 
 use chrono::{
