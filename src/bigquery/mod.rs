@@ -8,6 +8,7 @@
 mod client;
 pub mod config;
 pub mod deliver;
+pub mod route;
 pub mod schema;
 
 pub use client::{Client, Ensured};

@@ -357,7 +357,7 @@ fn nowhere(search_path: &SearchPath, lookup: Lookup) -> Error {
     }
 }
 
-use crate::bigquery::deliver::{finish as finish_delivery, flush_timeout};
+use crate::bigquery::deliver::finish as finish_delivery;
 use crate::config::{problems as config_problems, read_reporting as read_config_reporting};
 use crate::history::{open_home, reap_all, report_reaped};
 use crate::metrics::{text as metrics_text, write_after_run as write_metrics};
