@@ -195,22 +195,9 @@ pub fn run(
     // Held for the whole run: while it is, nobody takes this run for abandoned.
     let _run_lock =
         locks::hold_run(&plan.home, &run_id).context("cannot create the run's lock file")?;
-    let _job_lock = match plan.lock_wait {
-        None => None,
-        Some(wait) => {
-            let path = locks::job_lock_path(
-                &plan.home,
-                plan.job.package(),
-                plan.job.name(),
-                plan.account.as_deref(),
-            );
-            match locks::acquire(&path, &run_id, wait, signals)
-                .with_context(|| format!("cannot take the lock {}", path.display()))?
-            {
-                Acquired::Held(lock) => Some(lock),
-                Acquired::Busy(holder) => return skipped(plan, sink, run_id, holder),
-            }
-        }
+    let _job_lock = match job_lock(plan, &run_id, signals)? {
+        Ok(held) => held,
+        Err(holder) => return skipped(plan, sink, run_id, holder),
     };
     let resumed;
     let plan = match recheck {
@@ -293,6 +280,30 @@ pub fn run(
             record_error,
             log_tail,
         });
+    }
+}
+
+/// The overlap lock of the job and account, unless the plan takes none (`Ok(None)`); the run
+/// that holds it when it is busy (`Err`).
+fn job_lock(
+    plan: &RunPlan,
+    run_id: &str,
+    signals: &Signals,
+) -> anyhow::Result<Result<Option<locks::Held>, Holder>> {
+    let Some(wait) = plan.lock_wait else {
+        return Ok(Ok(None));
+    };
+    let path = locks::job_lock_path(
+        &plan.home,
+        plan.job.package(),
+        plan.job.name(),
+        plan.account.as_deref(),
+    );
+    match locks::acquire(&path, run_id, wait, signals)
+        .with_context(|| format!("cannot take the lock {}", path.display()))?
+    {
+        Acquired::Held(lock) => Ok(Ok(Some(lock))),
+        Acquired::Busy(holder) => Ok(Err(holder)),
     }
 }
 

@@ -195,3 +195,23 @@ fn only_the_command_line_knows_clap() {
         found.join("\n")
     );
 }
+
+/// A file you can hold in your head (issue 26's measure: `just`'s and ripgrep's files).
+const MOST_LINES: usize = 800;
+
+#[test]
+fn no_source_file_is_longer_than_one_can_hold_in_ones_head() {
+    let src = Path::new(REPO).join("src");
+    let long: Vec<String> = rust_files(&src)
+        .into_iter()
+        .filter_map(|file| {
+            let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+            (lines > MOST_LINES).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "split these by what they hold, one concept a file, under {MOST_LINES} lines (as config/ and events/store/ are):\n{}",
+        long.join("\n")
+    );
+}
