@@ -35,6 +35,7 @@ mod signals;
 mod suggest;
 mod sys;
 pub mod timearg;
+mod views;
 
 /// How events travel from a job's worker process to lorch, for `benches/micro.rs`; not an API.
 #[doc(hidden)]

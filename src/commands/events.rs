@@ -51,7 +51,7 @@ pub fn list(run: Option<String>, limit: Option<usize>, json: bool) -> Result<Exi
         let width = store.widest_event_type(&filter)?;
         store.for_each(&filter, |event| {
             count += 1;
-            write(&mut out, &super::format_event(&event, width))
+            write(&mut out, &crate::views::events::format_event(&event, width))
         })?;
     }
     if let Some(error) = failed {

@@ -1,7 +1,6 @@
 //! `lorch submit`, `lorch worker`, `lorch queue` and `lorch events follow` (docs/fleet.md):
 //! their arguments to calls into `fleet`, and what they print.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -10,11 +9,12 @@ use serde_json::json;
 
 use crate::error::{Error, Exit, Result};
 use crate::fleet::publish::publish_once;
-use crate::fleet::queue::{Dead, dead_letters, workers};
+use crate::fleet::queue::dead_letters;
 use crate::fleet::submit::request;
 use crate::fleet::{self, Request};
 use crate::output::{self, stderr};
 use crate::plugins::Catalog;
+use crate::views::queue::dead_table;
 
 fn unreachable(e: anyhow::Error) -> Error {
     Error::Environment(e)
@@ -73,118 +73,16 @@ pub fn submit(catalog: &Catalog, submit: &Submit) -> Result<Exit> {
 /// workers and what they run, and the dead letters.
 pub fn status(nats: Option<&str>, json: bool) -> Result<Exit> {
     let connection = fleet::connect(nats).map_err(unreachable)?;
-    let found = connection.runtime.block_on(async {
-        let stream = connection.jobs_stream().await?;
-        let subjects = stream.info_with_subjects("lorch.jobs.>").await?;
-        // A request stays in the stream until it is acknowledged: waiting or in progress.
-        let mut queued = BTreeMap::new();
-        futures_util::pin_mut!(subjects);
-        while let Some(entry) = subjects.next().await {
-            let (subject, count) = entry?;
-            let job = subject
-                .strip_prefix("lorch.jobs.")
-                .unwrap_or(&subject)
-                .replacen('.', "/", 1);
-            queued.insert(job, count);
-        }
-        // Every group of workers' consumer (`worker --jobs`).
-        let (mut in_progress, mut redelivered) = (0, 0);
-        let consumers = stream.consumers();
-        futures_util::pin_mut!(consumers);
-        while let Some(info) = consumers.next().await {
-            let info = info?;
-            in_progress += info.num_ack_pending;
-            redelivered += info.num_redelivered;
-        }
-        let dead = dead_letters(&connection).await?;
-        let workers = workers(&connection).await?;
-        let version = connection.jetstream.client().server_info().version;
-        let storage = stream.cached_info().config.storage;
-        let warnings = fleet::durability_warnings(&version, storage);
-        anyhow::Ok((queued, in_progress, redelivered, dead, workers, warnings))
-    });
-    let (queued, in_progress, redelivered, dead, workers, warnings) = found.map_err(unreachable)?;
+    let status = fleet::queue::status(&connection).map_err(unreachable)?;
     if json {
-        output::print_json(&json!({
-            "server": connection.url,
-            "warnings": warnings,
-            "queued": queued,
-            "in_progress": in_progress,
-            "redelivered": redelivered,
-            "workers": workers,
-            "dead": dead,
-        }))?;
+        output::print_json(&status)?;
         return Ok(Exit::Success);
     }
-    for warning in &warnings {
+    for warning in &status.warnings {
         stderr!("warning: {warning}");
     }
-    let mut text = format!(
-        "{}: {} requests queued, {in_progress} of them in progress ({redelivered} redelivered); {} workers; {} dead letters\n",
-        connection.url,
-        queued.values().sum::<usize>(),
-        workers.len(),
-        dead.len()
-    );
-    if !workers.is_empty() {
-        let rows: Vec<Vec<String>> = workers
-            .iter()
-            .map(|w| {
-                let running: Vec<String> = w
-                    .running
-                    .iter()
-                    .map(|(id, r)| format!("{} ({id})", r.job))
-                    .collect();
-                vec![
-                    w.worker.clone(),
-                    if running.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        running.join(", ")
-                    },
-                    w.completed.to_string(),
-                    w.failed.to_string(),
-                    w.seen_at
-                        .get(..19)
-                        .map_or_else(String::new, |t| format!("{t}Z")),
-                ]
-            })
-            .collect();
-        text.push_str(&output::table(
-            &["WORKER", "RUNNING", "COMPLETED", "FAILED", "SEEN"],
-            &rows,
-        ));
-    }
-    if !queued.is_empty() {
-        let rows: Vec<Vec<String>> = queued
-            .iter()
-            .map(|(job, n)| vec![job.clone(), n.to_string()])
-            .collect();
-        text.push_str(&output::table(&["JOB", "QUEUED"], &rows));
-    }
-    text.push_str(&dead_table(&dead));
-    output::print(&text)?;
+    output::print(&crate::views::queue::status_text(&status))?;
     Ok(Exit::Success)
-}
-
-fn dead_table(dead: &[Dead]) -> String {
-    if dead.is_empty() {
-        return String::new();
-    }
-    let rows: Vec<Vec<String>> = dead
-        .iter()
-        .map(|d| {
-            vec![
-                d.request_id
-                    .clone()
-                    .unwrap_or_else(|| format!("#{}", d.sequence)),
-                d.job.clone(),
-                d.deliveries.clone().unwrap_or_default(),
-                d.reason.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    output::table(&["DEAD REQUEST", "JOB", "DELIVERIES", "REASON"], &rows)
 }
 
 /// `lorch queue dead [--retry ID | --drop ID] [--json]`.
@@ -293,7 +191,7 @@ pub fn follow(nats: Option<&str>, all: bool, json: bool) -> Result<Exit> {
                 };
                 let line = match json {
                     true => format!("{}\n", serde_json::to_string(&event)?),
-                    false => super::format_event(&event, 14),
+                    false => crate::views::events::format_event(&event, 14),
                 };
                 if !out.write(&line)? || !out.flush()? {
                     return anyhow::Ok(());

@@ -15,15 +15,21 @@ mod schedule;
 mod state;
 mod status;
 
-use std::fmt::Write as _;
-
 use crate::cli::{
     Cli, Command, ConfigCommand, EventsCommand, JobsCommand, ObjectsCommand, PipelinesCommand,
     PluginsCommand, QueueCommand, RunsCommand, ScheduleCommand, StateCommand,
 };
-use crate::error::{Error, Exit, Result};
-use crate::events::Event;
-use crate::plugins::{Catalog, Lookup, SearchPath};
+use crate::error::{Exit, Result};
+// What the command modules use as `super::NAME`: the domain's helpers, under their names here.
+use crate::bigquery::deliver::finish as finish_delivery;
+use crate::child::Lorch as Passed;
+use crate::config::{problems as config_problems, read_reporting as read_config_reporting};
+use crate::history::{open_home, reap_all, report_reaped};
+use crate::metrics::{text as metrics_text, write_after_run as write_metrics};
+use crate::notify::Notifier;
+use crate::paths::home as lorch_home;
+use crate::plan::{After, configured};
+use crate::plugins::{Catalog, SearchPath, find_job, nowhere};
 
 /// What every command may need from the global flags: the configuration file, the plugin
 /// search path, and the catalog, loaded only by the commands that need jobs.
@@ -313,82 +319,4 @@ fn fleet_command(ctx: &Context, command: Command) -> Result<Exit> {
         }) => fleet::dead(nats.as_deref(), retry.as_deref(), drop.as_deref(), json),
         _ => unreachable!("dispatch routes submit, worker and queue here"),
     }
-}
-
-/// What a child lorch (of `tick`, of `backfill`, of a fleet worker) is given again.
-use crate::child::Lorch as Passed;
-
-/// The job `PACKAGE/JOB` (or `JOB` when no other package has a job of that name), after
-/// reporting the plugins that failed to load.
-fn find_job<'a>(
-    catalog: &'a Catalog,
-    search_path: &SearchPath,
-    id: &str,
-) -> Result<&'a crate::plugins::Job> {
-    catalog.report_problems();
-    let job = match id.split_once('/') {
-        Some((package, name)) => catalog.find(package, name),
-        None => catalog.find_unique(id),
-    };
-    job.map_err(|e| nowhere(search_path, e))
-}
-
-/// A name that is not there is the user's mistake; a plugin that failed to load is the
-/// environment's (README, "Exit codes").
-impl From<Lookup> for Error {
-    fn from(lookup: Lookup) -> Error {
-        match lookup {
-            Lookup::Unknown(why) => Error::Usage(why),
-            Lookup::Unavailable(why) => Error::Environment(anyhow::anyhow!(why)),
-        }
-    }
-}
-
-/// An unknown job when lorch had nowhere to look (no `HOME`, no plugin path): the environment is
-/// the problem, not the name.
-fn nowhere(search_path: &SearchPath, lookup: Lookup) -> Error {
-    match lookup {
-        Lookup::Unknown(why) if search_path.dirs().next().is_none() => {
-            Error::Environment(anyhow::anyhow!(
-                "{why}: lorch had no plugin directory to look in (HOME is not set, nor XDG_DATA_HOME, LORCH_PLUGIN_PATH or --plugin-path); set HOME, or name the directory with --plugin-path or LORCH_PLUGIN_PATH"
-            ))
-        }
-        lookup => lookup.into(),
-    }
-}
-
-use crate::bigquery::deliver::finish as finish_delivery;
-use crate::config::{problems as config_problems, read_reporting as read_config_reporting};
-use crate::history::{open_home, reap_all, report_reaped};
-use crate::metrics::{text as metrics_text, write_after_run as write_metrics};
-use crate::notify::Notifier;
-use crate::paths::home as lorch_home;
-use crate::plan::{After, configured};
-
-// What several commands print.
-
-/// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.
-fn format_events(events: &[Event]) -> String {
-    let width = events
-        .iter()
-        .map(|e| e.event_type.chars().count())
-        .max()
-        .unwrap_or(0);
-    events.iter().map(|e| format_event(e, width)).collect()
-}
-
-/// One event's line, its type padded to `type_width` characters.
-fn format_event(event: &Event, type_width: usize) -> String {
-    let created = event
-        .created_at
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut text = format!(
-        "{created}  {}  {:type_width$}  {:6}  {}",
-        event.correlation_id, event.event_type, event.status, event.source_system
-    );
-    if let Some(error) = &event.error_message {
-        write!(text, "  {error}").unwrap();
-    }
-    text.push('\n');
-    text
 }

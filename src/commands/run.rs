@@ -4,13 +4,12 @@ use crate::bigquery::route::{Route, print_dry_run};
 use crate::cli::RunArgs;
 use crate::error::{Error, Exit, Result};
 use crate::events::LocalStore;
-use crate::lifecycle::{Reason, RunStatus};
-use crate::output::stderr;
 use crate::plan::RunOptions;
 use crate::plugins::Job;
 use crate::runner::{self, Outcome};
 use crate::signals::Signals;
-use crate::{history, output, plan};
+use crate::views::run::{print_summary_json, summarize};
+use crate::{history, plan};
 
 /// Validates every argument first (a usage error runs nothing and records nothing), then runs
 /// the job and prints one line naming the run id.
@@ -117,87 +116,5 @@ fn exit_code(report: &runner::RunReport, signal: Option<i32>) -> Exit {
         (None, Outcome::Skipped(_)) => Exit::Skipped,
         // Nothing is owed: the window is done.
         (None, Outcome::AlreadyCompleted(_)) => Exit::Success,
-    }
-}
-
-/// `--json`: the run as one document on stdout (README, "Options of run-job").
-fn print_summary_json(job: &Job, report: &runner::RunReport, exit: Exit) {
-    use crate::child::RunSummary;
-    let (status, reason, message) = match &report.outcome {
-        Outcome::Completed => (RunStatus::Completed, None, None),
-        Outcome::Failed(failed) => (
-            RunStatus::Failed,
-            Some(failed.reason),
-            Some(&failed.message),
-        ),
-        Outcome::Skipped(_) => (RunStatus::Skipped, Some(Reason::Locked), None),
-        Outcome::AlreadyCompleted(_) => (RunStatus::Skipped, Some(Reason::AlreadyCompleted), None),
-    };
-    let summary = RunSummary {
-        run_id: report.run_id.clone(),
-        package: job.package().to_owned(),
-        job: job.name().to_owned(),
-        status,
-        reason,
-        message: message.cloned(),
-        attempts: report.attempts,
-        duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
-        events_not_recorded: report.events_not_recorded,
-        objects: report.objects,
-        exit_code: exit as u8,
-        retryable: matches!(&report.outcome, Outcome::Failed(f) if f.retryable()),
-    };
-    // Printing cannot change the exit code, so a closed or full stdout is ignored here.
-    let _ = output::print_json(&summary);
-}
-
-/// The one line a run prints: `✓` on stdout (unless `quiet`), `✗` or `-` on stderr, naming the
-/// run id and any events that could not be recorded. Printing cannot change the exit code, so a
-/// closed or full stdout is ignored here.
-fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
-    let attempt = match report.attempts {
-        1 => String::new(),
-        n => format!(", attempt {n}"),
-    };
-    let run = &report.run_id;
-    let lost = match report.events_not_recorded {
-        0 => String::new(),
-        n => {
-            format!(", but {n} of its events and objects were not recorded (see the errors above)")
-        }
-    };
-    let counts = report.objects;
-    let objects = match counts.total() {
-        0 => String::new(),
-        _ => format!(
-            "; objects: {} inserted, {} updated, {} unchanged",
-            counts.inserted, counts.updated, counts.unchanged
-        ),
-    };
-    match &report.outcome {
-        Outcome::Completed if lost.is_empty() && quiet => {}
-        Outcome::Completed if lost.is_empty() => {
-            let took = output::round_duration(report.duration);
-            let _ = output::print(&format!(
-                "✓ {id} completed in {took} (run {run}{attempt}){objects}\n"
-            ));
-        }
-        Outcome::Completed => stderr!("✗ {id} completed{lost} (run {run}{attempt})"),
-        Outcome::Failed(failed) => {
-            stderr!(
-                "✗ {id} failed: {}{lost} (run {run}{attempt})",
-                failed.message
-            )
-        }
-        Outcome::Skipped(holder) => {
-            let by = match (&holder.run_id, holder.pid) {
-                (Some(run), Some(pid)) => format!("run {run} (pid {pid})"),
-                _ => "another run".to_owned(),
-            };
-            stderr!("- {id} skipped: {by} holds its lock (run {run})")
-        }
-        Outcome::AlreadyCompleted(by) => {
-            stderr!("- {id} skipped: the run {by} completed its window (run {run})")
-        }
     }
 }

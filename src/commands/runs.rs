@@ -4,14 +4,16 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::format_events;
 use crate::cli::RunsQuery;
 use crate::error::{Error, Exit, Result};
-use crate::events::{EventFilter, LocalStore, PipelineRunRow, RunFilter, RunRow};
+use crate::events::{EventFilter, LocalStore, PipelineRunRow, RunFilter};
 use crate::output::stderr;
+use crate::views::events::format_events;
+use crate::views::runs::{
+    between, duration, kept_logs, pipeline_status, reaped_text, short_time, status_text, table,
+};
 use crate::{history, output};
 
 /// Opens the store and closes abandoned runs, saying so on stderr.
@@ -116,44 +118,6 @@ fn list_pipeline(
     Ok(Exit::Success)
 }
 
-/// `failed (step_failed)`, `completed`, `running`.
-fn pipeline_status(run: &PipelineRunRow) -> String {
-    match &run.reason {
-        Some(reason) => format!("{} ({reason})", run.status.as_str()),
-        None => run.status.as_str().to_owned(),
-    }
-}
-
-/// `2026-11-26T06:00:00Z`: a stored time to the second.
-fn short_time(at: &str) -> String {
-    at.get(..19).unwrap_or(at).to_owned() + "Z"
-}
-
-/// One line a run, in aligned columns under a header.
-fn table(runs: &[RunRow]) -> String {
-    let rows: Vec<Vec<String>> = runs
-        .iter()
-        .map(|run| {
-            [
-                short_time(&run.started_at),
-                run.run_id.clone(),
-                format!("{}/{}", run.package, run.job),
-                run.account.clone().unwrap_or_else(|| "-".to_owned()),
-                status_text(run),
-                run.attempt.to_string(),
-                duration(run),
-            ]
-            .into()
-        })
-        .collect();
-    output::table(
-        &[
-            "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION",
-        ],
-        &rows,
-    )
-}
-
 /// Why `runs list` printed nothing, without claiming the store is empty when only the filters
 /// matched nothing: with a hint when `--job` names a job that never ran.
 fn say_why_none(store: &LocalStore, filter: &RunFilter) -> Result<()> {
@@ -179,27 +143,6 @@ fn say_why_none(store: &LocalStore, filter: &RunFilter) -> Result<()> {
         ),
     }
     Ok(())
-}
-
-/// `completed`, `failed (timeout)`, `skipped (locked)`, `running`.
-fn status_text(run: &RunRow) -> String {
-    match &run.reason {
-        Some(reason) => format!("{} ({reason})", run.status.as_str()),
-        None => run.status.as_str().to_owned(),
-    }
-}
-
-fn duration(run: &RunRow) -> String {
-    between(&run.started_at, run.ended_at.as_deref())
-}
-
-/// `1.25s` from a start to an end; `-` while it runs.
-fn between(started_at: &str, ended_at: Option<&str>) -> String {
-    let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
-    match (parse(started_at), ended_at.and_then(parse)) {
-        (Some(start), Some(end)) => format!("{:.2}s", (end - start).as_seconds_f64()),
-        _ => "-".to_owned(),
-    }
 }
 
 pub fn show(run_id: &str, json: bool) -> Result<Exit> {
@@ -286,55 +229,11 @@ pub fn show(run_id: &str, json: bool) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// What the run's log keeps of an attempt.
-#[derive(serde::Serialize)]
-struct KeptLog {
-    attempt: u32,
-    kept: usize,
-    dropped: u64,
-}
-
-fn kept_logs(home: &std::path::Path, run_id: &str) -> Result<Vec<KeptLog>> {
-    let unreadable = |e: std::io::Error| {
-        Error::Environment(anyhow::Error::new(e).context("cannot read the run's log"))
-    };
-    let mut logs = Vec::new();
-    for attempt in crate::runlog::attempts(home, run_id).map_err(unreadable)? {
-        let kept = crate::runlog::read(home, run_id, attempt, 0).map_err(unreadable)?;
-        logs.push(KeptLog {
-            attempt,
-            kept: kept.lines.len(),
-            dropped: kept.dropped,
-        });
-    }
-    Ok(logs)
-}
-
 pub fn reap() -> Result<Exit> {
     let (home, store) = super::open_home()?;
     let reaped = history::reap(&store, &home, None)?;
-    let mut text = String::new();
-    for run in &reaped {
-        writeln!(
-            text,
-            "closed abandoned run {} of {}/{} (started {})",
-            run.run_id, run.package, run.job, run.started_at
-        )
-        .unwrap();
-    }
     let pipelines = history::reap_pipelines(&store, &home)?;
-    for run in &pipelines {
-        writeln!(
-            text,
-            "closed abandoned pipeline run {} of {} (started {})",
-            run.pipeline_run_id, run.pipeline, run.started_at
-        )
-        .unwrap();
-    }
-    if reaped.is_empty() && pipelines.is_empty() {
-        text.push_str("no abandoned runs\n");
-    }
-    output::print(&text)?;
+    output::print(&reaped_text(&reaped, &pipelines))?;
     Ok(Exit::Success)
 }
 

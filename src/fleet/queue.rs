@@ -3,6 +3,8 @@
 
 use futures_util::StreamExt as _;
 
+use std::collections::BTreeMap;
+
 use super::worker::Activity;
 use crate::fleet::{self, Connection};
 
@@ -66,4 +68,58 @@ pub async fn workers(connection: &Connection) -> anyhow::Result<Vec<Activity>> {
     }
     workers.sort_by(|a, b| a.worker.cmp(&b.worker));
     Ok(workers)
+}
+
+/// What the queue holds now (`lorch queue status --json`, docs/fleet.md).
+#[derive(serde::Serialize)]
+pub struct QueueStatus {
+    pub server: String,
+    /// What the server cannot keep (docs/fleet.md, "Durability").
+    pub warnings: Vec<String>,
+    /// Requests waiting or in progress, by job.
+    pub queued: BTreeMap<String, usize>,
+    pub in_progress: u64,
+    pub redelivered: u64,
+    pub workers: Vec<Activity>,
+    pub dead: Vec<Dead>,
+}
+
+/// The queue as the server has it: the requests per job, the consumers' counts, the dead
+/// letters and the workers' heartbeats.
+pub fn status(connection: &Connection) -> anyhow::Result<QueueStatus> {
+    connection.runtime.block_on(async {
+        let stream = connection.jobs_stream().await?;
+        let subjects = stream.info_with_subjects("lorch.jobs.>").await?;
+        // A request stays in the stream until it is acknowledged: waiting or in progress.
+        let mut queued = BTreeMap::new();
+        futures_util::pin_mut!(subjects);
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry?;
+            let job = subject
+                .strip_prefix("lorch.jobs.")
+                .unwrap_or(&subject)
+                .replacen('.', "/", 1);
+            queued.insert(job, count);
+        }
+        // Every group of workers' consumer (`worker --jobs`).
+        let (mut in_progress, mut redelivered) = (0, 0);
+        let consumers = stream.consumers();
+        futures_util::pin_mut!(consumers);
+        while let Some(info) = consumers.next().await {
+            let info = info?;
+            in_progress += info.num_ack_pending;
+            redelivered += info.num_redelivered;
+        }
+        let version = connection.jetstream.client().server_info().version;
+        let storage = stream.cached_info().config.storage;
+        Ok(QueueStatus {
+            server: connection.url.clone(),
+            warnings: fleet::durability_warnings(&version, storage),
+            queued,
+            in_progress: in_progress as u64,
+            redelivered: redelivered as u64,
+            workers: workers(connection).await?,
+            dead: dead_letters(connection).await?,
+        })
+    })
 }

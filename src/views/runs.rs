@@ -1,0 +1,110 @@
+//! Runs as `runs list` and `runs show` print them.
+
+use crate::error::{Error, Result};
+use crate::events::{PipelineRunRow, RunRow};
+use crate::output;
+use chrono::{DateTime, Utc};
+
+/// One line a run, in aligned columns under a header.
+pub fn table(runs: &[RunRow]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            [
+                short_time(&run.started_at),
+                run.run_id.clone(),
+                format!("{}/{}", run.package, run.job),
+                run.account.clone().unwrap_or_else(|| "-".to_owned()),
+                status_text(run),
+                run.attempt.to_string(),
+                duration(run),
+            ]
+            .into()
+        })
+        .collect();
+    output::table(
+        &[
+            "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION",
+        ],
+        &rows,
+    )
+}
+
+/// `completed`, `failed (timeout)`, `skipped (locked)`, `running`.
+pub fn status_text(run: &RunRow) -> String {
+    match &run.reason {
+        Some(reason) => format!("{} ({reason})", run.status.as_str()),
+        None => run.status.as_str().to_owned(),
+    }
+}
+
+pub fn duration(run: &RunRow) -> String {
+    between(&run.started_at, run.ended_at.as_deref())
+}
+
+/// `1.25s` from a start to an end; `-` while it runs.
+pub fn between(started_at: &str, ended_at: Option<&str>) -> String {
+    let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
+    match (parse(started_at), ended_at.and_then(parse)) {
+        (Some(start), Some(end)) => format!("{:.2}s", (end - start).as_seconds_f64()),
+        _ => "-".to_owned(),
+    }
+}
+
+/// `2026-11-26T06:00:00Z`: a stored time to the second.
+pub fn short_time(at: &str) -> String {
+    at.get(..19).unwrap_or(at).to_owned() + "Z"
+}
+
+/// `failed (step_failed)`, `completed`, `running`.
+pub fn pipeline_status(run: &PipelineRunRow) -> String {
+    match &run.reason {
+        Some(reason) => format!("{} ({reason})", run.status.as_str()),
+        None => run.status.as_str().to_owned(),
+    }
+}
+
+/// What the run's log keeps of an attempt.
+#[derive(serde::Serialize)]
+pub struct KeptLog {
+    pub attempt: u32,
+    pub kept: usize,
+    pub dropped: u64,
+}
+
+pub fn kept_logs(home: &std::path::Path, run_id: &str) -> Result<Vec<KeptLog>> {
+    let unreadable = |e: std::io::Error| {
+        Error::Environment(anyhow::Error::new(e).context("cannot read the run's log"))
+    };
+    let mut logs = Vec::new();
+    for attempt in crate::runlog::attempts(home, run_id).map_err(unreadable)? {
+        let kept = crate::runlog::read(home, run_id, attempt, 0).map_err(unreadable)?;
+        logs.push(KeptLog {
+            attempt,
+            kept: kept.lines.len(),
+            dropped: kept.dropped,
+        });
+    }
+    Ok(logs)
+}
+
+/// `runs reap`: a line per run and pipeline run it closed, or that there were none.
+pub fn reaped_text(runs: &[RunRow], pipelines: &[PipelineRunRow]) -> String {
+    let mut text = String::new();
+    for run in runs {
+        text.push_str(&format!(
+            "closed abandoned run {} of {}/{} (started {})\n",
+            run.run_id, run.package, run.job, run.started_at
+        ));
+    }
+    for run in pipelines {
+        text.push_str(&format!(
+            "closed abandoned pipeline run {} of {} (started {})\n",
+            run.pipeline_run_id, run.pipeline, run.started_at
+        ));
+    }
+    if runs.is_empty() && pipelines.is_empty() {
+        text.push_str("no abandoned runs\n");
+    }
+    text
+}
