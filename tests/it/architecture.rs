@@ -230,3 +230,32 @@ fn the_commands_stay_a_thin_layer() {
         "src/commands/ has {lines} lines, over 2,500: move the engine it grew into its domain module (as fleet/, pipelines/, schedule/tick.rs) and what it prints into views/"
     );
 }
+
+/// The layers go one way: the command line (`cli`, `commands`) calls the domain and `views`,
+/// never the reverse, so that another front (`lorch serve`) can call the same domain and views.
+#[test]
+fn the_domain_knows_neither_the_command_line_nor_its_commands() {
+    let src = Path::new(REPO).join("src");
+    let mut found = Vec::new();
+    for file in rust_files(&src) {
+        let module = top_module(&src, &file);
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (layer, allowed) in [
+            ("cli", &["commands", "lib"][..]),
+            ("commands", &["lib"][..]),
+            ("views", &["commands", "lib"][..]),
+        ] {
+            if module != layer
+                && !allowed.contains(&module.as_str())
+                && crate_references(&text).contains(layer)
+            {
+                found.push(format!("{} uses crate::{layer}", file.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the domain must not reach up into the command line: pass it plain values instead (as plan::RunOptions):\n{}",
+        found.join("\n")
+    );
+}
