@@ -52,6 +52,9 @@ pub struct Facts {
     pub usual: Option<Duration>,
     /// The time between two fire times of its schedule, when it has one.
     pub period: Option<Duration>,
+    /// Its schedule's latest fire time at or before now: one that passed with no success since
+    /// the job began means `tick` never ran it (not installed, or broken).
+    pub last_fire: Option<DateTime<Utc>>,
     /// `--max-age`: a success at least this recent is expected of every job.
     pub max_age: Option<Duration>,
 }
@@ -94,6 +97,16 @@ pub fn verdict(facts: &Facts, now: DateTime<Utc>) -> (Verdict, String) {
         (Some(_), None) if facts.max_age.is_some() => {
             (Verdict::Stale, "no run has succeeded yet".to_owned())
         }
+        (Some(allowed), None) => match (facts.last_fire, facts.period) {
+            (Some(fire), Some(period)) if age(fire) > allowed - period => {
+                let why = format!(
+                    "never succeeded, and its fire time passed {} ago: is `lorch tick` in your crontab? (lorch schedule install)",
+                    short(age(fire))
+                );
+                (Verdict::Stale, why)
+            }
+            _ => (Verdict::Ok, String::new()),
+        },
         _ => (Verdict::Ok, String::new()),
     }
 }
@@ -128,6 +141,24 @@ mod tests {
     }
 
     const DAY: Duration = Duration::from_secs(86400);
+
+    /// A scheduled job that never ran (the tick line never installed) is stale once its fire
+    /// time is past the grace, not before.
+    #[test]
+    fn a_scheduled_job_that_never_ran_is_stale_after_its_fire_time() {
+        let never = Facts {
+            period: Some(DAY),
+            last_fire: Some(at("2026-11-26T06:00:00Z")),
+            ..Facts::default()
+        };
+        assert_eq!(verdict(&never, at("2026-11-26T06:03:00Z")).0, Verdict::Ok);
+        let (stale, why) = verdict(&never, at("2026-11-26T09:00:00Z"));
+        assert_eq!(stale, Verdict::Stale);
+        assert!(
+            why.starts_with("never succeeded, and its fire time passed 3h 0m ago"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn each_verdict_and_what_wins() {

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::events::JobRuns;
@@ -47,8 +49,9 @@ pub fn status(flag: Option<&Path>, json: bool, max_age: Option<Duration>) -> Res
         row.next_due = row.next_due.min(next).or(next);
         if let (Some(last), Some(next)) = (entry.last_at_or_before(now), next) {
             let period = (next - last).to_std().unwrap_or_default();
-            let shortest = periods.entry(key).or_insert(period);
+            let (shortest, fire) = periods.entry(key).or_insert((period, last));
             *shortest = (*shortest).min(period);
+            *fire = (*fire).max(last);
         }
     }
     for (key, row) in &mut rows {
@@ -74,7 +77,7 @@ pub fn status(flag: Option<&Path>, json: bool, max_age: Option<Duration>) -> Res
 fn facts(
     store: &crate::events::LocalStore,
     runs: &JobRuns,
-    period: Option<Duration>,
+    schedule: Option<(Duration, DateTime<Utc>)>,
     max_age: Option<Duration>,
 ) -> anyhow::Result<Facts> {
     let time = |t: &Option<String>| t.as_deref().and_then(|t| t.parse().ok());
@@ -93,7 +96,8 @@ fn facts(
         last_success: time(&runs.last_success_at),
         running_since: time(&runs.running_since),
         usual,
-        period,
+        period: schedule.map(|(period, _)| period),
+        last_fire: schedule.map(|(_, fire)| fire),
         max_age,
     })
 }

@@ -240,3 +240,23 @@ fn a_retried_run_is_one_run_for_failures_and_each_attempt_counts_in_the_metrics(
     out.code(1);
     assert_eq!(out.json()["jobs"][0]["consecutive_failures"], 2);
 }
+
+/// The most common first-week mistake: a schedule whose `tick` line was never installed. On a
+/// fresh store, once its fire time has passed, `status` says so and exits 1 (before: `ok`).
+#[test]
+fn a_scheduled_job_that_never_ran_is_stale_once_its_fire_time_passed() {
+    let (_plugins, env) = common::testkit_env();
+    env.write_config("[[schedule]]\njob = \"testkit/echo\"\ncron = \"0 6 * * *\"\n");
+    status(&env, Some("2026-11-26T06:02:00Z")).code(0);
+    let out = status(&env, Some("2026-11-26T09:00:00Z"));
+    out.code(1);
+    assert_eq!(
+        verdicts(&out),
+        [("testkit/echo -".to_owned(), "stale".to_owned())]
+    );
+    let why = out.json()["jobs"][0]["why"].as_str().unwrap().to_owned();
+    assert!(
+        why.contains("never succeeded") && why.contains("lorch tick"),
+        "{why}"
+    );
+}
