@@ -87,7 +87,7 @@ fn each_mistake_is_named_with_file_line_and_column_and_runs_nothing() {
         ),
         (
             "[jobs.\"testkit/echo\"]\nretry = 1\n",
-            ":2:9: [jobs.\"testkit/echo\"]: unknown key `retry` (did you mean",
+            ":2:9: [jobs.\"testkit/echo\"]: unknown key `retry` (did you mean `retries`?)",
         ),
         (
             "[jobs.\"testkit/echo\"]\nretries = \"2\"\n",
