@@ -80,13 +80,18 @@ pub fn init() {
         let colour = crate::output::colours(std::io::stderr().is_terminal());
         builder.with_ansi(colour).finish().with(quiet).init();
     }
+    // Said once: the processes lorch starts (a job's worker, tick's runs) get the value used.
     if let (Some(given), Some(Err(_))) = (given, level) {
         stderr!(
             "warning: invalid LORCH_LOG '{given}': expected error, warn, info, debug, trace or off; logging at info"
         );
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("LORCH_LOG", "info") };
     }
     if let Some(format) = format.filter(|f| f != "json" && f != "text") {
         stderr!("warning: invalid {FORMAT_VAR} '{format}': expected text or json; logging as text");
+        // SAFETY: as above.
+        unsafe { std::env::set_var(FORMAT_VAR, "text") };
     }
 }
 

@@ -622,3 +622,21 @@ fn json_log_lines_carry_the_run() {
     out.code(0);
     assert!(out.stderr.lines().all(|l| l.starts_with('{')), "{out:?}");
 }
+
+/// A bad `LORCH_LOG` is said once, not again by the job's worker process.
+#[test]
+fn an_invalid_log_level_is_reported_once_per_run() {
+    let (_plugins, env) = common::testkit_env();
+    let out = env
+        .lorch()
+        .args(["run-job", "testkit", "echo"])
+        .env("LORCH_LOG", "bogus")
+        .run();
+    out.code(0);
+    assert_eq!(
+        out.stderr.matches("invalid LORCH_LOG 'bogus'").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+}
