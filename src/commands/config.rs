@@ -33,11 +33,11 @@ pub fn check(flag: Option<&std::path::Path>, catalog: &Catalog, json: bool) -> R
     } else if problems.is_empty() {
         let text = match (&config.path, &file) {
             (Some(path), _) => format!(
-                "{}: ok ({} job defaults, {} schedules, {} pipelines)\n",
+                "{}: ok ({}, {}, {})\n",
                 path.display(),
-                config.jobs.len(),
-                config.schedules.len(),
-                config.pipelines.len()
+                crate::output::count(config.jobs.len(), "job default", "job defaults"),
+                crate::output::count(config.schedules.len(), "schedule", "schedules"),
+                crate::output::count(config.pipelines.len(), "pipeline", "pipelines")
             ),
             (None, Some(path)) => format!(
                 "no configuration file at {}: lorch runs with its defaults\n",

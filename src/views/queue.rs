@@ -28,13 +28,13 @@ pub fn dead_table(dead: &[Dead]) -> String {
 pub fn status_text(status: &QueueStatus) -> String {
     let (workers, dead) = (&status.workers, &status.dead);
     let mut text = format!(
-        "{}: {} requests queued, {} of them in progress ({} redelivered); {} workers; {} dead letters\n",
+        "{}: {} queued, {} of them in progress ({} redelivered); {}; {}\n",
         status.server,
-        status.queued.values().sum::<usize>(),
+        output::count(status.queued.values().sum(), "request", "requests"),
         status.in_progress,
         status.redelivered,
-        workers.len(),
-        dead.len()
+        output::count(workers.len(), "worker", "workers"),
+        output::count(dead.len(), "dead letter", "dead letters")
     );
     if !workers.is_empty() {
         let rows: Vec<Vec<String>> = workers

@@ -120,7 +120,7 @@ fn check_and_show_a_good_file_and_no_file() {
     let path = env.write_config("[jobs.\"testkit/echo\"]\ntimeout = \"30m\"\n\n[[schedule]]\njob = \"testkit/echo\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"all\"\n",
     );
     env.run(&["config", "check"]).code(0).stdout_is(&format!(
-        "{}: ok (1 job defaults, 1 schedules, 0 pipelines)\n",
+        "{}: ok (1 job default, 1 schedule, 0 pipelines)\n",
         path.display()
     ));
     let show = env.run(&["config", "show", "--json"]);
