@@ -49,6 +49,15 @@ pub fn tick(passed: &Lorch, ticking: &Ticking) -> Result<Exit> {
     let watch = ticking.watch;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
+    if watch {
+        let file = config::locate(passed.config).map_or_else(
+            || "no configuration file".to_owned(),
+            |(p, _)| p.display().to_string(),
+        );
+        stderr!(
+            "lorch tick --watch: running the schedules of {file} as they fall due (catching up first); stop it with Ctrl-C or SIGTERM"
+        );
+    }
     loop {
         let (exit, next) = match tick_once(passed, ticking, &signals) {
             Ok(ticked) => ticked,

@@ -219,7 +219,7 @@ fn a_broken_entry_is_reported_and_the_others_still_run() {
 fn watch_catches_up_on_start_and_stops_on_sigterm() {
     let (_plugins, env) = common::testkit_env();
     env.write_config(&daily("all"));
-    let mut watch = env
+    let watch = env
         .cmd(&["tick", "--watch", "--quiet"])
         .env("LORCH_NOW", "2026-11-01T06:00:30Z")
         .stdout(std::process::Stdio::piped())
@@ -235,7 +235,9 @@ fn watch_catches_up_on_start_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     common::signal(&watch, "TERM");
-    let status = watch.wait().unwrap();
-    assert_eq!(status.code(), Some(143));
-    let _ = watch.stdout.take();
+    let out = common::Run::from(watch.wait_with_output().unwrap());
+    out.code(143);
+    // It says it started, and how to stop it, even with --quiet (an operator starts it by hand).
+    out.stderr_has("lorch tick --watch: running the schedules of ")
+        .stderr_has("stop it with Ctrl-C or SIGTERM");
 }
