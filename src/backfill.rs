@@ -53,6 +53,8 @@ enum Ran {
     Completed,
     /// Not completed: how its run exited.
     NotCompleted(String),
+    /// Cancelled by a signal (Ctrl-C): not a failure of the window; it stays to run.
+    Interrupted,
 }
 
 /// One backfill under way: what each window's run shares.
@@ -121,6 +123,10 @@ impl Backfill<'_> {
                         say(format!("{place}: completed"));
                     }
                 }
+                Ran::Interrupted => {
+                    say(format!("{place}: interrupted; it stays to run"));
+                    break;
+                }
                 Ran::NotCompleted(exit) => {
                     tally.failed += 1;
                     say(format!("{place}: not completed ({exit})"));
@@ -174,6 +180,7 @@ impl Backfill<'_> {
         Ok(match ChildOutcome::of(status, summary.as_ref()) {
             ChildOutcome::Done if meanwhile => Ran::DoneBefore,
             ChildOutcome::Done => Ran::Completed,
+            ChildOutcome::Stopped => Ran::Interrupted,
             _ => Ran::NotCompleted(match status.code() {
                 Some(code) => format!("exit {code}"),
                 None => "exit by a signal".to_owned(),
