@@ -58,6 +58,9 @@ pub const REASON_HEADER: &str = "Lorch-Reason";
 pub const DELIVERIES_HEADER: &str = "Lorch-Deliveries";
 pub const REQUEST_HEADER: &str = "Lorch-Request-Id";
 
+/// What to do when no server answers (docs/fleet.md).
+const START_ONE: &str = "is the server running? Start one with `nats-server -js -sd ~/.local/share/lorch-nats`, or name another with --nats or LORCH_NATS_URL (docs/fleet.md)";
+
 /// How long connecting may take before lorch says the server is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -235,9 +238,9 @@ pub fn connect(url: Option<&str>) -> Result<Connection> {
     });
     let client = match client {
         Ok(Ok(client)) => client,
-        Ok(Err(e)) => bail!("cannot connect to NATS at {url}: {e}"),
+        Ok(Err(e)) => bail!("cannot connect to NATS at {url}: {e}; {START_ONE}"),
         Err(_) => bail!(
-            "cannot connect to NATS at {url}: no answer within {}s",
+            "cannot connect to NATS at {url}: no answer within {}s; {START_ONE}",
             CONNECT_TIMEOUT.as_secs()
         ),
     };

@@ -220,7 +220,8 @@ fn an_unreachable_server_is_an_environment_error_and_run_job_is_unaffected() {
         .args(["submit", "testkit/echo", "--nats", &url])
         .run()
         .code(3)
-        .stderr_has(&format!("cannot connect to NATS at {url}"));
+        .stderr_has(&format!("cannot connect to NATS at {url}"))
+        .stderr_has("is the server running? Start one with `nats-server -js");
     env.lorch()
         .args(["queue", "status"])
         .env("LORCH_NATS_URL", &url)
