@@ -38,6 +38,11 @@ pub fn logs(request: &Request) -> Result<Exit> {
             if run.attempt == 1 { "" } else { "s" }
         )));
     }
+    // What became of the run, first (on stderr: stdout is the log): why it failed, without a
+    // second command.
+    if !request.json && run.status != RunStatus::Running {
+        stderr!("{}", crate::views::runs::headline(&run));
+    }
     let mut printer = Printer {
         out: output::Stream::new(request.json),
         json: request.json,

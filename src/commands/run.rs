@@ -87,7 +87,7 @@ pub fn run(job: &Job, options: &RunOptions, shown: &Shown, after: &super::After)
     if shown.json {
         print_summary_json(job, &report, exit);
     }
-    summarize(&job.id(), &report, shown.quiet || shown.json);
+    summarize(&job.id(), &report, shown.quiet || shown.json, plan.retries);
 
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {

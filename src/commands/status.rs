@@ -57,6 +57,13 @@ pub fn status(flag: Option<&Path>, json: bool, max_age: Option<Duration>) -> Res
     for (key, row) in &mut rows {
         let facts = facts(&store, &row.runs, periods.get(key).copied(), max_age)?;
         (row.verdict, row.why) = health::verdict(&facts, now);
+        // Why it failed, in the same line: the last run's error (`runs show` has all of it).
+        if row.verdict == Verdict::Failing
+            && let Some(id) = &row.runs.last_run_id
+            && let Some(error) = store.run(id)?.and_then(|r| r.error_message)
+        {
+            row.why = format!("{}: {}", row.why, crate::views::runs::one_line(&error));
+        }
     }
     let rows: Vec<Row> = rows.into_values().collect();
     let healthy = config.problems.is_empty() && rows.iter().all(|r| r.verdict == Verdict::Ok);

@@ -10,7 +10,7 @@ use crate::runner::{self, Outcome};
 /// The one line a run prints: `✓` on stdout (unless `quiet`), `✗` or `-` on stderr, naming the
 /// run id and any events that could not be recorded. Printing cannot change the exit code, so a
 /// closed or full stdout is ignored here.
-pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
+pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool, retries: u32) {
     let attempt = match report.attempts {
         1 => String::new(),
         n => format!(", attempt {n}"),
@@ -40,8 +40,15 @@ pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool) {
         }
         Outcome::Completed => stderr!("✗ {id} completed{lost} (run {run}{attempt})"),
         Outcome::Failed(failed) => {
+            // Retries were asked for, and not made: say why, in the same line.
+            let kept = match (retries > 0 && report.attempts == 1, &failed.error) {
+                (true, Some(error)) if error.permanent => {
+                    "; not retried: the job said the error is permanent"
+                }
+                _ => "",
+            };
             stderr!(
-                "✗ {id} failed: {}{lost} (run {run}{attempt})",
+                "✗ {id} failed: {}{lost} (run {run}{attempt}){kept}",
                 failed.message
             )
         }

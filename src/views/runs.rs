@@ -18,16 +18,45 @@ pub fn table(runs: &[RunRow]) -> String {
                 status_text(run),
                 run.attempt.to_string(),
                 duration(run),
+                run.error_message
+                    .as_deref()
+                    .map_or_else(String::new, one_line),
             ]
             .into()
         })
         .collect();
     output::table(
         &[
-            "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION",
+            "STARTED", "RUN", "JOB", "ACCOUNT", "STATUS", "ATTEMPTS", "DURATION", "ERROR",
         ],
         &rows,
     )
+}
+
+/// `run ID of PACKAGE/JOB: failed (error): the error's first line`: what `runs logs` says
+/// first.
+pub fn headline(run: &RunRow) -> String {
+    let error = run.error_message.as_deref().map(one_line);
+    format!(
+        "run {} of {}/{}: {}{}",
+        run.run_id,
+        run.package,
+        run.job,
+        status_text(run),
+        error.map_or_else(String::new, |e| format!(": {e}"))
+    )
+}
+
+/// The longest error a table shows; `runs show` has all of it.
+const ERROR_WIDTH: usize = 60;
+
+/// A message as one short line: its first line, cut at [`ERROR_WIDTH`] characters with `…`.
+pub fn one_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    match first.char_indices().nth(ERROR_WIDTH) {
+        Some((cut, _)) => format!("{}…", &first[..cut]),
+        None => first.to_owned(),
+    }
 }
 
 /// `completed`, `failed (timeout)`, `skipped (locked)`, `running`.

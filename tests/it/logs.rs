@@ -41,6 +41,11 @@ fn a_failed_run_keeps_its_newest_lines_with_a_drop_marker_and_job_failed_has_the
     // 101,001 lines: the newest block of 5,000 and the 1,001 after it are kept.
     let logs = env.lorch().args(["runs", "logs", "last"]).run();
     logs.code(0);
+    // First, why: the run's status and error, on stderr.
+    logs.stderr_has(&format!(
+        "run {} of testkit/chatty: failed (error): chatty failed as asked",
+        run.run_id()
+    ));
     let lines: Vec<&str> = logs.stdout.lines().collect();
     assert!(
         lines[0].starts_with("… 95000 earlier lines dropped"),

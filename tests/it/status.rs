@@ -59,7 +59,11 @@ fn three_verdicts_exit_1_until_each_is_fixed() {
     let jobs = out.json()["jobs"].as_array().unwrap().clone();
     let failing: &Value = &jobs[2];
     assert_eq!(failing["consecutive_failures"], 2);
-    assert_eq!(failing["why"], "its last 2 runs failed");
+    // Why, in the same line: the last run's error.
+    assert_eq!(
+        failing["why"],
+        format!("its last 2 runs failed: {} exists", broken.display())
+    );
     assert!(
         jobs[1]["next_due"]
             .as_str()

@@ -252,7 +252,8 @@ fn permanent_errors_and_usage_errors_are_not_retried() {
             "10ms",
         ],
     );
-    out.code(1);
+    out.code(1)
+        .stderr_has("; not retried: the job said the error is permanent");
     assert_eq!(types(&events), ["job.started", "job.failed"]);
     assert_eq!(events[1]["payload"]["error"]["permanent"], true);
 
