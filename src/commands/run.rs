@@ -87,7 +87,19 @@ pub fn run(job: &Job, options: &RunOptions, shown: &Shown, after: &super::After)
     if shown.json {
         print_summary_json(job, &report, exit);
     }
-    summarize(&job.id(), &report, shown.quiet || shown.json, plan.retries);
+    // A window given its end (tick's, backfill's, the fleet's runs) is named in the run's line,
+    // so that nine caught-up runs read as nine windows.
+    let window = match (&plan.until, &options.until) {
+        (Some(until), Some(_)) => crate::views::run::window(plan.since.as_ref(), until),
+        _ => String::new(),
+    };
+    summarize(
+        &job.id(),
+        &report,
+        shown.quiet || shown.json,
+        plan.retries,
+        &window,
+    );
 
     // Whatever happens to delivery, the exit code stays the job's.
     if let Some(background) = background {

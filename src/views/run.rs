@@ -10,7 +10,21 @@ use crate::runner::{self, Outcome};
 /// The one line a run prints: `✓` on stdout (unless `quiet`), `✗` or `-` on stderr, naming the
 /// run id and any events that could not be recorded. Printing cannot change the exit code, so a
 /// closed or full stdout is ignored here.
-pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool, retries: u32) {
+/// `; window 2026-11-01T06:00:00Z to 2026-11-02T06:00:00Z` (to the second), what a run's
+/// line says of a window given its end.
+pub fn window(
+    since: Option<&lorch_plugin_api::TimeArg>,
+    until: &lorch_plugin_api::TimeArg,
+) -> String {
+    let at =
+        |t: &lorch_plugin_api::TimeArg| t.utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match since {
+        Some(since) => format!("; window {} to {}", at(since), at(until)),
+        None => format!("; window up to {}", at(until)),
+    }
+}
+
+pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool, retries: u32, window: &str) {
     let attempt = match report.attempts {
         1 => String::new(),
         n => format!(", attempt {n}"),
@@ -35,7 +49,7 @@ pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool, retries: u32
         Outcome::Completed if lost.is_empty() => {
             let took = output::round_duration(report.duration);
             let _ = output::print(&format!(
-                "✓ {id} completed in {took} (run {run}{attempt}){objects}\n"
+                "✓ {id} completed in {took} (run {run}{attempt}){window}{objects}\n"
             ));
         }
         Outcome::Completed => stderr!("✗ {id} completed{lost} (run {run}{attempt})"),
@@ -48,7 +62,7 @@ pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool, retries: u32
                 _ => "",
             };
             stderr!(
-                "✗ {id} failed: {}{lost} (run {run}{attempt}){kept}",
+                "✗ {id} failed: {}{lost} (run {run}{attempt}){window}{kept}",
                 failed.message
             )
         }

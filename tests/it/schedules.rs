@@ -241,3 +241,23 @@ fn watch_catches_up_on_start_and_stops_on_sigterm() {
     out.stderr_has("lorch tick --watch: running the schedules of ")
         .stderr_has("stop it with Ctrl-C or SIGTERM");
 }
+
+/// Each caught-up run's line names its window: three days asleep read as three windows, not
+/// three identical lines.
+#[test]
+fn each_caught_up_run_says_which_window_it_covered() {
+    let (_plugins, env) = common::testkit_env();
+    env.write_config(&daily("all"));
+    tick(&env, "2026-11-01T06:00:30Z").code(0);
+    let out = env
+        .lorch()
+        .args(["tick"])
+        .env("LORCH_NOW", "2026-11-04T07:00:00Z")
+        .run();
+    out.code(0);
+    for (since, until) in [("01", "02"), ("02", "03"), ("03", "04")] {
+        out.stdout_has(&format!(
+            "; window 2026-11-{since}T06:00:00Z to 2026-11-{until}T06:00:00Z"
+        ));
+    }
+}
