@@ -10,7 +10,7 @@ use crate::events::{LocalStore, RunRow};
 use crate::lifecycle::RunStatus;
 use crate::output::{self, stderr};
 use crate::runlog::{self};
-use crate::views::logs::{Printer, bytes};
+use crate::views::logs::{Printer, bytes, say_why_nothing};
 use crate::{history, locks};
 
 /// What `runs logs` was asked for.
@@ -83,31 +83,6 @@ pub fn logs(request: &Request) -> Result<Exit> {
     }
     printer.out.finish()?;
     Ok(Exit::Success)
-}
-
-/// Why `runs logs` printed no line: the job wrote none (yet), or its log is gone.
-fn say_why_nothing(store: &LocalStore, run: &RunRow, followed: bool) -> Result<()> {
-    let events = store.list(&crate::events::EventFilter {
-        run_id: Some(run.run_id.clone()),
-        limit: None,
-    })?;
-    let written: u64 = events
-        .iter()
-        .filter_map(|e| e.payload_value()["log_lines"].as_u64())
-        .sum();
-    let id = &run.run_id;
-    match (written, run.status) {
-        (0, RunStatus::Running) if !followed => stderr!(
-            "run {id} kept no output yet: its job has written nothing so far (follow it with --follow)"
-        ),
-        (0, _) => stderr!(
-            "run {id} kept no output: its job wrote nothing to stdout or stderr and logged nothing"
-        ),
-        (n, _) => stderr!(
-            "run {id} wrote {n} lines, but its log is gone: deleted by `lorch runs prune`, or never kept (lorch said why when it ran)"
-        ),
-    }
-    Ok(())
 }
 
 /// The run `id` names: a job run's id, or `last` for the newest.

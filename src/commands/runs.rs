@@ -12,7 +12,8 @@ use crate::events::{EventFilter, LocalStore, PipelineRunRow, RunFilter};
 use crate::output::stderr;
 use crate::views::events::format_events;
 use crate::views::runs::{
-    between, duration, kept_logs, pipeline_status, reaped_text, short_time, status_text, table,
+    between, duration, kept_logs, pipeline_status, reaped_text, say_why_none, short_time,
+    status_text, table,
 };
 use crate::{history, output};
 
@@ -116,33 +117,6 @@ fn list_pipeline(
     let header = ["STARTED", "PIPELINE RUN", "STATUS", "STEPS", "DURATION"];
     output::print(&output::table(&header, &rows))?;
     Ok(Exit::Success)
-}
-
-/// Why `runs list` printed nothing, without claiming the store is empty when only the filters
-/// matched nothing: with a hint when `--job` names a job that never ran.
-fn say_why_none(store: &LocalStore, filter: &RunFilter) -> Result<()> {
-    let path = store.path().display();
-    let recorded = store.recorded_jobs()?;
-    if recorded.is_empty() {
-        stderr!("no runs recorded in {path}");
-        return Ok(());
-    }
-    match &filter.job {
-        Some((package, job)) if !recorded.contains(&format!("{package}/{job}")) => {
-            let id = format!("{package}/{job}");
-            let hint = crate::suggest::hint(&id, recorded.iter().map(String::as_str));
-            stderr!(
-                "no runs of {id} in {path}{hint}; jobs with runs: {}",
-                recorded.join(", ")
-            );
-        }
-        _ => stderr!(
-            "no runs match in {path} ({} runs of {} jobs recorded)",
-            store.count_runs()?,
-            recorded.len()
-        ),
-    }
-    Ok(())
 }
 
 pub fn show(run_id: &str, json: bool) -> Result<Exit> {

@@ -1,7 +1,8 @@
 //! Events as `events list`, `runs show` and `events follow` print them: one line each.
 
-use crate::events::Event;
 use std::fmt::Write as _;
+
+use crate::events::Event;
 
 /// One line per event: `created_at  run_id  event_type  status  source_system  [error]`.
 pub fn format_events(events: &[Event]) -> String {

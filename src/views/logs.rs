@@ -1,10 +1,12 @@
 //! A run's kept log as `runs logs` prints it, text or JSON lines.
 
-use crate::error::{Error, Result};
-use crate::events::RunRow;
-use crate::output::{self};
-use crate::runlog::{self, Line, Stream};
 use chrono::SecondsFormat;
+
+use crate::error::{Error, Result};
+use crate::events::{LocalStore, RunRow};
+use crate::lifecycle::RunStatus;
+use crate::output::{self, stderr};
+use crate::runlog::{self, Line, Stream};
 
 /// Prints kept lines: `TIME  STREAM  TEXT`, or one JSON object each.
 pub struct Printer<'a> {
@@ -99,4 +101,29 @@ pub fn bytes(n: u64) -> String {
         1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
         _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
+}
+
+/// Why `runs logs` printed no line: the job wrote none (yet), or its log is gone.
+pub fn say_why_nothing(store: &LocalStore, run: &RunRow, followed: bool) -> Result<()> {
+    let events = store.list(&crate::events::EventFilter {
+        run_id: Some(run.run_id.clone()),
+        limit: None,
+    })?;
+    let written: u64 = events
+        .iter()
+        .filter_map(|e| e.payload_value()["log_lines"].as_u64())
+        .sum();
+    let id = &run.run_id;
+    match (written, run.status) {
+        (0, RunStatus::Running) if !followed => stderr!(
+            "run {id} kept no output yet: its job has written nothing so far (follow it with --follow)"
+        ),
+        (0, _) => stderr!(
+            "run {id} kept no output: its job wrote nothing to stdout or stderr and logged nothing"
+        ),
+        (n, _) => stderr!(
+            "run {id} wrote {n} lines, but its log is gone: deleted by `lorch runs prune`, or never kept (lorch said why when it ran)"
+        ),
+    }
+    Ok(())
 }

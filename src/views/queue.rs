@@ -1,7 +1,7 @@
 //! The queue's dead letters as `queue status` and `queue dead` print them.
 
 use crate::fleet::queue::{Dead, QueueStatus};
-use crate::output::{self};
+use crate::output;
 
 pub fn dead_table(dead: &[Dead]) -> String {
     if dead.is_empty() {

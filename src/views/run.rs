@@ -2,8 +2,7 @@
 
 use crate::error::Exit;
 use crate::lifecycle::{Reason, RunStatus};
-use crate::output;
-use crate::output::stderr;
+use crate::output::{self, stderr};
 use crate::plugins::Job;
 use crate::runner::{self, Outcome};
 

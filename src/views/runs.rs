@@ -1,9 +1,10 @@
 //! Runs as `runs list` and `runs show` print them.
 
-use crate::error::{Error, Result};
-use crate::events::{PipelineRunRow, RunRow};
-use crate::output;
 use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::events::{LocalStore, PipelineRunRow, RunFilter, RunRow};
+use crate::output::{self, stderr};
 
 /// One line a run, in aligned columns under a header.
 pub fn table(runs: &[RunRow]) -> String {
@@ -136,4 +137,31 @@ pub fn reaped_text(runs: &[RunRow], pipelines: &[PipelineRunRow]) -> String {
         text.push_str("no abandoned runs\n");
     }
     text
+}
+
+/// Why `runs list` printed nothing, without claiming the store is empty when only the filters
+/// matched nothing: with a hint when `--job` names a job that never ran.
+pub fn say_why_none(store: &LocalStore, filter: &RunFilter) -> Result<()> {
+    let path = store.path().display();
+    let recorded = store.recorded_jobs()?;
+    if recorded.is_empty() {
+        stderr!("no runs recorded in {path}");
+        return Ok(());
+    }
+    match &filter.job {
+        Some((package, job)) if !recorded.contains(&format!("{package}/{job}")) => {
+            let id = format!("{package}/{job}");
+            let hint = crate::suggest::hint(&id, recorded.iter().map(String::as_str));
+            stderr!(
+                "no runs of {id} in {path}{hint}; jobs with runs: {}",
+                recorded.join(", ")
+            );
+        }
+        _ => stderr!(
+            "no runs match in {path} ({} runs of {} jobs recorded)",
+            store.count_runs()?,
+            recorded.len()
+        ),
+    }
+    Ok(())
 }

@@ -1,11 +1,13 @@
 //! `lorch status` as a table and as its JSON document.
 
-use crate::events::JobRuns;
-use crate::health::{self, Verdict};
-use crate::output::{self};
+use std::io::IsTerminal as _;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
-use std::io::IsTerminal as _;
+
+use crate::events::JobRuns;
+use crate::health::{self, Verdict};
+use crate::output;
 
 /// One row: a job and account, what its runs say, its schedule's next fire time, its verdict.
 pub struct Row {
