@@ -169,36 +169,7 @@ fn two_backfills_at_once_complete_each_window_once() {
 #[test]
 fn a_killed_backfill_takes_its_running_window_with_it() {
     let (_plugins, env) = common::testkit_env();
-    let mut backfill = env
-        .cmd(&["backfill", "testkit/sleep", "--since", "2026-01-01"])
-        .args([
-            "--until",
-            "2026-01-03",
-            "--step",
-            "1d",
-            "--param",
-            "seconds=30",
-        ])
-        .env("LORCH_NOW", "2026-06-01T00:00:00Z")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let sleeping = loop {
-        let events = env.all_events();
-        if let Some(e) = events
-            .iter()
-            .find(|e| e["event_type"] == "testkit.sleeping")
-        {
-            break e["payload"]["pid"].as_u64().unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the window never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let (mut backfill, sleeping) = common::backfill_sleeping(&env);
     backfill.kill().unwrap();
     backfill.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -388,33 +388,7 @@ fn a_run_that_waited_for_the_lock_starts_where_the_run_it_waited_for_ended() {
 #[test]
 fn an_interrupted_backfill_fails_no_window() {
     let (_plugins, env) = common::testkit_env();
-    let backfill = env
-        .cmd(&["backfill", "testkit/sleep", "--since", "2026-01-01"])
-        .args([
-            "--until",
-            "2026-01-03",
-            "--step",
-            "1d",
-            "--param",
-            "seconds=30",
-        ])
-        .env("LORCH_NOW", "2026-06-01T00:00:00Z")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !env
-        .all_events()
-        .iter()
-        .any(|e| e["event_type"] == "testkit.sleeping")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the window never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (backfill, _) = common::backfill_sleeping(&env);
     common::signal(&backfill, "INT");
     let out = common::Run::from(backfill.wait_with_output().unwrap());
     out.code(130)

@@ -465,3 +465,40 @@ pub fn processes_with_env(name: &str, value: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// `lorch backfill testkit/sleep` over two days of 30-second windows, its output piped, once
+/// its first window's job is sleeping; and that job's pid.
+#[allow(clippy::zombie_processes)] // the child goes back to the caller, who waits for it
+pub fn backfill_sleeping(env: &Env) -> (std::process::Child, u64) {
+    let mut backfill = env
+        .cmd(&["backfill", "testkit/sleep", "--since", "2026-01-01"])
+        .args([
+            "--until",
+            "2026-01-03",
+            "--step",
+            "1d",
+            "--param",
+            "seconds=30",
+        ])
+        .env("LORCH_NOW", "2026-06-01T00:00:00Z")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = env.all_events();
+        if let Some(e) = events
+            .iter()
+            .find(|e| e["event_type"] == "testkit.sleeping")
+        {
+            return (backfill, e["payload"]["pid"].as_u64().unwrap());
+        }
+        if Instant::now() >= deadline {
+            let _ = backfill.kill();
+            let _ = backfill.wait();
+            panic!("the window never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
