@@ -32,9 +32,11 @@ impl Lorch<'_> {
         Ok(command)
     }
 
-    /// `lorch [global flags] run-pipeline NAME [--quiet]`.
-    pub fn run_pipeline(&self, name: &str) -> anyhow::Result<Command> {
-        self.command(&["run-pipeline", name])
+    /// `lorch [global flags] run-pipeline NAME [--quiet] [the window's options]`.
+    pub fn run_pipeline(&self, name: &str, options: &RunOptions) -> anyhow::Result<Command> {
+        let mut command = self.command(&["run-pipeline", name])?;
+        command.args(args(options));
+        Ok(command)
     }
 
     /// `lorch [global flags] submit PACKAGE/JOB [--quiet] [the run's options]`, to the server

@@ -22,7 +22,7 @@ use crate::cli::{
 use crate::error::{Exit, Result};
 // What the command modules use as `super::NAME`: the domain's helpers, under their names here.
 use crate::bigquery::deliver::finish as finish_delivery;
-use crate::child::Lorch as Passed;
+use crate::child::Lorch;
 use crate::config::{problems as config_problems, read_reporting as read_config_reporting};
 use crate::history::{open_home, reap_all, report_reaped};
 use crate::metrics::{text as metrics_text, write_after_run as write_metrics};
@@ -60,8 +60,8 @@ impl Context {
     }
 
     /// The global flags again, for the child lorch a command starts.
-    fn lorch(&self, quiet: bool) -> Passed<'_> {
-        Passed {
+    fn lorch(&self, quiet: bool) -> Lorch<'_> {
+        Lorch {
             config: self.config(),
             plugin_path: &self.plugin_path,
             allow_insecure_plugins: self.allow_insecure_plugins,

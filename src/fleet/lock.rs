@@ -37,7 +37,7 @@ pub enum Taken {
 
 /// Who holds a lock: the lock message's payload.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub struct Holder {
+struct Holder {
     pub request_id: String,
     pub host: String,
     pub pid: u32,

@@ -82,7 +82,7 @@ pub async fn requeue(shared: &Shared, message: &Message, request: &Request, why:
 
 /// How long a worker keeps trying to tell the server a request is done, through a server
 /// restart: a request whose ack is lost runs again once its ack wait is over.
-pub const SETTLE_FOR: Duration = Duration::from_secs(60);
+const SETTLE_FOR: Duration = Duration::from_secs(60);
 
 /// Acks (or terminates) the message and waits for the server to confirm it, trying again while
 /// the server is unreachable; said on stderr when it cannot.

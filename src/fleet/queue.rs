@@ -53,7 +53,7 @@ pub async fn dead_letters(connection: &Connection) -> anyhow::Result<Vec<Dead>> 
 }
 
 /// Every live worker's last heartbeat.
-pub async fn workers(connection: &Connection) -> anyhow::Result<Vec<Activity>> {
+async fn workers(connection: &Connection) -> anyhow::Result<Vec<Activity>> {
     let stream = connection.workers_stream().await?;
     let subjects = stream.info_with_subjects("lorch.workers.>").await?;
     futures_util::pin_mut!(subjects);

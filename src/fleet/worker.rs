@@ -77,10 +77,10 @@ pub struct Running {
 }
 
 /// How often a worker says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Publishes the worker's activity every [`HEARTBEAT`], until aborted.
-pub async fn heartbeat(shared: Arc<Shared>) {
+async fn heartbeat(shared: Arc<Shared>) {
     loop {
         beat(&shared).await;
         tokio::time::sleep(HEARTBEAT).await;
@@ -88,7 +88,7 @@ pub async fn heartbeat(shared: Arc<Shared>) {
 }
 
 /// Publishes the worker's activity now (also when a run starts or ends).
-pub async fn beat(shared: &Shared) {
+async fn beat(shared: &Shared) {
     let beat = {
         let mut activity = shared.activity();
         activity.seen_at = crate::timearg::micros(&chrono::Utc::now());
@@ -131,7 +131,7 @@ impl Shared {
     }
 }
 
-pub fn worker(passed: &Lorch, work: Work) -> Result<Exit> {
+pub fn worker(lorch: &Lorch, work: Work) -> Result<Exit> {
     let connection = fleet::connect(work.nats.as_deref()).map_err(Error::Environment)?;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::Error::new(e).context("cannot catch signals")))?;
@@ -165,9 +165,9 @@ pub fn worker(passed: &Lorch, work: Work) -> Result<Exit> {
     let shared = Arc::new(Shared {
         work,
         ack_wait,
-        config: passed.config.map(std::path::Path::to_path_buf),
-        plugin_path: passed.plugin_path.to_vec(),
-        allow_insecure_plugins: passed.allow_insecure_plugins,
+        config: lorch.config.map(std::path::Path::to_path_buf),
+        plugin_path: lorch.plugin_path.to_vec(),
+        allow_insecure_plugins: lorch.allow_insecure_plugins,
         activity: Mutex::new(Activity {
             worker: format!(
                 "{}:{}",
@@ -208,7 +208,7 @@ pub fn worker(passed: &Lorch, work: Work) -> Result<Exit> {
 /// Takes requests, at most `concurrency` at a time, until a signal; then lets the runs in
 /// progress end within the grace period, stops the rest (their requests are not acked, so
 /// another worker takes them), and waits for them.
-pub async fn pull(
+async fn pull(
     consumer: &async_nats::jetstream::consumer::PullConsumer,
     shared: &Arc<Shared>,
     signals: &Signals,
@@ -294,7 +294,7 @@ pub async fn pull(
 
 /// What became of one request.
 #[derive(Debug, PartialEq)]
-pub enum Verdict {
+enum Verdict {
     /// Done: completed, or failed for good (a permanent failure).
     Ack,
     /// Again later, after this long (a failure that may not happen again).
@@ -307,7 +307,7 @@ pub enum Verdict {
 
 /// Runs one request as `lorch run-job`, telling the server it is in progress meanwhile, then
 /// acks it, hands it back or sends it to the dead letters.
-pub async fn handle(shared: &Shared, message: Message) {
+async fn handle(shared: &Shared, message: Message) {
     let delivered = message.info().map_or(1, |i| i.delivered);
     let request: Request = match serde_json::from_slice(&message.payload) {
         Ok(request) => request,
@@ -372,7 +372,7 @@ pub async fn handle(shared: &Shared, message: Message) {
 }
 
 /// How a request's `run-job` ended.
-pub struct Ended {
+struct Ended {
     pub outcome: ChildOutcome,
     pub summary: Option<RunSummary>,
     /// `exit 3`, `killed by SIGKILL`, or why it could not be started, for messages.
@@ -380,7 +380,7 @@ pub struct Ended {
 }
 
 /// Tells the server what became of the request, and says so.
-pub async fn settle_request(
+async fn settle_request(
     shared: &Shared,
     message: &Message,
     request: &Request,
@@ -429,7 +429,7 @@ pub async fn settle_request(
 }
 
 /// Holds the request for `wait`, telling the server it is in progress.
-pub async fn wait_in_progress(message: &Message, wait: Duration, ack_wait: Duration) {
+async fn wait_in_progress(message: &Message, wait: Duration, ack_wait: Duration) {
     let until = tokio::time::Instant::now() + wait;
     while tokio::time::Instant::now() < until {
         let _ = message.ack_with(AckKind::Progress).await;
@@ -440,7 +440,7 @@ pub async fn wait_in_progress(message: &Message, wait: Duration, ack_wait: Durat
 /// Publishes the events of the run `run_id`, as this machine's store has them, to the fleet's
 /// events stream (`lorch events follow`); each once, by its event id. A failure is a warning:
 /// the events stay in the store.
-pub async fn publish_events(shared: &Shared, run_id: &str) {
+async fn publish_events(shared: &Shared, run_id: &str) {
     let published = async {
         // The store may wait for another process's transaction: not on the runtime's thread,
         // which sends every run's progress.
@@ -475,7 +475,7 @@ pub async fn publish_events(shared: &Shared, run_id: &str) {
 /// The verdict of a request's `run-job` on delivery `delivered`; `last`: no delivery is left.
 /// A run that completed is not run again, even one that could not record everything (exit 3),
 /// nor one whose job said its failure is permanent.
-pub fn verdict(ended: &Ended, delivered: i64, last: bool) -> Verdict {
+fn verdict(ended: &Ended, delivered: i64, last: bool) -> Verdict {
     let backoff = crate::backoff::delay(Duration::from_secs(1), delivered.max(1) as u32);
     let reason = || {
         let message = ended.summary.as_ref().and_then(|s| s.message.clone());
@@ -491,7 +491,7 @@ pub fn verdict(ended: &Ended, delivered: i64, last: bool) -> Verdict {
 }
 
 /// `lorch run-job` of the request, to its end, with progress sent every third of the ack wait.
-pub async fn run(shared: &Shared, message: &Message, request: &Request) -> anyhow::Result<Ended> {
+async fn run(shared: &Shared, message: &Message, request: &Request) -> anyhow::Result<Ended> {
     let id = format!("{}/{}", request.package, request.job);
     let mut command = shared.run_job(request)?;
     // A process group of its own: a Ctrl-C at the worker's terminal (or a stop of its whole

@@ -91,7 +91,7 @@ impl PipelineRun<'_> {
     }
 
     /// The waiting steps whose needs all completed (or failed with `continue_on_failure`).
-    pub fn ready(&self, states: &[State]) -> Vec<usize> {
+    fn ready(&self, states: &[State]) -> Vec<usize> {
         (0..self.steps.len())
             .filter(|&i| {
                 states[i] == State::Waiting
@@ -105,7 +105,7 @@ impl PipelineRun<'_> {
 
     /// Records `job.skipped` (reason `upstream_failed`) for every waiting step that needs a
     /// blocked one, until none is left; returns how many could not be recorded.
-    pub fn skip_blocked(&self, states: &mut [State], view: &LiveView) -> usize {
+    fn skip_blocked(&self, states: &mut [State], view: &LiveView) -> usize {
         let steps = &self.steps;
         let mut not_recorded = 0;
         loop {
@@ -137,7 +137,7 @@ impl PipelineRun<'_> {
 
     /// One step's run, under the job lock the pipeline's steps share. A panic of lorch's own
     /// while running it is this step's failure, not a pipeline that waits forever.
-    pub fn run_step(&self, step: &Step, job_locks: &JobLocks) -> anyhow::Result<RunReport> {
+    fn run_step(&self, step: &Step, job_locks: &JobLocks) -> anyhow::Result<RunReport> {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut plan = step.plan.clone();
             let lock = match job_locks.enter(&plan, self.signals) {
@@ -157,7 +157,7 @@ impl PipelineRun<'_> {
 
     /// A normal run of the step. One that resumes from its last success starts later when a run
     /// outside this pipeline run moved the watermark since the pipeline started.
-    pub fn run_in_window(&self, step: &Step, plan: &RunPlan) -> anyhow::Result<RunReport> {
+    fn run_in_window(&self, step: &Step, plan: &RunPlan) -> anyhow::Result<RunReport> {
         let job = plan.job;
         let watermark = || -> anyhow::Result<Option<DateTime<Utc>>> {
             let Some(mark) =
@@ -237,7 +237,7 @@ impl PipelineRun<'_> {
     }
 
     /// The pipeline's one line: `✓` on stdout (unless quiet), `✗` on stderr with how to resume.
-    pub fn summary_line(
+    fn summary_line(
         &self,
         kind: PipelineEvent,
         cancelled: Option<i32>,
@@ -269,7 +269,7 @@ impl PipelineRun<'_> {
 
 /// What a step's end means for the steps that need it: only a run that completed and was
 /// recorded whole lets them run (or a failure with `continue_on_failure`).
-pub fn ended_as(step: &Step, result: &anyhow::Result<RunReport>) -> State {
+fn ended_as(step: &Step, result: &anyhow::Result<RunReport>) -> State {
     match result {
         Ok(report) if report.record_error.is_some() => State::Blocked,
         Ok(report) => match &report.outcome {
@@ -282,7 +282,7 @@ pub fn ended_as(step: &Step, result: &anyhow::Result<RunReport>) -> State {
 }
 
 /// How a step took its job's lock.
-pub enum Entered {
+enum Entered {
     /// The pipeline holds it (at this path) for this step and any sibling of the same job and
     /// account.
     Shared(PathBuf),
@@ -295,7 +295,7 @@ pub enum Entered {
 /// The job locks of the running steps. Steps of one job and account share theirs: a
 /// pipeline does not lock itself out (two steps of one sleeping job overlap with
 /// `--parallel 2`), while a run of the job from outside the pipeline finds it locked.
-pub struct JobLocks<'a> {
+struct JobLocks<'a> {
     pub home: &'a Path,
     /// Named in the lock file as its holder.
     pub pipeline_run_id: &'a str,
@@ -304,7 +304,7 @@ pub struct JobLocks<'a> {
 
 impl JobLocks<'_> {
     /// Holds the lock of `plan`'s job and account for one more step.
-    pub fn enter(&self, plan: &RunPlan, signals: &Signals) -> Entered {
+    fn enter(&self, plan: &RunPlan, signals: &Signals) -> Entered {
         if plan.lock_wait.is_none() {
             return Entered::Unlocked;
         }
@@ -327,7 +327,7 @@ impl JobLocks<'_> {
     }
 
     /// One step fewer holds the lock at `path`; the last one releases it.
-    pub fn leave(&self, path: Option<PathBuf>) {
+    fn leave(&self, path: Option<PathBuf>) {
         let Some(path) = path else { return };
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, steps)) = held.get_mut(&path) {

@@ -116,7 +116,7 @@ impl LiveView {
     }
 }
 
-pub fn ended(states: &[State]) -> u64 {
+fn ended(states: &[State]) -> u64 {
     states
         .iter()
         .filter(|s| !matches!(s, State::Waiting | State::Running))

@@ -92,7 +92,7 @@ pub fn read_config(flag: Option<&Path>) -> Result<Config> {
 }
 
 /// One step, ready to run.
-pub struct Step<'a> {
+struct Step<'a> {
     pub name: &'a str,
     pub job_id: String,
     pub needs: Vec<usize>,
@@ -107,7 +107,7 @@ pub struct Step<'a> {
 
 /// Where each step stands.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum State {
+enum State {
     Waiting,
     Running,
     /// Completed (now or in the run this one resumes).
@@ -195,7 +195,7 @@ pub fn run(catalog: &Catalog, request: &Request) -> Result<Exit> {
 }
 
 /// A pipeline run under way: what its steps share.
-pub struct PipelineRun<'a> {
+struct PipelineRun<'a> {
     pub name: &'a str,
     /// The pipeline run id.
     pub id: &'a str,
@@ -210,7 +210,7 @@ pub struct PipelineRun<'a> {
 }
 
 /// The payload of `pipeline.started`: what this run will do.
-pub fn started(request: &Request, total: usize, shared: &Shared) -> PipelinePayload {
+fn started(request: &Request, total: usize, shared: &Shared) -> PipelinePayload {
     PipelinePayload {
         pipeline: request.name.to_owned(),
         now: Some(timearg::micros(&shared.now)),
@@ -233,7 +233,7 @@ pub fn started(request: &Request, total: usize, shared: &Shared) -> PipelinePayl
     }
 }
 
-pub fn parallel(request: &Request) -> usize {
+fn parallel(request: &Request) -> usize {
     request
         .parallel
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))

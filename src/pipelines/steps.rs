@@ -43,7 +43,7 @@ pub fn plan_steps<'a>(
     }
 }
 
-pub fn plan_step<'a>(
+fn plan_step<'a>(
     catalog: &'a Catalog,
     pipeline: &'a Pipeline,
     step: &'a crate::config::Step,

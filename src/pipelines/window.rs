@@ -59,7 +59,7 @@ pub fn resume_lock(home: &Path, resumed: &str, id: &str, signals: &Signals) -> R
 /// `--resume ID`: the window of that run, and the steps it and the runs it resumed completed.
 /// Refused when it is still running, when nothing is left to run, and when another run already
 /// resumed it (that one is the one to resume).
-pub fn resumed(store: &LocalStore, pipeline: &Pipeline, name: &str, id: &str) -> Result<Shared> {
+fn resumed(store: &LocalStore, pipeline: &Pipeline, name: &str, id: &str) -> Result<Shared> {
     let usage = |why: String| Err(Error::Usage(format!("--resume: {why}")));
     let Some(run) = store.pipeline_run(id)? else {
         return usage(format!(

@@ -11,7 +11,7 @@ use crate::output::{self};
 /// install them (nothing is installed). Every path is made absolute (cron runs from `$HOME`,
 /// systemd from `/`) and quoted for where it goes: the shell of a cron line (where `%` ends
 /// the command unless escaped), or a unit file (where `%` and `$` are specifiers).
-pub fn install(passed: &Lorch, systemd: bool) -> Result<Exit> {
+pub fn install(lorch: &Lorch, systemd: bool) -> Result<Exit> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot find lorch's own binary: {e}")))?;
     let quote = |text: &str| match systemd {
@@ -21,13 +21,13 @@ pub fn install(passed: &Lorch, systemd: bool) -> Result<Exit> {
     let path = |p: &Path| quote(&absolute(p).display().to_string());
     // What this command was told, the installed tick is told too.
     let mut exe = path(&exe);
-    if let Some(file) = passed.config {
+    if let Some(file) = lorch.config {
         exe.push_str(&format!(" --config {}", path(file)));
     }
-    for dir in passed.plugin_path {
+    for dir in lorch.plugin_path {
         exe.push_str(&format!(" --plugin-path {}", path(dir)));
     }
-    if passed.allow_insecure_plugins {
+    if lorch.allow_insecure_plugins {
         exe.push_str(" --allow-insecure-plugins");
     }
     let vars: Vec<(&str, String)> = ["LORCH_HOME", "LORCH_CONFIG", "LORCH_PLUGIN_PATH"]
@@ -88,13 +88,13 @@ WantedBy=timers.target
 
 /// `path` from the root: as given when it is, else from the current directory (not resolved
 /// further: a link the user named stays the link).
-pub fn absolute(path: &Path) -> std::path::PathBuf {
+fn absolute(path: &Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// One word for the shell of a crontab line: single-quoted unless it is plain, with `%` escaped
 /// (cron turns an unescaped one into a newline and the end of the command).
-pub fn cron_quote(text: &str) -> String {
+fn cron_quote(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-=:+,@".contains(c);
     let word = match text.chars().all(plain) && !text.is_empty() {
         true => text.to_owned(),
@@ -105,7 +105,7 @@ pub fn cron_quote(text: &str) -> String {
 
 /// One word of a systemd unit's `ExecStart=` or `Environment=`: double-quoted unless it is
 /// plain, with `%` and `$` doubled (systemd reads them as specifiers and variables).
-pub fn unit_quote(text: &str) -> String {
+fn unit_quote(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-=:+,@".contains(c);
     let escaped = text
         .replace('\\', r"\\")

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::Entry;
+use crate::child::ChildOutcome;
 use crate::child::Lorch;
-use crate::child::{self, ChildOutcome};
 use crate::config::{self, Config, Schedule, Target};
 use crate::error::{Error, Exit, Result};
 use crate::events::LocalStore;
@@ -45,12 +45,12 @@ pub struct Ticking {
     pub submit: Option<Option<String>>,
 }
 
-pub fn tick(passed: &Lorch, ticking: &Ticking) -> Result<Exit> {
+pub fn tick(lorch: &Lorch, ticking: &Ticking) -> Result<Exit> {
     let watch = ticking.watch;
     let signals = Signals::install()
         .map_err(|e| Error::Environment(anyhow::anyhow!("cannot catch signals: {e}")))?;
     if watch {
-        let file = config::locate(passed.config).map_or_else(
+        let file = config::locate(lorch.config).map_or_else(
             || "no configuration file".to_owned(),
             |(p, _)| p.display().to_string(),
         );
@@ -59,7 +59,7 @@ pub fn tick(passed: &Lorch, ticking: &Ticking) -> Result<Exit> {
         );
     }
     loop {
-        let (exit, next) = match tick_once(passed, ticking, &signals) {
+        let (exit, next) = match tick_once(lorch, ticking, &signals) {
             Ok(ticked) => ticked,
             // Watching, a file being edited or a busy store is no reason to stop: say so, and
             // look again in a minute.
@@ -89,12 +89,12 @@ pub fn tick(passed: &Lorch, ticking: &Ticking) -> Result<Exit> {
 }
 
 /// One pass over the entries; its exit code and the next fire time of any entry.
-pub fn tick_once(
-    passed: &Lorch,
+fn tick_once(
+    lorch: &Lorch,
     ticking: &Ticking,
     signals: &Signals,
 ) -> Result<(Exit, Option<DateTime<Utc>>)> {
-    let (config, mut broken) = read_config(passed.config)?;
+    let (config, mut broken) = read_config(lorch.config)?;
     let now = timearg::now().map_err(Error::Usage)?;
     let (home, store) = crate::history::open_home()?;
     let fires = store.last_fires()?;
@@ -109,7 +109,7 @@ pub fn tick_once(
         let last = fires.get(&entry.key()).copied();
         let owed = !entry.due(last, now).missed.is_empty();
         let fired = match owed {
-            true => owe(&entry, (passed, ticking), &home, &store, now, signals)?,
+            true => owe(&entry, (lorch, ticking), &home, &store, now, signals)?,
             false => Fired::Done,
         };
         match fired {
@@ -140,7 +140,7 @@ pub fn tick_once(
 
 /// Runs what `entry` is owed at `now`, under its lock (another tick holding it is running it),
 /// reading what it is owed again once the lock is held; the worst of how its runs ended.
-pub fn owe(
+fn owe(
     entry: &Entry,
     how: (&Lorch, &Ticking),
     home: &Path,
@@ -195,7 +195,7 @@ pub fn owe(
 /// Whether a completed run already covers the window ending at `fire` (its watermark is there
 /// or later): a tick that died after the run, before recording the fire time, does not run the
 /// window again.
-pub fn covered(
+fn covered(
     schedule: &Schedule,
     (home, store): (&Path, &LocalStore),
     fire: DateTime<Utc>,
@@ -218,7 +218,7 @@ pub fn covered(
 /// Whether a run of the pipeline was started for the fire time and went its course: it
 /// completed, failed (as a handled fire time does; `--resume` finishes it), or still runs. One
 /// cancelled, or whose lorch died, leaves the fire time owed.
-pub fn pipeline_covered(
+fn pipeline_covered(
     name: &str,
     schedule: &Schedule,
     (home, store): (&Path, &LocalStore),
@@ -238,7 +238,7 @@ pub fn pipeline_covered(
     })
 }
 
-pub fn since(schedule: &Schedule) -> &str {
+fn since(schedule: &Schedule) -> &str {
     schedule
         .options
         .since
@@ -248,7 +248,7 @@ pub fn since(schedule: &Schedule) -> &str {
 
 /// How a run of a fire time ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fired {
+enum Fired {
     /// Completed, or skipped because another run of the job and account holds its lock (the
     /// next window covers this one).
     Done,
@@ -266,9 +266,9 @@ pub enum Fired {
 /// `lorch run-job` (or `run-pipeline`) for the window ending at `fire`, after the entry's
 /// jitter. A signal to tick
 /// reaches the run (it is in tick's process group) and is waited out.
-pub fn run_fire(
+fn run_fire(
     entry: &Entry,
-    (passed, ticking): (&Lorch, &Ticking),
+    (lorch, ticking): (&Lorch, &Ticking),
     fire: DateTime<Utc>,
     signals: &Signals,
 ) -> Result<Fired> {
@@ -284,25 +284,22 @@ pub fn run_fire(
         Target::Pipeline(_) => None,
     };
     let options = fire_options(entry, fire, submit.is_some());
-    let command = match (&s.target, submit) {
-        (Target::Job(id), Some(nats)) => {
-            let mut command = passed.submit(id.get_ref(), &options, nats.as_deref());
-            // The same fire time submitted again (a tick that died before recording it) is
-            // stored once.
-            let key = crate::paths::fnv1a(entry.key().as_bytes());
-            let request_id = format!("schedule-{key:016x}-{}", fire.timestamp());
-            if let Ok(command) = &mut command {
-                command.args(["--request-id", &request_id]);
-            }
-            command
-        }
-        (Target::Job(id), None) => passed.run_job(id.get_ref(), &options),
-        (Target::Pipeline(name), _) => passed.run_pipeline(name.get_ref()).map(|mut command| {
-            command.args(child::args(&options));
-            command
-        }),
-    };
-    let status = crate::child::run(command.map_err(Error::Environment)?, signals)?;
+    let mut command = match (&s.target, submit) {
+        (Target::Job(id), Some(nats)) => lorch.submit(id.get_ref(), &options, nats.as_deref()),
+        (Target::Job(id), None) => lorch.run_job(id.get_ref(), &options),
+        (Target::Pipeline(name), _) => lorch.run_pipeline(name.get_ref(), &options),
+    }
+    .map_err(Error::Environment)?;
+    if submit.is_some() {
+        // The same fire time submitted again (a tick that died before recording it) is stored
+        // once.
+        let key = crate::paths::fnv1a(entry.key().as_bytes());
+        command.args([
+            "--request-id",
+            &format!("schedule-{key:016x}-{}", fire.timestamp()),
+        ]);
+    }
+    let status = crate::child::run(command, signals)?;
     Ok(match (ChildOutcome::of(status, None), submit) {
         (ChildOutcome::Done | ChildOutcome::Locked, _) => Fired::Done,
         (ChildOutcome::Refused, _) => Fired::Refused,
@@ -314,7 +311,7 @@ pub fn run_fire(
 /// The run of the window ending at `fire`: from the last success (submitted: from the fire
 /// time before, the workers that run the requests do not share one watermark, docs/fleet.md),
 /// with the entry's options.
-pub fn fire_options(entry: &Entry, fire: DateTime<Utc>, submitted: bool) -> RunOptions {
+fn fire_options(entry: &Entry, fire: DateTime<Utc>, submitted: bool) -> RunOptions {
     let s = entry.schedule;
     let text = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     let previous = entry.previous(fire).map(text);

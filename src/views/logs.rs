@@ -44,7 +44,7 @@ impl Printer<'_> {
 
     /// Before an attempt's lines: its number when the run has several, and the lines the cap
     /// dropped.
-    pub fn attempt(&mut self, attempt: u32, heading: bool, dropped: u64) -> Result<bool> {
+    fn attempt(&mut self, attempt: u32, heading: bool, dropped: u64) -> Result<bool> {
         let mut text = String::new();
         if self.json {
             if dropped > 0 {
@@ -68,7 +68,7 @@ impl Printer<'_> {
         Ok(self.out.write(&text)?)
     }
 
-    pub fn line(&mut self, attempt: u32, line: &Line) -> Result<bool> {
+    fn line(&mut self, attempt: u32, line: &Line) -> Result<bool> {
         self.printed += 1;
         let time = line.time.to_rfc3339_opts(SecondsFormat::Millis, true);
         let text = if self.json {

@@ -26,12 +26,12 @@ pub fn row(runs: JobRuns) -> Row {
     }
 }
 
-pub fn utc(t: DateTime<Utc>) -> String {
+fn utc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// How long ago `at` (a stored time) was, or `-`.
-pub fn ago(at: &Option<String>, now: DateTime<Utc>) -> String {
+fn ago(at: &Option<String>, now: DateTime<Utc>) -> String {
     match at.as_deref().and_then(|t| t.parse::<DateTime<Utc>>().ok()) {
         Some(t) => format!(
             "{} ago",
