@@ -109,12 +109,16 @@ pub fn check_existing(path: &Path) -> Result<()> {
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
     }
-    for file in [
-        path.to_owned(),
-        with_suffix(path, "-wal"),
-        with_suffix(path, "-shm"),
-    ] {
-        make_private(&file, 0o600);
+    // Looked at further only when the store is open to others (its mode is at hand): its
+    // `-wal` and `-shm` are made with its mode, so no other file costs a call on every open.
+    if meta.mode() & 0o077 != 0 {
+        for file in [
+            path.to_owned(),
+            with_suffix(path, "-wal"),
+            with_suffix(path, "-shm"),
+        ] {
+            make_private(&file, 0o600);
+        }
     }
     if meta.len() == 0 {
         return Err(anyhow!(
