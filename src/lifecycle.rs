@@ -381,7 +381,6 @@ impl PipelineEvent {
         PipelineEvent::ALL.into_iter().find(|t| t.as_str() == text)
     }
 
-    /// The status of the pipeline run once this event is recorded.
     /// The event's `status` column: `failed` for a failure, else `ok` (as [`EventType`]'s).
     pub fn event_status(self) -> &'static str {
         match self {
@@ -390,6 +389,7 @@ impl PipelineEvent {
         }
     }
 
+    /// The status of the pipeline run once this event is recorded.
     pub fn run_status(self) -> RunStatus {
         match self {
             PipelineEvent::Started => RunStatus::Running,

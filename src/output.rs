@@ -30,7 +30,6 @@ pub fn print_raw(text: &str) -> anyhow::Result<()> {
     write_stdout(text)
 }
 
-/// Writes one JSON document and a newline.
 /// Rows in aligned columns under a header, two spaces apart, one line each.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let width = |i: usize| {
@@ -64,6 +63,7 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     }
 }
 
+/// Writes one JSON document and a newline.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     write_stdout(&clean(&format!("{text}\n"), Style::Json))

@@ -6,7 +6,6 @@ use serde_json::{Map, Value};
 
 use crate::suggest;
 
-/// Parses one value as `kind`; the error names the expected form.
 /// An account (`--account`, `account =` in lorch.toml): never empty, since no account is
 /// written by leaving it out, and an empty one would be a second name for it (a variable left
 /// unset in a cron line, `--account "$ACCT"`, gives one); no control characters, which would
@@ -29,6 +28,7 @@ pub fn account(text: &str) -> Result<String, String> {
     check_account(text).map(|()| text.to_owned())
 }
 
+/// Parses one value as `kind`; the error names the expected form.
 pub fn parse_value(kind: ParamKind, text: &str) -> Result<Value, String> {
     let parsed = match kind {
         ParamKind::String => Some(Value::from(text)),

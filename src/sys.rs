@@ -6,8 +6,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Sends `signal` to every process of the process group `pgid`. A group that is already gone
-/// is not an error.
 /// Sends `signal` to the process `pid` (a child not reaped yet); one that is gone is no error.
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
@@ -20,6 +18,8 @@ pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// Sends `signal` to every process of the process group `pgid`. A group that is already gone
+/// is not an error.
 pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: killpg has no memory-safety preconditions.
     let rc = unsafe { libc::killpg(pgid as libc::pid_t, signal) };

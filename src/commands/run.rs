@@ -11,8 +11,6 @@ use crate::signals::Signals;
 use crate::views::run::{print_summary_json, summarize};
 use crate::{history, plan};
 
-/// Validates every argument first (a usage error runs nothing and records nothing), then runs
-/// the job and prints one line naming the run id.
 /// What a run prints, and where its events go: the command line's part beside the run options.
 pub struct Shown<'a> {
     pub quiet: bool,
@@ -30,6 +28,8 @@ impl Shown<'_> {
     }
 }
 
+/// Validates every argument first (a usage error runs nothing and records nothing), then runs
+/// the job and prints one line naming the run id.
 pub fn run(job: &Job, options: &RunOptions, shown: &Shown, after: &super::After) -> Result<Exit> {
     let now = crate::timearg::now().map_err(Error::Usage)?;
     let mut plan = plan::plan(job, options, super::lorch_home()?, now)?;
@@ -60,7 +60,7 @@ pub fn run(job: &Job, options: &RunOptions, shown: &Shown, after: &super::After)
         Ok(mark.and_then(|m| m.until.parse().ok()))
     };
     // A backfill's window is run once, whatever runs it at the same time (docs/windows.md).
-    let window = || -> anyhow::Result<Option<String>> {
+    let completed_by = || -> anyhow::Result<Option<String>> {
         let bound = |t: &Option<lorch_plugin_api::TimeArg>| {
             t.as_ref().map(|t| crate::timearg::micros(&t.utc))
         };
@@ -74,7 +74,7 @@ pub fn run(job: &Job, options: &RunOptions, shown: &Shown, after: &super::After)
     };
     let recheck = match (plan::last_success(options), &plan.backfill_id) {
         (true, _) => runner::Recheck::Watermark(&watermark),
-        (false, Some(_)) => runner::Recheck::Window(&window),
+        (false, Some(_)) => runner::Recheck::Window(&completed_by),
         (false, None) => runner::Recheck::Nothing,
     };
     let account = plan.account.as_deref();

@@ -255,7 +255,6 @@ impl LocalStore {
         Ok(widest.unwrap_or(0) as usize)
     }
 
-    /// The run id of the newest event, if any.
     /// The run of a job started last (pipeline runs are not job runs).
     pub fn newest_job_run_id(&self) -> Result<Option<String>> {
         let conn = self.conn();
@@ -298,6 +297,7 @@ impl LocalStore {
         })
     }
 
+    /// The run id of the newest event, if any.
     pub fn last_run_id(&self) -> Result<Option<String>> {
         let conn = self.conn();
         Ok(conn

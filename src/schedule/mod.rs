@@ -145,7 +145,8 @@ impl<'a> Entry<'a> {
             Direction::Forward => at > t || (inclusive && at == t),
             Direction::Backward => at < t || (inclusive && at == t),
         };
-        // Bounded: a wall time past `t` is at most two offset changes away.
+        // A few steps: only the matches within the margin come before the first past `t`
+        // (bounded anyway, as croner's own searches are).
         for _ in 0..100_000 {
             let from = wall.and_utc();
             let found = match direction {

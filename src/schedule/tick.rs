@@ -34,8 +34,6 @@ pub fn entries(config: &Config) -> Vec<Entry<'_>> {
     config.schedules.iter().map(Entry::new).collect()
 }
 
-/// `lorch tick [--watch]`: runs what every entry is owed now; with `--watch`, again at every
-/// next fire time until a signal.
 /// How `tick` goes about it.
 pub struct Ticking {
     /// `--watch`.
@@ -45,6 +43,8 @@ pub struct Ticking {
     pub submit: Option<Option<String>>,
 }
 
+/// `lorch tick [--watch]`: runs what every entry is owed now; with `--watch`, again at every
+/// next fire time until a signal.
 pub fn tick(lorch: &Lorch, ticking: &Ticking) -> Result<Exit> {
     let watch = ticking.watch;
     let signals = Signals::install()

@@ -6,9 +6,6 @@ use crate::output::{self, stderr};
 use crate::plugins::Job;
 use crate::runner::{self, Outcome};
 
-/// The one line a run prints: `✓` on stdout (unless `quiet`), `✗` or `-` on stderr, naming the
-/// run id and any events that could not be recorded. Printing cannot change the exit code, so a
-/// closed or full stdout is ignored here.
 /// `; window 2026-11-01T06:00:00Z to 2026-11-02T06:00:00Z` (to the second), what a run's
 /// line says of a window given its end.
 pub fn window(
@@ -23,6 +20,9 @@ pub fn window(
     }
 }
 
+/// The one line a run prints: `✓` on stdout (unless `quiet`), `✗` or `-` on stderr, naming the
+/// run id and any events that could not be recorded. Printing cannot change the exit code, so a
+/// closed or full stdout is ignored here.
 pub fn summarize(id: &str, report: &runner::RunReport, quiet: bool, retries: u32, window: &str) {
     let attempt = match report.attempts {
         1 => String::new(),
